@@ -1,0 +1,22 @@
+"""Typed errors. Every error the SDK raises on purpose subclasses OmniADError, and also the builtin type a caller
+would expect (ValueError, FileNotFoundError, ...) so plain `except ValueError` keeps working."""
+
+
+class OmniADError(Exception):
+    """Base of all omniad_edge errors."""
+
+
+class BundleError(OmniADError, ValueError):
+    """The engine bundle is missing a file, fails its sha256, escapes its directory or has an unknown format."""
+
+
+class FrameError(OmniADError, ValueError):
+    """A frame cannot be inspected: wrong type, dtype, shape, channel count, size, NaN, unreadable file."""
+
+
+class BackendError(OmniADError, RuntimeError):
+    """An inference backend is unavailable or failed (missing provider, engine built for another device)."""
+
+
+class ExportError(OmniADError, ValueError):
+    """A checkpoint cannot be exported: not Qwen2.5-VL, missing/corrupt files, unsupported settings."""
