@@ -1,0 +1,50 @@
+"""`python -m export CHECKPOINT_DIR OUT_DIR [options]`, also run by `omniad-edge export`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Export a Hugging Face Qwen2.5-VL checkpoint folder to an "
+                                "omniad_edge engine bundle (ONNX graphs + manifest).")
+    p.add_argument("checkpoint", help="Hugging Face folder: config.json, *.safetensors, tokenizer.json, ...")
+    p.add_argument("out", help="bundle directory to create (must not exist unless --overwrite)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="fp32",
+                   help="decoder weights precision (graph inputs/outputs stay float32)")
+    p.add_argument("--vision-precision", choices=["fp32", "fp16", "int8"], default=None,
+                   help="vision graph precision (default: fp16 for fp16, int8 for int8/int4, else fp32)")
+    p.add_argument("--max-image-tokens", type=int, default=1280,
+                   help="cap on merged tokens per image; lowers max_pixels (default 1280)")
+    p.add_argument("--output-spec", metavar="FILE", default=None,
+                   help='JSON overriding the prompt templates and output grammar: {"name", "prompt", "output"}')
+    p.add_argument("--name", default=None, help="bundle name in the manifest")
+    p.add_argument("--int4-block-size", type=int, default=32, help="int4 quantization block size along K")
+    p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
+                   help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
+    p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv=None) -> int:
+    from omniad_edge.errors import ExportError
+
+    args = build_parser().parse_args(argv)
+    from .pipeline import ExportOptions, export_bundle
+
+    opts = ExportOptions(precision=args.precision, max_image_tokens=args.max_image_tokens,
+                         output_spec=args.output_spec, name=args.name, vision_precision=args.vision_precision,
+                         overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
+                         int4_block_size=args.int4_block_size, fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
+                         quiet=args.quiet)
+    try:
+        out = export_bundle(args.checkpoint, args.out, opts)
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0

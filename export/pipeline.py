@@ -1,0 +1,218 @@
+"""Checkpoint folder -> engine bundle directory (DESIGN.md), written atomically.
+
+Everything is written into a hidden sibling directory and renamed into place at the end, so an interrupted export
+never leaves a directory that looks like a bundle.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omniad_edge.errors import ExportError
+
+from .checkpoint import inspect_checkpoint, load_model
+from .manifest import (build_manifest, exporter_section, file_entries, load_output_spec, model_section,
+                       preprocess_section, write_manifest)
+
+__all__ = ["ExportOptions", "export_bundle", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+VISION_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ExportOptions:
+    precision: str = "fp32"
+    max_image_tokens: int = 1280
+    output_spec: str | os.PathLike | None = None
+    name: str | None = None
+    vision_precision: str | None = None  # None: fp16 for fp16, int8 for int8/int4, else fp32
+    overwrite: bool = False
+    prefer_dynamo: bool = True
+    int4_block_size: int = 32
+    fp32_vision_mlp_blocks: int = 2
+    quiet: bool = False
+
+
+class _Progress:
+    def __init__(self, quiet: bool):
+        self.quiet, self.start = quiet, time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[export {time.monotonic() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _check_options(opts: ExportOptions) -> str:
+    if opts.precision not in PRECISIONS:
+        raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    vision = opts.vision_precision or {"fp16": "fp16", "int8": "int8", "int4": "int8"}.get(opts.precision, "fp32")
+    if vision not in VISION_PRECISIONS:
+        raise ExportError(f"vision_precision must be one of {VISION_PRECISIONS}, got {vision!r}")
+    if not isinstance(opts.fp32_vision_mlp_blocks, int) or opts.fp32_vision_mlp_blocks < 0:
+        raise ExportError(f"fp32_vision_mlp_blocks must be an int >= 0, got {opts.fp32_vision_mlp_blocks!r}")
+    return vision
+
+
+def _sample_vision_inputs(model_cfg: dict):
+    """Two images of different grids, so no size is baked in as a constant."""
+    import torch
+
+    from omniad_edge.preprocess import vision_indices
+
+    v = model_cfg["vision"]
+    m = v["spatial_merge_size"]
+    grids = [(1, 4 * m, 3 * m), (1, 2 * m, 5 * m)]
+    idx = vision_indices(grids, m, v["window_size"], v["patch_size"])
+    n = sum(t * h * w for t, h, w in grids)
+    dim = 3 * v["temporal_patch_size"] * v["patch_size"] ** 2
+    names = ["rotary_pos_ids", "window_index", "reverse_window_index", "window_segments", "image_segments"]
+    pixels = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
+    return (pixels, *[torch.from_numpy(idx[k]) for k in names]), ["pixel_values", *names]
+
+
+def _export_vision(model, model_cfg, dtype, opts, log):
+    from .graphs import VisionGraph
+    from .onnx_export import export_graph
+
+    graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks).eval()
+    args, names = _sample_vision_inputs(model_cfg)
+    dims = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"}, "window_index": {0: "tokens"},
+            "reverse_window_index": {0: "tokens"}, "window_segments": {0: "patches"},
+            "image_segments": {0: "patches"}, "image_embeds": {0: "tokens"}}
+    return export_graph(graph, args, names, ["image_embeds"], dims, opts.prefer_dynamo, log)
+
+
+def _export_decoder(model, model_cfg, dtype, opts, log):
+    import torch
+
+    from .graphs import DecoderGraph
+    from .onnx_export import export_graph
+
+    graph = DecoderGraph(model, dtype=dtype).eval()
+    layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
+    b, s, p = 2, 5, 3  # sizes > 1 so the exporter keeps batch, seq and past dynamic
+    gen = torch.Generator().manual_seed(0)
+    past = tuple(torch.randn(b, p, kv, hd, generator=gen) for _ in range(2 * layers))
+    args = (torch.randn(b, s, model_cfg["hidden_size"], generator=gen),
+            (torch.arange(s) + p).view(1, 1, s).expand(3, b, s).contiguous(),
+            torch.ones(b, p + s, dtype=torch.long), past)
+    kv_names = [f"past_{t}.{i}" for i in range(layers) for t in ("key", "value")]
+    out_names = ["logits"] + [f"new_{t}.{i}" for i in range(layers) for t in ("key", "value")]
+    dims = {"inputs_embeds": {0: "batch", 1: "seq"}, "position_ids": {1: "batch", 2: "seq"},
+            "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch"}}
+    dims.update({n: {0: "batch", 1: "past"} for n in kv_names})
+    dims.update({n: {0: "batch", 1: "seq"} for n in out_names[1:]})
+    return export_graph(graph, args, ["inputs_embeds", "position_ids", "attention_mask", *kv_names], out_names,
+                        dims, opts.prefer_dynamo, log)
+
+
+def _quantized(model_proto, precision: str, opts: ExportOptions, log):
+    from .onnx_export import quiet_tools
+    from .quantize import quantize_int4, quantize_int8
+
+    if precision == "int8":
+        log("quantizing MatMul weights to int8 (dynamic)")
+        with quiet_tools():
+            return quantize_int8(model_proto)
+    if precision == "int4":
+        log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size})")
+        with quiet_tools():
+            return quantize_int4(model_proto, opts.int4_block_size)
+    return model_proto
+
+
+def _write_embeddings(model, path: Path) -> dict:
+    import numpy as np
+
+    weight = model.model.language_model.embed_tokens.weight.detach().float().numpy()
+    np.save(path, np.ascontiguousarray(weight), allow_pickle=False)
+    return {"path": path.name, "dtype": "float32", "shape": list(weight.shape)}
+
+
+def _place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise ExportError(f"output directory {out} already exists (pass overwrite to replace it)")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None, **overrides) -> Path:
+    """Export a Qwen2.5-VL checkpoint folder to a bundle directory; returns the bundle path.
+
+    Options may be passed as an ExportOptions or as keyword overrides (precision="int4", ...)."""
+    import torch
+
+    opts = options or ExportOptions()
+    for key, value in overrides.items():
+        if not hasattr(opts, key):
+            raise ExportError(f"unknown export option {key!r}")
+        setattr(opts, key, value)
+    vision_precision = _check_options(opts)
+    log = _Progress(opts.quiet)
+    out = Path(out_dir).absolute()
+    if out.exists() and not opts.overwrite:
+        raise ExportError(f"output directory {out} already exists (pass overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise ExportError(f"output directory's parent {out.parent} does not exist")
+
+    log(f"checking checkpoint {checkpoint_dir}")
+    checkpoint = inspect_checkpoint(checkpoint_dir)
+    spec = load_output_spec(opts.output_spec)
+    model_cfg = model_section(checkpoint)
+    preprocess = preprocess_section(checkpoint, model_cfg, opts.max_image_tokens)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        log("loading weights with transformers")
+        model = load_model(checkpoint)
+        graph_info = {}
+        from .onnx_export import save_onnx
+
+        with torch.no_grad():
+            log(f"exporting vision graph ({vision_precision})")
+            vdtype = torch.float16 if vision_precision == "fp16" else torch.float32
+            proto, info = _export_vision(model, model_cfg, vdtype, opts, log)
+            proto = _quantized(proto, vision_precision, opts, log)
+            save_onnx(proto, tmp / "vision.onnx")
+            graph_info["vision"] = {**info, "precision": vision_precision}
+            del proto
+            log(f"exporting decoder graph ({opts.precision})")
+            ddtype = torch.float16 if opts.precision == "fp16" else torch.float32
+            proto, info = _export_decoder(model, model_cfg, ddtype, opts, log)
+            proto = _quantized(proto, opts.precision, opts, log)
+            save_onnx(proto, tmp / "decoder.onnx")
+            graph_info["decoder"] = {**info, "precision": opts.precision}
+            del proto
+        log("writing embeddings, tokenizer and manifest")
+        embed = _write_embeddings(model, tmp / "embed_tokens.npy")
+        del model
+        shutil.copyfile(checkpoint.tokenizer_json, tmp / "tokenizer.json")
+        if checkpoint.chat_template is not None:
+            (tmp / "chat_template.jinja").write_text(checkpoint.chat_template, encoding="utf-8")
+        log("hashing files")
+        manifest = build_manifest(
+            name=opts.name or spec["name"] or f"{checkpoint.path.name}-{opts.precision}",
+            precision=opts.precision, model=model_cfg, tokens=checkpoint.tokens, preprocess=preprocess, spec=spec,
+            graphs={"vision": {"path": "vision.onnx", "precision": vision_precision},
+                    "decoder": {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}},
+            embed=embed, files=file_entries(tmp), exporter=exporter_section(checkpoint.path.name, graph_info),
+            has_chat_template=checkpoint.chat_template is not None)
+        write_manifest(tmp, manifest)
+        _place(tmp, out, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"bundle written to {out}")
+    return out

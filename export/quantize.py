@@ -1,0 +1,57 @@
+"""Weight quantization of exported fp32 graphs with onnxruntime's own tools (graph I/O stays float32).
+
+int8: dynamic quantization of MatMul weights (per-channel int8 weights, activations quantized at run time).
+int4: weight-only MatMulNBits (blocks of `block_size` along K, symmetric), activations stay float32.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from omniad_edge.errors import ExportError
+
+__all__ = ["quantize_int8", "quantize_int4"]
+
+
+def quantize_int8(model):
+    """fp32 ModelProto -> int8 dynamic ModelProto (MatMul weights only)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    big = model.ByteSize() > 2**31 - 2**20 if _serializable(model) else True
+    with tempfile.TemporaryDirectory(prefix="omniad-q8-") as tmp:
+        src, dst = Path(tmp, "in.onnx"), Path(tmp, "out.onnx")
+        onnx.save_model(model, str(src), save_as_external_data=big, all_tensors_to_one_file=True,
+                        location="in.onnx.data")
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+        result = onnx.load_model(str(dst), load_external_data=True)
+    _check_changed(result, ("MatMulInteger", "DynamicQuantizeLinear"), "int8")
+    return result
+
+
+def quantize_int4(model, block_size: int = 32):
+    """fp32 ModelProto -> int4 weight-only ModelProto (MatMulNBits, symmetric, blocks along K)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                     op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    result = quantizer.model.model
+    _check_changed(result, ("MatMulNBits",), "int4")
+    return result
+
+
+def _serializable(model) -> bool:
+    try:
+        model.ByteSize()
+        return True
+    except Exception:  # protobuf refuses to size messages over 2 GB
+        return False
+
+
+def _check_changed(model, op_types, precision: str) -> None:
+    if not any(node.op_type in op_types for node in model.graph.node):
+        raise ExportError(f"{precision} quantization changed no MatMul (no constant 2-D weights found in the graph)")

@@ -1,0 +1,237 @@
+"""ONNX Runtime backend: vision + decoder sessions, IO binding into a host-managed KV cache.
+
+Every decode step binds the valid past `cache[:, :P]` as the graph's past inputs and the cache slot
+`cache[:, P:P+S]` as the graph's new_key/new_value outputs, so the graph writes straight into the cache; logits go
+to a buffer reused across steps. For batch 1 (the common edge case) nothing is copied or allocated per step on the
+host; for batch > 1 the strided past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
+
+Providers: CPU by default. "cuda" and "tensorrt" need onnxruntime-gpu; a requested provider that is missing or that
+ONNX Runtime silently drops at session creation raises BackendError unless allow_fallback=True (then a warning is
+logged and the effective provider is what `provider` reports). With CUDA/TensorRT the cache still lives on the host
+(ONNX Runtime copies it per step); the TensorRT backend is the device-resident path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import BackendError
+from . import KVCache
+
+log = logging.getLogger("omniad_edge")
+
+ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
+                 "image_segments")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
+    return onnxruntime
+
+
+def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bool, cache_dir=None,
+                      fp16: bool = False, device_id: int = 0) -> list[tuple[str, dict]]:
+    """Requested providers (short or full names, optionally (name, options) pairs) -> ORT provider list."""
+    if providers is None:
+        providers = ["cpu"]
+    if isinstance(providers, (str, tuple)):
+        providers = [providers]
+    resolved: list[tuple[str, dict]] = []
+    for item in providers:
+        name, options = (item if isinstance(item, tuple) else (item, {}))
+        if not isinstance(name, str):
+            raise BackendError(f"providers: expected provider names like 'cpu', 'cuda', 'tensorrt', got {item!r}")
+        full = ALIASES.get(name.lower(), name)
+        options = dict(options)
+        if full == "TensorrtExecutionProvider":
+            options.setdefault("device_id", device_id)
+            options.setdefault("trt_fp16_enable", bool(fp16))
+            if cache_dir is not None:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                options.setdefault("trt_engine_cache_enable", True)
+                options.setdefault("trt_engine_cache_path", str(cache_dir))
+        elif full == "CUDAExecutionProvider":
+            options.setdefault("device_id", device_id)
+        if full not in available:
+            message = (f"execution provider {full} is not available in this onnxruntime "
+                       f"(available: {list(available)}); install onnxruntime-gpu for CUDA/TensorRT")
+            if not allow_fallback:
+                raise BackendError(message + ", or pass allow_fallback=True")
+            log.warning("%s; falling back", message)
+            continue
+        resolved.append((full, options))
+    if not resolved and not providers:
+        raise BackendError("providers: no provider requested")
+    if not resolved or resolved[-1][0] != "CPUExecutionProvider":
+        # CPU last runs the nodes a GPU provider cannot take (node placement, not a fallback of the model).
+        resolved.append(("CPUExecutionProvider", {}))
+    return resolved
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
+                 optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
+                 device_id: int = 0):
+        ort = _ort()
+        if threads is not None and (not isinstance(threads, int) or threads < 0):
+            raise BackendError(f"threads must be a non-negative int (0 = onnxruntime's default), got {threads!r}")
+        if optimization not in _OPT_LEVELS:
+            raise BackendError(f"optimization must be one of {list(_OPT_LEVELS)}, got {optimization!r}")
+        self.bundle = bundle
+        model = bundle.model
+        self.num_layers = int(model["num_layers"])
+        self.kv_heads = int(model["num_key_value_heads"])
+        self.head_dim = int(model["head_dim"])
+        self.hidden_size = int(model["hidden_size"])
+        self.vocab_size = int(model["vocab_size"])
+        self.threads = threads
+        self.requested = resolve_providers(providers, available=ort.get_available_providers(),
+                                           allow_fallback=allow_fallback, cache_dir=cache_dir, fp16=fp16,
+                                           device_id=device_id)
+        self._allow_fallback = allow_fallback
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or 0)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[optimization]
+        # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        self.session_options = opts
+
+        self.vision = self._session(bundle.vision_path, "vision")
+        self.decoder = self._session(bundle.decoder_path, "decoder")
+        self.provider = self.decoder.get_providers()[0]
+        log.info("onnxruntime %s: decoder on %s, vision on %s", ort.__version__, self.provider,
+                 self.vision.get_providers()[0])
+        self._check_decoder_io()
+        self._vision_inputs = [i.name for i in self.vision.get_inputs()]
+        self._binding = self.decoder.io_binding()
+        self._logits: dict[int, np.ndarray] = {}
+        self._device = "cpu"
+
+    def _session(self, path: Path, what: str):
+        ort = _ort()
+        try:
+            session = ort.InferenceSession(str(path), sess_options=self.session_options, providers=self.requested)
+        except Exception as exc:  # onnxruntime raises its own exception types, not exported consistently
+            raise BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}") from None
+        wanted = self.requested[0][0]
+        got = session.get_providers()
+        if wanted not in got:
+            message = f"onnxruntime could not start {wanted} for the {what} graph (running on {got[0]})"
+            if not self._allow_fallback:
+                raise BackendError(message + "; pass allow_fallback=True to accept that")
+            log.warning(message)
+        return session
+
+    def _check_decoder_io(self) -> None:
+        inputs = {i.name for i in self.decoder.get_inputs()}
+        outputs = {o.name for o in self.decoder.get_outputs()}
+        need_in = {"inputs_embeds", "position_ids", "attention_mask"}
+        need_out = {"logits"}
+        for i in range(self.num_layers):
+            need_in |= {f"past_key.{i}", f"past_value.{i}"}
+            need_out |= {f"new_key.{i}", f"new_value.{i}"}
+        missing = sorted(need_in - inputs) + sorted(need_out - outputs)
+        if missing:
+            raise BackendError(f"decoder graph does not match the manifest ({self.num_layers} layers): "
+                               f"missing {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+        extra = sorted(n for n in inputs if n.startswith("past_key.") and n not in need_in)
+        if extra:
+            raise BackendError(f"decoder graph has more layers than the manifest's num_layers={self.num_layers}: "
+                               f"{extra[:3]}")
+
+    # -- interface ---------------------------------------------------------------------------------------------
+    def encode_image(self, vision_inputs: dict) -> np.ndarray:
+        missing = [n for n in self._vision_inputs if n not in vision_inputs]
+        if missing:
+            raise BackendError(f"vision inputs missing {missing}")
+        feeds = {n: vision_inputs[n] for n in self._vision_inputs}
+        return self.vision.run(["image_embeds"], feeds)[0]
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.num_layers, batch, max_len, self.kv_heads, self.head_dim)
+
+    def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
+                past_len: int) -> np.ndarray:
+        b, s, _ = embeds.shape
+        if past_len + s > cache.max_len:
+            raise BackendError(f"KV cache full: {past_len} + {s} tokens > max_len {cache.max_len}")
+        if b != cache.batch:
+            raise BackendError(f"batch {b} does not match the cache's batch {cache.batch}")
+        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+        position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
+        attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        logits = self._logits.get(b)
+        if logits is None:
+            logits = self._logits[b] = np.empty((b, self.vocab_size), np.float32)
+
+        io = self._binding
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        keep = [embeds, position_ids, attention_mask]  # arrays must outlive the run
+        self._bind(io.bind_input, "inputs_embeds", embeds)
+        self._bind(io.bind_input, "position_ids", position_ids)
+        self._bind(io.bind_input, "attention_mask", attention_mask)
+        scratch = []
+        kv_shape = (b, s, self.kv_heads, self.head_dim)
+        for i in range(self.num_layers):
+            for prefix, buffers in (("key", cache.keys), ("value", cache.values)):
+                buf = buffers[i]
+                past = buf[:, :past_len]
+                if b > 1:
+                    past = np.ascontiguousarray(past)
+                    keep.append(past)
+                self._bind(io.bind_input, f"past_{prefix}.{i}", past)
+                slot = buf[:, past_len:past_len + s]
+                if b > 1:  # strided slot: let the graph write a scratch buffer, copied in below
+                    out = np.empty(kv_shape, np.float32)
+                    scratch.append((slot, out))
+                    slot = out
+                self._bind(io.bind_output, f"new_{prefix}.{i}", slot)
+        self._bind(io.bind_output, "logits", logits)
+        try:
+            self.decoder.run_with_iobinding(io)
+        except Exception as exc:
+            raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
+        for slot, out in scratch:
+            slot[...] = out
+        del keep
+        return logits
+
+    def _bind(self, bind, name: str, array: np.ndarray) -> None:
+        # Zero-copy binding by pointer; an empty past still has a valid base pointer.
+        bind(name, self._device, 0, array.dtype, list(array.shape), array.ctypes.data)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "provider": self.provider, "threads": self.threads,
+                "providers": [p for p, _ in self.requested]}
+
+
+def default_threads() -> int:
+    """A conservative default for shared small CPUs: all cores but never more than 4."""
+    return max(1, min(4, os.cpu_count() or 1))

@@ -1,0 +1,152 @@
+"""`omniad-edge` command: inspect, demo, export, build-engine, bench.
+
+    omniad-edge inspect part1.png part2.png --engine BUNDLE --json results.json --overlay-dir overlays/
+    omniad-edge demo --out demo_out
+    omniad-edge export CHECKPOINT_DIR BUNDLE_DIR [--precision fp16 ...]      (extra `export`: torch, transformers)
+    omniad-edge build-engine BUNDLE [...]                                     (TensorRT)
+
+Exit codes: 0 success, 1 runtime/backend failure, 2 bad input (arguments, frames, bundle).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._version import __version__
+from .errors import BackendError, OmniADError
+
+EXPORT_HINT = "the export command needs torch and transformers: pip install omniad-edge[export]"
+
+
+def _inspect(args) -> int:
+    from .inspector import Inspector
+    from .visualize import save_overlay
+
+    inspector = Inspector(args.engine, mode=args.mode, reference=args.reference or None, constrain=args.constrain,
+                          max_new_tokens=args.max_new_tokens, threads=args.threads, providers=args.providers,
+                          allow_fallback=args.allow_fallback)
+    results, failures = [], 0
+    for image in args.images:
+        try:
+            inspection = inspector.run(image)
+        except OmniADError as exc:  # a bad frame does not stop the others
+            failures += 1
+            print(f"{image}: error: {exc}", file=sys.stderr)
+            results.append({"image": str(image), "error": str(exc)})
+            continue
+        verdict = "ANOMALY" if inspection.is_anomalous else "ok"
+        kind = f" {inspection.defect_type}" if inspection.defect_type else ""
+        print(f"{image}: {verdict}{kind} score={inspection.score:.4f} "
+              f"({inspection.timings['total']:.0f} ms, {inspection.provider})")
+        entry = {"image": str(image), **inspection.to_dict(mask="none" if args.no_mask else "rle")}
+        if args.overlay_dir:
+            entry["overlay"] = str(save_overlay(Path(args.overlay_dir) / (Path(image).stem + "_overlay.png"),
+                                                image, inspection))
+        results.append(entry)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 2 if failures else 0
+
+
+def _demo(args) -> int:
+    try:
+        from .demo import run_demo
+    except ImportError as exc:
+        print(f"demo is not available in this installation: {exc}", file=sys.stderr)
+        return 1
+    rows = run_demo(args.out, n=args.n, seed=args.seed, engine=args.engine)
+    print(f"{len(rows)} frames inspected; results in {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        print(EXPORT_HINT, file=sys.stderr)
+        return 2
+    try:
+        from export.cli import main as export_main
+    except ImportError as exc:
+        print(f"the exporter package is not installed ({exc}); run from a source checkout or "
+              "pip install omniad-edge[export]", file=sys.stderr)
+        return 2
+    return int(export_main(args.export_args) or 0)
+
+
+def _bench(args) -> int:
+    try:
+        from .bench import main as bench_main
+    except ImportError:
+        print("bench is not available in this version; see benchmarks/ for the measurement scripts",
+              file=sys.stderr)
+        return 1
+    return int(bench_main(args.bench_args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omniad-edge", description="OmniAD-style industrial anomaly inspection "
+                                     "on edge devices.")
+    parser.add_argument("--version", action="version", version=f"omniad-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="inspect image files")
+    p.add_argument("images", nargs="+", help="image files (anything Pillow reads)")
+    p.add_argument("--engine", default=None, help="bundle directory (default: the embedded bundle)")
+    p.add_argument("--mode", choices=["detect", "explain"], default="detect")
+    p.add_argument("--reference", nargs="*", default=None, help="normal sample images shown before every query")
+    p.add_argument("--constrain", action="store_true", help="constrain the output to the bundle's grammar")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own)")
+    p.add_argument("--providers", nargs="*", default=None, help="cpu, cuda, tensorrt (default: cpu)")
+    p.add_argument("--allow-fallback", action="store_true", help="accept a provider fallback instead of failing")
+    p.add_argument("--json", default=None, help="write all results to this JSON file")
+    p.add_argument("--no-mask", action="store_true", help="omit the mask from the JSON (default: row-major RLE)")
+    p.add_argument("--overlay-dir", default=None, help="write an overlay PNG per image here")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("demo", help="inspect synthetic frames and save overlays")
+    p.add_argument("--out", default="omniad_demo", help="output directory")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", default=None)
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("export", help="export a Hugging Face checkpoint to a bundle (extra `export`)",
+                       add_help=False)
+    p.add_argument("export_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_export)
+
+    try:
+        from . import engine_build
+    except ImportError:  # pragma: no cover - the module is part of the package
+        engine_build = None
+    if engine_build is not None and hasattr(engine_build, "add_parser"):
+        p = engine_build.add_parser(sub)
+        p.set_defaults(run=lambda a: int(engine_build.main(a) or 0))
+
+    p = sub.add_parser("bench", help="runtime benchmarks", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BackendError as exc:
+        print(f"omniad-edge: {exc}", file=sys.stderr)
+        return 1
+    except OmniADError as exc:
+        print(f"omniad-edge: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

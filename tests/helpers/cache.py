@@ -1,0 +1,51 @@
+"""Build-once directories for expensive fixtures, keyed by a hash of the code that builds them.
+
+A changed helper, exporter or library version gives a new key, so a stale cache is never reused; concurrent
+builders write to private temporary directories and the first rename wins."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from .qwen_tokenizer import cache_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def source_key(*extra: str) -> str:
+    import onnx
+    import onnxruntime
+    import torch
+    import transformers
+
+    digest = hashlib.sha256()
+    sources = sorted((ROOT / "tests" / "helpers").glob("*.py")) + sorted((ROOT / "export").glob("*.py"))
+    sources += [ROOT / "omniad_edge" / "preprocess.py"]
+    for path in sources:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    for part in (torch.__version__, transformers.__version__, onnx.__version__, onnxruntime.__version__, *extra):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_dir(name: str, key: str, build) -> Path:
+    """Path of cache_dir()/name-key, calling build(tmp_path) to create that (not yet existing) directory."""
+    final = cache_dir() / f"{name}-{key}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

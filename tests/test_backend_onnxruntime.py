@@ -1,0 +1,149 @@
+"""ONNX Runtime backend on toy graphs: IO binding into the KV cache, batch, providers, errors."""
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="the toy graphs are built with the onnx package")
+
+from omniad_edge.backends import KVCache, create_backend  # noqa: E402
+from omniad_edge.backends.onnxruntime import OnnxRuntimeBackend, resolve_providers  # noqa: E402
+from omniad_edge.bundle import load_bundle  # noqa: E402
+from omniad_edge.errors import BackendError  # noqa: E402
+from toy_graphs import make_toy_bundle, toy_decoder_reference  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return load_bundle(make_toy_bundle(tmp_path_factory.mktemp("toy")))
+
+
+@pytest.fixture(scope="module")
+def backend(toy):
+    return OnnxRuntimeBackend(toy, threads=1)
+
+
+def _random_sequence(rng, b, t, hidden=8):
+    embeds = rng.standard_normal((b, t, hidden)).astype(np.float32)
+    positions = np.broadcast_to(np.arange(t)[None, None, :] * 3 + 1, (3, b, t)).astype(np.int64).copy()
+    return embeds, positions
+
+
+def test_stepwise_forward_matches_reference(backend):
+    rng = np.random.default_rng(0)
+    embeds, positions = _random_sequence(rng, 1, 9)
+    mask = np.ones((1, 9), np.int64)
+    cache = backend.new_cache(1, 16)
+    steps = [(0, 5), (5, 1), (6, 1), (7, 2)]  # a prefill then decode steps, then a two-token forced run
+    for past, s in steps:
+        logits = backend.forward(embeds[:, past:past + s], positions[:, :, past:past + s], mask[:, :past + s],
+                                 cache, past)
+        expected = toy_decoder_reference(embeds[:, :past + s], positions[:, :, :past + s], mask[:, :past + s])
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+    # the cache holds exactly the keys of every token, in order
+    from toy_graphs import _rng_weights
+    wk, _, _, _ = _rng_weights(0, 2, 8, 4, 32)
+    np.testing.assert_allclose(cache.keys[1][0, :9].reshape(9, 4), embeds[0] @ wk[1], rtol=1e-5, atol=1e-5)
+    assert not cache.keys[0][:, 9:].any()
+
+
+def test_logits_buffer_reused_and_cache_not_reallocated(backend):
+    rng = np.random.default_rng(1)
+    embeds, positions = _random_sequence(rng, 1, 4)
+    cache = backend.new_cache(1, 8)
+    buffers = [k.ctypes.data for k in cache.keys]
+    first = backend.forward(embeds[:, :3], positions[:, :, :3], np.ones((1, 3), np.int64), cache, 0)
+    second = backend.forward(embeds[:, 3:], positions[:, :, 3:], np.ones((1, 4), np.int64), cache, 3)
+    assert first is second  # one logits buffer per batch size
+    assert [k.ctypes.data for k in cache.keys] == buffers
+
+
+def test_batch_with_left_padding_matches_rows(backend):
+    rng = np.random.default_rng(2)
+    lengths = [5, 3]
+    width = max(lengths)
+    embeds = np.zeros((2, width + 2, 8), np.float32)
+    positions = np.zeros((3, 2, width + 2), np.int64)
+    mask = np.zeros((2, width + 2), np.int64)
+    rows = []
+    for b, n in enumerate(lengths):
+        e, p = _random_sequence(rng, 1, n + 2)
+        rows.append((e, p))
+        embeds[b, width - n:] = e[0]
+        positions[:, b, width - n:] = p[:, 0]
+        mask[b, width - n:] = 1
+    cache = backend.new_cache(2, width + 2)
+    backend.forward(embeds[:, :width], positions[:, :, :width], mask[:, :width], cache, 0)
+    logits = None
+    for t in range(width, width + 2):
+        logits = backend.forward(embeds[:, t:t + 1], positions[:, :, t:t + 1], mask[:, :t + 1], cache, t).copy()
+    for b, (e, p) in enumerate(rows):
+        expected = toy_decoder_reference(e, p, np.ones((1, e.shape[1]), np.int64))
+        np.testing.assert_allclose(logits[b:b + 1], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cache_overflow_and_batch_mismatch_are_typed(backend):
+    cache = backend.new_cache(1, 4)
+    e = np.zeros((1, 5, 8), np.float32)
+    with pytest.raises(BackendError, match="KV cache full"):
+        backend.forward(e, np.zeros((3, 1, 5), np.int64), np.ones((1, 5), np.int64), cache, 0)
+    with pytest.raises(BackendError, match="batch"):
+        backend.forward(np.zeros((2, 1, 8), np.float32), np.zeros((3, 2, 1), np.int64), np.ones((2, 1), np.int64),
+                        cache, 0)
+
+
+def test_copy_prefix_broadcasts_row():
+    src = KVCache(2, 1, 6, 1, 4)
+    for a in src.keys + src.values:
+        a[...] = np.arange(a.size, dtype=np.float32).reshape(a.shape)
+    dst = KVCache(2, 3, 8, 1, 4)
+    dst.copy_prefix(src, 4)
+    for d, s in zip(dst.keys + dst.values, src.keys + src.values):
+        for b in range(3):
+            np.testing.assert_array_equal(d[b, :4], s[0, :4])
+        assert not d[:, 4:].any()
+
+
+def test_vision_encoder_runs(backend):
+    pixels = np.random.default_rng(3).standard_normal((16, 1176)).astype(np.float32)
+    idx = {n: np.zeros(16 if n.endswith("segments") else 4, np.int64)
+           for n in ("window_index", "reverse_window_index", "window_segments", "image_segments")}
+    out = backend.encode_image({"pixel_values": pixels, "rotary_pos_ids": np.zeros((16, 2), np.int64), **idx})
+    assert out.shape == (4, 8)
+    with pytest.raises(BackendError, match="missing"):
+        backend.encode_image({"pixel_values": pixels})
+
+
+def test_provider_is_reported_and_missing_provider_refused(toy):
+    backend = create_backend(toy, threads=1)
+    assert backend.provider == "CPUExecutionProvider"
+    assert backend.describe()["provider"] == "CPUExecutionProvider"
+    with pytest.raises(BackendError, match="TensorrtExecutionProvider is not available"):
+        resolve_providers(["tensorrt"], available=["CPUExecutionProvider"], allow_fallback=False)
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendError, match="CUDAExecutionProvider is not available"):
+            OnnxRuntimeBackend(toy, providers=["cuda"])
+
+
+def test_fallback_only_when_allowed(caplog):
+    with caplog.at_level("WARNING", logger="omniad_edge"):
+        resolved = resolve_providers(["cuda"], available=["CPUExecutionProvider"], allow_fallback=True)
+    assert resolved == [("CPUExecutionProvider", {})]
+    assert "falling back" in caplog.text
+
+
+def test_tensorrt_provider_options():
+    resolved = resolve_providers(["tensorrt", "cuda"], available=["TensorrtExecutionProvider",
+                                 "CUDAExecutionProvider", "CPUExecutionProvider"], allow_fallback=False,
+                                 cache_dir=None, fp16=True)
+    assert [r[0] for r in resolved] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolved[0][1]["trt_fp16_enable"] is True
+
+
+def test_bad_options_are_typed(toy):
+    with pytest.raises(BackendError, match="threads"):
+        OnnxRuntimeBackend(toy, threads=-1)
+    with pytest.raises(BackendError, match="optimization"):
+        OnnxRuntimeBackend(toy, optimization="max")
+    with pytest.raises(BackendError, match="backend must be"):
+        create_backend(toy, backend="openvino")

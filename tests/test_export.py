@@ -1,0 +1,371 @@
+"""export: bundle layout per DESIGN.md, parity with transformers generate(), precisions, bad input.
+
+Parity: the bundle run by a plain numpy + onnxruntime loop (helpers/reference.py) gives the same greedy tokens as
+transformers' generate(), and logits within 1e-4 of the largest logit (float32 graphs measure ~1e-6)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.frames import make_frame
+
+pytest.importorskip("torch", reason="the exporter needs torch (the `export` extra)")
+pytest.importorskip("onnxruntime", reason="running bundles needs onnxruntime")
+
+from export import ExportOptions, export_bundle  # noqa: E402
+from export.cli import main as cli_main  # noqa: E402
+from helpers.cache import cached_dir, source_key  # noqa: E402
+from helpers.reference import BundleRunner  # noqa: E402
+from omniad_edge.errors import ExportError  # noqa: E402
+
+SIZES = [(90, 150), (200, 120), (60, 260)]  # non-square; 15, 28 and 18 image tokens
+LOGIT_RTOL = 1e-4
+MAX_NEW = 12
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _assert_parity(bundle, checkpoint, frames_per_seq, max_new=MAX_NEW):
+    from helpers.hf_reference import hf_generate
+
+    runner = BundleRunner(bundle)
+    prompts = [runner.prompt(frames) for frames in frames_per_seq]
+    ours = runner.generate(prompts, max_new)
+    ref_tokens, ref_logits, ref_grids = hf_generate(checkpoint, runner.manifest, [p.input_ids for p in prompts],
+                                                    frames_per_seq, max_new)
+    ours_grids = [im.grid_thw for p in prompts for im in p.images]
+    assert ref_grids.tolist() == [list(g) for g in ours_grids]
+    assert ours.tokens == ref_tokens
+    for step, (a, b) in enumerate(zip(ours.logits, ref_logits)):
+        for row in range(a.shape[0]):
+            if step < len(ref_tokens[row]):  # rows past their eos hold padding steps
+                assert _rel(a[row], b[row]) < LOGIT_RTOL, (step, row, _rel(a[row], b[row]))
+    return ours
+
+
+# --- layout --------------------------------------------------------------------------------------------------
+
+def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["format"] == "omniad-edge-bundle" and m["format_version"] == 1 and m["precision"] == "fp32"
+    for key in ("name", "model", "tokens", "preprocess", "prompt", "output", "graphs", "files", "embed_tokens",
+                "tokenizer", "exporter"):
+        assert key in m, key
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    text = cfg.get("text_config", cfg)
+    assert m["model"]["hidden_size"] == text["hidden_size"] and m["model"]["num_layers"] == text["num_hidden_layers"]
+    assert m["model"]["head_dim"] == text["hidden_size"] // text["num_attention_heads"]
+    assert m["model"]["mrope_section"] == text["rope_parameters"]["mrope_section"]
+    assert m["model"]["vision"]["fullatt_block_indexes"] == cfg["vision_config"]["fullatt_block_indexes"]
+    assert m["graphs"]["decoder"]["kv_layout"] == "BSHD"
+    assert m["embed_tokens"]["shape"] == [text["vocab_size"], text["hidden_size"]]
+    for key in ("torch", "transformers", "onnx", "created", "source", "version"):
+        assert m["exporter"][key], key
+
+
+def test_special_tokens_come_from_the_tokenizer(tiny_bundle):
+    from tokenizers import Tokenizer
+
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
+    assert m["tokens"]["image_pad"] == tok.token_to_id("<|image_pad|>") != 151655  # custom vocab, not Qwen's ids
+    assert m["tokens"]["vision_start"] == tok.token_to_id("<|vision_start|>")
+    assert m["tokens"]["vision_end"] == tok.token_to_id("<|vision_end|>")
+    assert m["tokens"]["eos"][0] == tok.token_to_id("<|im_end|>")
+    assert tok.token_to_id("<|endoftext|>") in m["tokens"]["eos"]
+    assert m["tokens"]["pad"] == tok.token_to_id("<|endoftext|>")
+
+
+def test_every_file_is_listed_with_its_sha256(tiny_bundle):
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
+    assert set(m["files"]) == on_disk - {"manifest.json"}
+    for rel, entry in m["files"].items():
+        data = (tiny_bundle / rel).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest(), rel
+    assert {"vision.onnx", "decoder.onnx", "embed_tokens.npy", "tokenizer.json", "chat_template.jinja"} <= on_disk
+    emb = np.load(tiny_bundle / "embed_tokens.npy", allow_pickle=False)
+    assert emb.dtype == np.float32 and list(emb.shape) == m["embed_tokens"]["shape"]
+
+
+def test_graph_io_follows_design(tiny_bundle):
+    from helpers.reference import ort_session
+
+    m = json.loads((tiny_bundle / "manifest.json").read_text())
+    layers = m["model"]["num_layers"]
+    vision = ort_session(tiny_bundle / "vision.onnx")
+    assert [(i.name, i.type) for i in vision.get_inputs()] == [
+        ("pixel_values", "tensor(float)"), ("rotary_pos_ids", "tensor(int64)"), ("window_index", "tensor(int64)"),
+        ("reverse_window_index", "tensor(int64)"), ("window_segments", "tensor(int64)"),
+        ("image_segments", "tensor(int64)")]
+    assert [(o.name, o.type) for o in vision.get_outputs()] == [("image_embeds", "tensor(float)")]
+    decoder = ort_session(tiny_bundle / "decoder.onnx")
+    names = ["inputs_embeds", "position_ids", "attention_mask"]
+    names += [f"past_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+    assert [i.name for i in decoder.get_inputs()] == names
+    assert [o.name for o in decoder.get_outputs()] == ["logits"] + [
+        f"new_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+    shapes = {i.name: i.shape for i in decoder.get_inputs()}
+    assert shapes["position_ids"][0] == 3 and shapes["past_key.0"][2:] == [m["model"]["num_key_value_heads"],
+                                                                           m["model"]["head_dim"]]
+    assert all(i.type == "tensor(float)" for i in decoder.get_inputs() if i.name.startswith(("past", "inputs")))
+
+
+# --- parity with transformers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", SIZES)
+def test_parity_custom_vocab_single_image(tiny_bundle, tiny_checkpoint, size):
+    _assert_parity(tiny_bundle, tiny_checkpoint, [[make_frame(*size, seed=size[0])]])
+
+
+def test_parity_batch_of_two_sizes_left_padding(tiny_bundle, tiny_checkpoint):
+    frames = [[make_frame(*SIZES[0], seed=1)], [make_frame(*SIZES[1], seed=2)]]
+    out = _assert_parity(tiny_bundle, tiny_checkpoint, frames)
+    assert len(out.tokens) == 2
+
+
+def test_parity_two_images_in_one_prompt(tiny_bundle, tiny_checkpoint):
+    """Reference image + query image in one prompt: one vision call over both, two mrope blocks."""
+    _assert_parity(tiny_bundle, tiny_checkpoint, [[make_frame(*SIZES[2], seed=3), make_frame(*SIZES[0], seed=4)]])
+
+
+@pytest.mark.parametrize("size", SIZES[:2])
+def test_parity_real_qwen_vocab(qwen_bundle, qwen_checkpoint, size):
+    _assert_parity(qwen_bundle, qwen_checkpoint, [[make_frame(*size, seed=7)]], max_new=8)
+
+
+def test_vision_graph_equals_transformers_for_concatenated_images(tiny_bundle, tiny_checkpoint):
+    import torch
+
+    from helpers.hf_reference import load_hf
+    from omniad_edge.preprocess import concat_images, preprocess_image
+
+    runner = BundleRunner(tiny_bundle)
+    images = [preprocess_image(make_frame(*s, seed=i), runner.manifest["preprocess"]) for i, s in enumerate(SIZES)]
+    ours = runner.image_embeds(images)
+    visual = load_hf(str(tiny_checkpoint)).model.visual
+    inputs = concat_images(images, 2, runner.vcfg["window_size"], 14)
+    with torch.no_grad():
+        ref = visual(torch.from_numpy(inputs["pixel_values"]),
+                     grid_thw=torch.tensor([im.grid_thw for im in images])).pooler_output.numpy()
+    assert ours.shape == ref.shape
+    assert _rel(ours, ref) < 1e-5
+
+
+# --- precisions ----------------------------------------------------------------------------------------------
+
+def _precision_bundle(checkpoint, precision):
+    return cached_dir(f"tiny-bundle-custom-{precision}", source_key(precision),
+                      lambda p: export_bundle(checkpoint, p, quiet=True, precision=precision))
+
+
+@pytest.mark.parametrize("precision, ops, max_rel", [
+    ("fp16", set(), 5e-3),  # measured ~5e-4
+    ("int8", {"MatMulInteger", "DynamicQuantizeLinear"}, 0.1),  # measured ~3e-2
+    ("int4", {"MatMulNBits"}, 0.4),  # measured ~0.18 on random gaussian weights
+])
+def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision, ops, max_rel):
+    import onnx
+
+    bundle = _precision_bundle(tiny_checkpoint, precision)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["precision"] == precision and m["graphs"]["decoder"]["precision"] == precision
+    graph = onnx.load(str(bundle / "decoder.onnx"))
+    op_types = {n.op_type for n in graph.graph.node}
+    assert ops <= op_types
+    if precision == "fp16":
+        assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+    for value in list(graph.graph.input) + list(graph.graph.output):
+        if value.name not in ("position_ids", "attention_mask"):
+            assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
+    frame = make_frame(*SIZES[0], seed=5)
+    ref, run = BundleRunner(tiny_bundle), BundleRunner(bundle)
+    a = ref.generate([ref.prompt([frame])], 4)
+    b = run.generate([run.prompt([frame])], 4)
+    assert np.isfinite(b.logits[0]).all()
+    assert _rel(b.logits[0], a.logits[0]) < max_rel
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ckpt_copy(tiny_checkpoint, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, dst)
+    return dst
+
+
+def _edit_json(path: Path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _export_fails(ckpt, tmp_path, match, **options):
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match=match):
+        export_bundle(ckpt, out, quiet=True, **options)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")], "partial bundle left behind"
+
+
+def test_rejects_missing_dir(tmp_path):
+    _export_fails(tmp_path / "nope", tmp_path, "not a directory")
+
+
+def test_rejects_other_model_type(ckpt_copy, tmp_path):
+    _edit_json(ckpt_copy / "config.json", model_type="llama")
+    _export_fails(ckpt_copy, tmp_path, "model_type is 'llama'")
+
+
+def test_rejects_missing_config(ckpt_copy, tmp_path):
+    (ckpt_copy / "config.json").unlink()
+    _export_fails(ckpt_copy, tmp_path, "config.*missing")
+
+
+def test_rejects_corrupt_config(ckpt_copy, tmp_path):
+    (ckpt_copy / "config.json").write_text("{not json")
+    _export_fails(ckpt_copy, tmp_path, "not valid JSON")
+
+
+def test_rejects_truncated_weights(ckpt_copy, tmp_path):
+    weights = ckpt_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    _export_fails(ckpt_copy, tmp_path, "truncated")
+
+
+def test_rejects_missing_weights(ckpt_copy, tmp_path):
+    (ckpt_copy / "model.safetensors").unlink()
+    _export_fails(ckpt_copy, tmp_path, "no \\*.safetensors")
+
+
+def test_rejects_missing_tokenizer(ckpt_copy, tmp_path):
+    (ckpt_copy / "tokenizer.json").unlink()
+    _export_fails(ckpt_copy, tmp_path, "tokenizer.*missing")
+
+
+def test_rejects_tokenizer_without_vision_tokens(ckpt_copy, tmp_path):
+    tok = json.loads((ckpt_copy / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|image_pad|>"]
+    (ckpt_copy / "tokenizer.json").write_text(json.dumps(tok))
+    _export_fails(ckpt_copy, tmp_path, "image_pad")
+
+
+def test_rejects_config_token_ids_that_disagree_with_tokenizer(ckpt_copy, tmp_path):
+    _edit_json(ckpt_copy / "config.json", image_token_id=3)
+    _export_fails(ckpt_copy, tmp_path, "image_token_id=3")
+
+
+def test_rejects_sliding_window(ckpt_copy, tmp_path):
+    cfg = json.loads((ckpt_copy / "config.json").read_text())
+    cfg["text_config"]["use_sliding_window"] = True
+    (ckpt_copy / "config.json").write_text(json.dumps(cfg))
+    _export_fails(ckpt_copy, tmp_path, "use_sliding_window")
+
+
+def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path):
+    _edit_json(ckpt_copy / "preprocessor_config.json", patch_size=16)
+    _export_fails(ckpt_copy, tmp_path, "patch_size=16")
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"precision": "int3"}, "precision"), ({"max_image_tokens": 2}, "max_image_tokens"),
+    ({"vision_precision": "int4"}, "vision_precision"), ({"no_such_option": 1}, "unknown export option"),
+])
+def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
+    _export_fails(tiny_checkpoint, tmp_path, match, **options)
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"colour": 1}, "unknown keys"),
+    ({"prompt": {"template": "{system} only"}}, "prompt.template"),
+    ({"prompt": {"image": "{image_pads} {oops}"}}, "prompt.image"),
+    ({"output": {"mask": {"labels": ["others"]}}}, "labels"),
+    ({"output": {"mask": {"background": 5}}}, "background"),
+    ({"output": {"order": ["mask", "verdict"]}}, "order"),
+    ({"output": {"answers": {"anomalous": "yes", "normal": "yes"}}}, "answers"),
+    ({"output": {"tags": {"mask": ["<seg>"]}}}, "tags.mask"),
+])
+def test_rejects_bad_output_spec(tiny_checkpoint, tmp_path, spec, match):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    _export_fails(tiny_checkpoint, tmp_path, match, output_spec=path)
+
+
+def test_existing_output_needs_overwrite(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists"):
+        export_bundle(tiny_checkpoint, out, quiet=True)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    from export import pipeline
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_write_embeddings", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(tiny_checkpoint, tmp_path / "bundle", quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- options that change the bundle --------------------------------------------------------------------------
+
+def test_output_spec_external_data_and_cli(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """One export through the CLI: output-spec overrides land in the manifest, and with the external-data
+    threshold forced to 0 the weights go to .onnx.data files that are hashed and still load."""
+    from export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    spec = {"name": "judo-style", "output": {"mask": {"codec": "judo", "labels": ["others", "scratch", "dent"]},
+                                            "order": ["mask", "answer"]},
+            "prompt": {"detect": "Find defects."}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "bundle"
+    code = cli_main([str(tiny_checkpoint), str(out), "--output-spec", str(tmp_path / "spec.json"),
+                     "--max-image-tokens", "64", "--quiet"])
+    assert code == 0 and capsys.readouterr().out.strip() == str(out.absolute())
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["name"] == "judo-style" and m["output"]["mask"]["codec"] == "judo"
+    assert m["output"]["mask"]["labels"] == ["others", "scratch", "dent"] and m["output"]["order"] == ["mask", "answer"]
+    assert m["output"]["tags"]["mask"] == ["<seg>", "</seg>"]  # untouched defaults stay
+    assert m["prompt"]["detect"] == "Find defects." and "{system}" in m["prompt"]["template"]
+    assert m["preprocess"]["max_image_tokens"] == 64 and m["preprocess"]["max_pixels"] == 64 * 28 * 28
+    assert {"vision.onnx.data", "decoder.onnx.data"} <= set(m["files"])
+    runner = BundleRunner(out)
+    assert runner.generate([runner.prompt([make_frame(90, 150)])], 2).tokens[0]
+
+
+def test_cli_reports_errors_with_exit_code(tmp_path, capsys):
+    assert cli_main([str(tmp_path / "missing"), str(tmp_path / "out"), "--quiet"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_help_does_not_need_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from export.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as e:\n    sys.exit(e.code)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "PYTHONWARNINGS": "error"})
+    assert run.returncode == 0, run.stderr
+    assert "--precision" in run.stdout
+
+
+def test_export_options_defaults():
+    opts = ExportOptions()
+    assert opts.precision == "fp32" and opts.max_image_tokens == 1280 and opts.prefer_dynamo

@@ -1,0 +1,171 @@
+"""Generation on the exported tiny model: token parity with transformers' greedy generate, prefix cache, batch,
+stop conditions, streaming, score; and the empty-mask score tracker on hand-made inputs."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from omniad_edge.generate import EmptyMaskScore
+from helpers.frames import make_frame
+
+pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
+                    "(python setup.py build_ext --inplace)")
+
+
+# -- score tracker on hand-made steps --------------------------------------------------------------------------
+def test_score_is_one_minus_probability_of_the_empty_text():
+    s = EmptyMaskScore([7, 8, 9])
+    for token, lp in ((7, math.log(0.9)), (8, math.log(0.5)), (9, math.log(0.8))):
+        s.observe(token, lp)
+    assert s.score == pytest.approx(1 - 0.9 * 0.5 * 0.8)
+    assert s.expected() is None
+
+
+def test_score_stops_at_divergence_and_ignores_later_steps():
+    s = EmptyMaskScore([7, 8, 9])
+    s.observe(7, math.log(0.9))
+    s.observe(3, math.log(0.2))  # the model left the empty text: P(8) there was 0.2
+    s.observe(9, math.log(0.01))  # not tracked any more
+    assert s.score == pytest.approx(1 - 0.9 * 0.2)
+
+
+def test_forced_tokens_count_as_certain_and_no_target_means_no_score():
+    s = EmptyMaskScore([7, 8])
+    s.observe(7, None)
+    s.observe(8, math.log(0.25))
+    assert s.score == pytest.approx(0.75)
+    assert EmptyMaskScore([]).score is None
+
+
+# -- the tiny exported model --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inspector(tiny_bundle):
+    from omniad_edge import Inspector
+
+    return Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_bundle):
+    return json.loads((tiny_bundle / "manifest.json").read_text())
+
+
+def _prompt_ids(inspector, frame, task=None):
+    from omniad_edge.frame import to_rgb
+
+    image = inspector._encode(to_rgb(frame))
+    return inspector._request(image, task).prompt.ids
+
+
+def _hf_tokens(tiny_checkpoint, manifest, prompts, frames, n):
+    pytest.importorskip("torch", reason="parity reference needs torch + transformers (extra `export`)")
+    from helpers.hf_reference import hf_generate
+
+    seqs, logits, _ = hf_generate(tiny_checkpoint, manifest, prompts, frames, max_new_tokens=n)
+    return seqs, logits
+
+
+def _strip_eos(seq, eos):
+    return seq[:-1] if seq and seq[-1] in eos else seq
+
+
+@pytest.mark.parametrize("size", [(64, 64), (90, 150)])
+def test_generate_matches_transformers_greedy(inspector, tiny_checkpoint, manifest, size):
+    frame = make_frame(*size, seed=size[0])
+    ids, text = inspector.generate(frame, "Inspect the part.", max_new_tokens=12)
+    prompt = _prompt_ids(inspector, frame, "Inspect the part.")
+    (expected,), _ = _hf_tokens(tiny_checkpoint, manifest, [prompt], [[frame]], 12)
+    assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
+    assert text == inspector.tokenizer.decode(ids)
+
+
+def test_run_tokens_match_transformers_and_score_matches_its_logits(inspector, tiny_checkpoint, manifest):
+    frame = make_frame(80, 112, seed=3)
+    result = inspector.run(frame)
+    prompt = _prompt_ids(inspector, frame)
+    (expected,), logits = _hf_tokens(tiny_checkpoint, manifest, [prompt], [[frame]], 12)
+    generated = inspector.tokenizer.decode(_strip_eos(expected, set(manifest["tokens"]["eos"])))
+    assert result.text == generated
+    # score from transformers' own logits: P(empty text) along the greedy path until it leaves the empty text
+    empty = inspector.generator.empty_mask_ids
+    logp = 0.0
+    for step, target in enumerate(empty):
+        row = logits[step][0].astype(np.float64)
+        logp += row[target] - (row.max() + np.log(np.exp(row - row.max()).sum()))
+        if step >= len(expected) or expected[step] != target:
+            break
+    assert result.score == pytest.approx(1 - math.exp(logp), abs=1e-4)
+
+
+def test_prefix_cache_gives_the_same_tokens(tiny_bundle):
+    from omniad_edge import Inspector
+
+    refs = [make_frame(64, 64, seed=10), make_frame(56, 84, seed=11)]
+    cached = Inspector(tiny_bundle, mode="explain", reference=refs, threads=1, max_new_tokens=10)
+    plain = Inspector(tiny_bundle, mode="explain", reference=refs, threads=1, max_new_tokens=10,
+                      prefix_cache=False)
+    for seed in (1, 2, 3):
+        frame = make_frame(70, 70, seed=seed)
+        a, b = cached.run(frame), plain.run(frame)
+        assert a.text == b.text and a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.options["prefix_tokens"] > 0 and b.options["prefix_tokens"] == 0
+    assert a.prompt_tokens == b.prompt_tokens
+
+
+def test_prefix_cache_with_references_matches_transformers(tiny_bundle, tiny_checkpoint, manifest):
+    from omniad_edge import Inspector
+
+    refs = [make_frame(64, 64, seed=20)]
+    ins = Inspector(tiny_bundle, mode="explain", reference=refs, threads=1, max_new_tokens=8)
+    frame = make_frame(64, 92, seed=21)
+    ins.run(make_frame(64, 64, seed=22))  # warms the prefix
+    ids, _ = ins.generate(frame, "Compare.", max_new_tokens=8)
+    prompt = _prompt_ids(ins, frame, "Compare.")
+    (expected,), _ = _hf_tokens(tiny_checkpoint, manifest, [prompt], [[refs[0], frame]], 8)
+    assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
+
+
+def test_batch_equals_one_by_one(inspector):
+    frames = [make_frame(64, 64, seed=30), make_frame(100, 60, seed=31), make_frame(84, 140, seed=32)]
+    batch = inspector.run_batch(frames)
+    single = [inspector.run(f) for f in frames]
+    assert [b.text for b in batch] == [s.text for s in single]
+    for b, s in zip(batch, single):
+        assert b.score == pytest.approx(s.score, abs=1e-4)
+        assert b.mask.shape == s.mask.shape
+
+
+def test_streaming_chunks_and_length_stop(inspector):
+    chunks = []
+    result = inspector.run(make_frame(64, 64, seed=40), stream=chunks.append)
+    assert "".join(chunks) == result.text
+    assert result.finish_reason in ("eos", "length")
+    if result.finish_reason == "length":
+        assert result.generated_tokens == 12
+
+
+def test_max_new_tokens_is_respected(inspector):
+    ids, _ = inspector.generate(make_frame(64, 64, seed=41), "x", max_new_tokens=3)
+    assert len(ids) <= 3
+
+
+def test_timings_cover_every_stage(inspector):
+    result = inspector.run(make_frame(64, 64, seed=42))
+    for stage in ("preprocess", "vision", "prefill", "decode", "postprocess", "total"):
+        assert result.timings[stage] >= 0
+    parts = sum(result.timings[s] for s in ("preprocess", "vision", "prefill", "decode", "postprocess"))
+    assert parts <= result.timings["total"] * 1.01 + 0.5
+
+
+def test_real_vocabulary_bundle_matches_transformers(qwen_bundle, qwen_checkpoint):
+    """Same parity with the real 151,936-row Qwen vocabulary and tokenizer (tied embeddings)."""
+    from omniad_edge import Inspector
+
+    manifest = json.loads((qwen_bundle / "manifest.json").read_text())
+    ins = Inspector(qwen_bundle, mode="explain", threads=1, max_new_tokens=8)
+    frame = make_frame(72, 100, seed=50)
+    ids, _ = ins.generate(frame, "Inspect the part.", max_new_tokens=8)
+    prompt = _prompt_ids(ins, frame, "Inspect the part.")
+    (expected,), _ = _hf_tokens(qwen_checkpoint, manifest, [prompt], [[frame]], 8)
+    assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))

@@ -1,0 +1,126 @@
+"""Inspector: modes, result schema, bad frames, malformed model output, options, default bundle."""
+import numpy as np
+import pytest
+
+from helpers.frames import make_frame
+from omniad_edge.errors import BundleError, FrameError
+from omniad_edge.generate import Generation
+
+pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
+                    "(python setup.py build_ext --inplace)")
+
+
+@pytest.fixture(scope="module")
+def detect(tiny_bundle):
+    from omniad_edge import Inspector
+
+    return Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=10)
+
+
+@pytest.mark.parametrize("mode", ["detect", "explain"])
+def test_every_mode_returns_a_full_inspection(tiny_bundle, mode):
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode=mode, threads=1, max_new_tokens=10)
+    frame = make_frame(90, 120, seed=5)
+    result = ins.run(frame)
+    assert result.mask.shape == (90, 120) and result.mask.dtype == bool
+    assert 0.0 <= result.score <= 1.0
+    assert result.provider == "CPUExecutionProvider"
+    assert result.options["mode"] == mode and result.options["max_new_tokens"] == 10
+    assert result.prompt_tokens > 0 and result.generated_tokens <= 10
+    assert result.to_dict()["finish_reason"] == result.finish_reason
+
+
+def test_bad_frames_raise_and_the_inspector_keeps_working(detect):
+    good = make_frame(64, 64, seed=1)
+    first = detect.run(good)
+    for bad in (None, np.zeros((1, 1, 3), np.uint8), np.full((32, 32, 3), np.nan, np.float32), "missing.png",
+                np.zeros((32, 32, 5), np.uint8)):
+        with pytest.raises(FrameError):
+            detect.run(bad)
+    with pytest.raises(FrameError):
+        detect.run_batch([good, None])
+    again = detect.run(good)
+    assert again.text == first.text and again.score == pytest.approx(first.score, abs=1e-6)
+
+
+@pytest.mark.parametrize("text, repaired", [
+    ("<seg>zz ??? garbage", True),  # malformed and unterminated
+    ("no tags at all", True),
+    ("<seg>none</seg><think>fine</think><answer>no</answer>", False),
+    ("<seg>b cd</seg><think>A spot.</think><answer>yes</answer>", False),
+    ("<seg>b cd;b cd;" + "x" * 5000, True),
+    ("", True),
+])
+def test_malformed_model_output_never_crashes(tiny_bundle, monkeypatch, text, repaired):
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=4)
+
+    def fake_generate(requests, **_):
+        return [Generation(ids=[], text=text, finish_reason="eos", score=0.5, prompt_tokens=len(r.prompt),
+                           timings={"prefill": 0.0, "decode": 0.0}) for r in requests]
+
+    monkeypatch.setattr(ins.generator, "generate", fake_generate)
+    result = ins.run(make_frame(64, 80, seed=2))
+    assert result.mask_repaired is repaired
+    assert result.mask.shape == (64, 80)
+    if "b cd</seg>" in text:
+        assert result.is_anomalous and result.answer == "yes" and result.explanation == "A spot."
+        assert result.mask[64 // 16: 2 * 64 // 16, 2 * 80 // 16].all() and len(result.boxes) == 1
+        assert result.defect_type == "anomaly"
+    if "none" in text:
+        assert not result.is_anomalous and not result.mask.any() and result.boxes == []
+
+
+def test_detect_mode_stops_when_the_mask_closes(tiny_bundle):
+    pytest.importorskip("llguidance", reason="constrained output needs llguidance (extra `grammar`)")
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode="detect", constrain=True, threads=1, max_new_tokens=120)
+    result = ins.run(make_frame(64, 64, seed=1))
+    assert result.finish_reason == "mask_closed"
+    assert result.text.startswith("<seg>") and (result.text.endswith("</seg>") or result.text.endswith("none"))
+    assert not result.mask_repaired
+
+
+def test_ask_returns_a_letter_or_none(detect, monkeypatch):
+    def fake_generate(requests, **_):
+        return [Generation(ids=[], text="<seg>none</seg><answer>B</answer>", finish_reason="eos", score=0.1,
+                           prompt_tokens=1)]
+
+    monkeypatch.setattr(detect.generator, "generate", fake_generate)
+    assert detect.ask(make_frame(64, 64), "Is there any defect?", ["Yes.", "No."]) == "B"
+
+
+def test_bad_options_are_typed(tiny_bundle):
+    from omniad_edge import Inspector
+    from omniad_edge.inspector import InspectorError
+
+    with pytest.raises(InspectorError, match="mode"):
+        Inspector(tiny_bundle, mode="segment")
+    with pytest.raises(InspectorError, match="max_new_tokens"):
+        Inspector(tiny_bundle, max_new_tokens=0)
+    with pytest.raises(InspectorError, match="sampler"):
+        Inspector(tiny_bundle, temperature=-1.0)
+    with pytest.raises(FrameError):
+        Inspector(tiny_bundle, reference=[None])
+
+
+def test_missing_default_bundle_is_a_clear_error(monkeypatch, tmp_path):
+    import omniad_edge.bundle as bundle_module
+    from omniad_edge import Inspector
+
+    monkeypatch.setattr(bundle_module, "DEFAULT_BUNDLE_DIR", tmp_path / "default")
+    with pytest.raises(BundleError, match="no default bundle"):
+        Inspector()
+
+
+def test_sampling_is_seeded(tiny_bundle):
+    from omniad_edge import Inspector
+
+    frame = make_frame(64, 64, seed=9)
+    a = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
+    b = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
+    assert a.text == b.text

@@ -1,0 +1,180 @@
+"""SFT of the reference model on synthetic frames (teacher forcing, loss on the assistant turn only).
+
+    nice -n 10 python -m training.train --out runs/ref --steps 3000            # fresh run
+    nice -n 10 python -m training.train --out runs/ref --steps 3000 --resume   # continue after a stop
+
+Every frame is generated from its seed on the fly (step s uses train frames s*B .. s*B+B-1), so a resumed run sees
+exactly the data it would have seen without the stop. A checkpoint (weights + optimizer + step) is written every
+--ckpt-minutes, together with a Hugging Face folder OUT/hf that the exporter takes (`python -m export OUT/hf ...`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import spec as S
+from .data import Encoder, collate, training_frame
+
+TRAINING_DIR = Path(__file__).resolve().parent
+
+
+def _log(out: Path, record: dict) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    with open(out / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def prepare_tokenizer(out: Path, samples: int) -> Path:
+    """OUT/tokenizer/tokenizer.json, built once per run directory and reused on resume."""
+    from . import tokenizer as T
+
+    path = out / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        T.main([str(path.parent), "--samples", str(samples)])
+    return path
+
+
+def save_hf(model, out_dir: Path, tokenizer_path: Path, spec: dict) -> None:
+    """A Hugging Face checkpoint folder the exporter reads: weights, config, tokenizer, chat template, preprocessor
+    config and the output spec."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.copy(tokenizer_path, tmp / "tokenizer.json")
+    shutil.copy(TRAINING_DIR / "chat_template.jinja", tmp / "chat_template.jinja")
+    shutil.copy(S.SPEC_PATH, tmp / "output_spec.json")
+    p = S.PREPROCESS
+    (tmp / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": p["mean"], "image_std": p["std"],
+        "min_pixels": p["min_pixels"], "max_pixels": p["max_pixels"],
+        "size": {"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]},
+        "patch_size": p["patch_size"], "merge_size": p["merge_size"], "temporal_patch_size": p["temporal_patch_size"],
+        "resample": 3}, indent=2), encoding="utf-8")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine to 5% of peak as progress goes 0 -> 1."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, max(0.0, progress))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def batch_examples(encoder: Encoder, split: str, start: int, n: int, size: int, vary: bool = True):
+    return [encoder.sample(*training_frame(split, i, size, vary)) for i in range(start, start + n)]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="SFT of the omniad_edge reference model on synthetic defects")
+    ap.add_argument("--out", type=Path, default=Path("runs/ref"))
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--size", type=int, default=224, help="frame side in pixels")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="training time budget (resumes included); the LR schedule follows whichever of steps and "
+                         "time runs out first, so a slow shared machine still ends with a decayed LR; 0: steps only")
+    ap.add_argument("--val-every", type=int, default=250)
+    ap.add_argument("--tokenizer-samples", type=int, default=3000)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from .model import make_model
+
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    spec = S.load_spec()
+    tok_path = prepare_tokenizer(args.out, args.tokenizer_samples)
+    encoder = Encoder(tok_path, spec)
+    model = make_model(encoder.tokenizer.backend, seed=args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    step, elapsed = 0, 0.0
+    state_path = args.out / "ckpt" / "state.pt"
+    if args.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        _log(args.out, {"event": "resume", "step": step})
+    elif args.resume:
+        _log(args.out, {"event": "resume", "step": 0, "note": f"no checkpoint at {state_path}; starting fresh"})
+    else:
+        (args.out / "log.jsonl").unlink(missing_ok=True)
+    _log(args.out, {"event": "start", "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                    **{k: str(v) for k, v in vars(args).items()}})
+
+    def checkpoint():
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "elapsed_s": spent()}, tmp)
+        os.replace(tmp, state_path)
+        save_hf(model, args.out / "hf", tok_path, spec)
+        _log(args.out, {"event": "checkpoint", "step": step})
+
+    pad, image_pad = encoder.tokens["pad"], encoder.tokens["image_pad"]
+    val = collate(batch_examples(encoder, "val", 0, 32, args.size), pad, image_pad)
+    t_start = last_ckpt = time.monotonic()
+    t_log, losses = time.monotonic(), []
+
+    def spent() -> float:
+        return elapsed + time.monotonic() - t_start
+
+    def progress() -> float:
+        p = step / args.steps
+        return max(p, spent() / (args.max_minutes * 60)) if args.max_minutes else p
+
+    model.train()
+    while progress() < 1.0:
+        batch = collate(batch_examples(encoder, "train", step * args.batch, args.batch, args.size), pad, image_pad)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, progress(), args.lr, args.warmup)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 10 == 0:
+            now = time.monotonic()
+            _log(args.out, {"step": step, "loss": round(float(np.mean(losses)), 4), "lr": round(opt.param_groups[0]["lr"], 6),
+                            "s_per_step": round((now - t_log) / len(losses), 3)})
+            t_log, losses = now, []
+        done = progress() >= 1.0
+        if step % args.val_every == 0 or done:
+            model.eval()
+            with torch.no_grad():
+                out = model(**val)
+                pred = out.logits[:, :-1].argmax(-1)
+                gold = val["labels"][:, 1:]
+                keep = gold != -100
+                acc = float((pred[keep] == gold[keep]).float().mean())
+            model.train()
+            _log(args.out, {"step": step, "val_loss": round(float(out.loss), 4), "val_token_acc": round(acc, 4)})
+        now = time.monotonic()
+        if now - last_ckpt > args.ckpt_minutes * 60 or done:
+            checkpoint()
+            last_ckpt = now
+    _log(args.out, {"event": "done", "step": step, "minutes": round(spent() / 60, 1)})
+
+
+if __name__ == "__main__":
+    main()
