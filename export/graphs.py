@@ -173,6 +173,7 @@ class DecoderGraph(nn.Module):
             x = x + attn.o_proj(out).float()
             h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
             x = x + layer.mlp(h.to(self.dtype)).float()
-        last = rms_norm(x[:, -1, :], self.norm_weight, self.norm_eps).to(self.dtype)
-        logits = self.lm_head(last).float()
+        # keep the sequence axis: a 2-D input would export lm_head as Gemm, which the quantizers skip
+        last = rms_norm(x[:, -1:, :], self.norm_weight, self.norm_eps).to(self.dtype)
+        logits = self.lm_head(last)[:, 0, :].float()
         return (logits, *new_kv)

@@ -93,7 +93,7 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
     import torch
 
     log = log or (lambda msg: None)
-    info: dict = {"exporter": "dynamo", "opset": OPSET}
+    info: dict = {"exporter": "dynamo" if prefer_dynamo else "legacy", "opset": OPSET}
     model = None
     if prefer_dynamo:
         dynamic = torch.export.Dim.DYNAMIC
@@ -119,7 +119,6 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
 
         import onnx
 
-        info.setdefault("exporter", "legacy")
         flat_args = list(args[:-1]) + list(args[-1]) if isinstance(args[-1], tuple) else list(args)
 
         class _Flat(torch.nn.Module):  # the legacy exporter wants flat positional inputs

@@ -30,14 +30,18 @@ def quantize_int8(model):
     return result
 
 
-def quantize_int4(model, block_size: int = 32):
-    """fp32 ModelProto -> int4 weight-only ModelProto (MatMulNBits, symmetric, blocks along K)."""
+def quantize_int4(model, block_size: int = 32, accuracy_level: int = 0):
+    """fp32 ModelProto -> int4 weight-only ModelProto (MatMulNBits, symmetric, blocks along K).
+
+    accuracy_level: MatMulNBits' compute type on CPU, 0 (unset: float32) .. 4 (int8 activations, fastest)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ExportError(f"int4 accuracy level must be 0..4, got {accuracy_level!r}")
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                     op_types_to_quantize=("MatMul",))
+                                     accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
     quantizer.process()
     result = quantizer.model.model
     _check_changed(result, ("MatMulNBits",), "int4")

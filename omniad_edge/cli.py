@@ -78,16 +78,6 @@ def _export(args) -> int:
     return int(export_main(args.export_args) or 0)
 
 
-def _bench(args) -> int:
-    try:
-        from .bench import main as bench_main
-    except ImportError:
-        print("bench is not available in this version; see benchmarks/ for the measurement scripts",
-              file=sys.stderr)
-        return 1
-    return int(bench_main(args.bench_args) or 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniad-edge", description="OmniAD-style industrial anomaly inspection "
                                      "on edge devices.")
@@ -129,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = engine_build.add_parser(sub)
         p.set_defaults(run=lambda a: int(engine_build.main(a) or 0))
 
-    p = sub.add_parser("bench", help="runtime benchmarks", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(run=_bench)
+    # bench owns its options (a REMAINDER argument would not capture leading options such as --frames)
+    from . import bench
+
+    bench.add_parser(sub)  # its defaults run bench.main(namespace)
     return parser
 
 

@@ -4,7 +4,7 @@
     rows = run_demo("demo_out", n=8)      # frames, overlays, results.json; one dict per frame
 
 The frames come from the synthetic test split (never seen in training) and are written in a mix of sizes and file
-formats (RGB, grey, RGBA, 16-bit PNG) that the runtime reads back from disk, as a camera pipeline would hand them
+formats (RGB, grey, RGBA, 16-bit grey PNG) that the runtime reads back from disk, as a camera pipeline would hand them
 over.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import OmniADError
 
 # (height, width) and storage mode per frame, cycled: sizes the preprocessor has to resize, modes it must convert
 _SIZES = ((224, 224), (256, 320), (300, 200), (224, 224), (448, 448), (180, 240))
-_MODES = ("rgb", "grey", "rgba", "rgb16")
+_MODES = ("rgb", "grey", "rgba", "grey16")
 
 
 class DemoError(OmniADError, ValueError):
@@ -62,7 +62,7 @@ def run_demo(out_dir, n: int = 8, seed: int = 0, engine=None) -> list[dict]:
     if out.exists() and not out.is_dir():
         raise DemoError(f"out_dir {str(out)!r} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    inspector = engine if isinstance(engine, Inspector) else (Inspector() if engine is None else Inspector(engine))
+    inspector = engine if isinstance(engine, Inspector) else Inspector(engine, mode="explain")
 
     from .visualize import save_overlay
 

@@ -4,7 +4,8 @@ Chain, llama.cpp style, per row of (B, V) logits::
 
     repetition penalty -> allowed-token mask -> temperature -> top-k -> top-p -> min-p -> draw
 
-``temperature == 0`` is greedy (argmax after penalty and mask; ties -> lowest id, like numpy.argmax).
+``temperature == 0`` is greedy (argmax after penalty and mask; ties -> lowest id, like numpy.argmax); other
+temperatures must be >= 1e-4.
 
 - logits: float32 or float16, C-contiguous, shape (B, V) or (V,) (= one row). Never modified.
 - previous: token ids already generated, per row, for the repetition penalty: (B, N) ints, or a list of lists
@@ -122,6 +123,8 @@ class Sampler:
 
     def sample_ids(self, logits: np.ndarray, previous=None, allowed_mask=None) -> np.ndarray:
         """Like ``sample`` without log-probabilities: greedy is then a single argmax pass."""
+        if previous is None and allowed_mask is None:  # hot path: the native side checks logits itself
+            return self._native.sample(logits, None, None, False)
         batch, allowed_mask = _rows(logits, allowed_mask)
         return self._native.sample(logits, _previous(previous, batch), allowed_mask, False)
 

@@ -274,10 +274,10 @@ def _object(rng, h, w, shape_fn, colour):
     ang = rng.uniform(0, math.pi)
     alpha = _draw_mask(h, w, lambda d: shape_fn(d, cx, cy, size, ang, s))
     part = alpha > 0.5
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # shading: brighter towards a random light direction
     la = rng.uniform(0, 2 * math.pi)
-    shade = 1.0 + 0.25 * (((xx - cx) * math.cos(la) + (yy - cy) * math.sin(la)) / size)
+    shade = 1.0 + 0.25 * (((np.arange(w, dtype=np.float32)[None, :] - cx) * math.cos(la)
+                           + (np.arange(h, dtype=np.float32)[:, None] - cy) * math.sin(la)) / size)
     obj = _colour(rng, colour, 0.08)[None, None, :] * np.clip(shade, 0.6, 1.3)[..., None]
     _blend(img, alpha, 0.0)
     img += alpha[..., None] * obj
@@ -329,8 +329,10 @@ _SURFACE_FNS = {"metal": _metal, "fabric": _fabric, "pcb": _pcb, "wood": _wood, 
 # ---------------------------------------------------------------- defects: modify img in place, return bool mask
 
 def _local_mean(img, part):
-    vals = img[part] if part.any() else img.reshape(-1, 3)
-    return vals.mean(axis=0)
+    n = int(part.sum())
+    if n == 0 or n == part.size:
+        return img.reshape(-1, 3).mean(axis=0)
+    return np.tensordot(part.astype(np.float32), img, axes=([0, 1], [0, 1])) / n
 
 
 def _contrast_colour(rng, img, part, strength):
@@ -505,13 +507,14 @@ _DEFECT_FNS = {"scratch": _scratch, "crack": _crack, "hole": _hole, "stain": _st
 
 def _light(rng, img):
     h, w, _ = img.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     a = rng.uniform(0, 2 * math.pi)
-    grad = ((xx / w - 0.5) * math.cos(a) + (yy / h - 0.5) * math.sin(a)) * rng.uniform(0.0, 0.4)
-    gain = rng.uniform(0.75, 1.2) * (1.0 + grad)
+    k = rng.uniform(0.0, 0.4)
+    gx = ((np.arange(w, dtype=np.float32) / w - 0.5) * (math.cos(a) * k))[None, :]
+    gy = ((np.arange(h, dtype=np.float32) / h - 0.5) * (math.sin(a) * k))[:, None]
+    gain = rng.uniform(0.75, 1.2) * (1.0 + gx + gy)
     contrast = rng.uniform(0.7, 1.25)
     out = (img - 0.45) * contrast + 0.45  # a fixed pivot, so the defect does not shift the whole frame
     out *= gain[..., None]
     out *= rng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance
-    out += rng.normal(0, rng.uniform(0.005, 0.025), out.shape).astype(np.float32)
+    out += rng.standard_normal(out.shape, dtype=np.float32) * np.float32(rng.uniform(0.005, 0.025))
     return out

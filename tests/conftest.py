@@ -8,9 +8,16 @@
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from helpers.cache import cached_dir, source_key
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) must still find omniad_edge and export
+    sys.path.insert(0, str(ROOT))
+
+from helpers.cache import cached_dir, source_key  # noqa: E402
 
 
 def pytest_configure(config):

@@ -96,6 +96,13 @@ def test_every_file_is_listed_with_its_sha256(tiny_bundle):
     assert emb.dtype == np.float32 and list(emb.shape) == m["embed_tokens"]["shape"]
 
 
+def test_runtime_loader_accepts_the_bundle(tiny_bundle):
+    from omniad_edge import load_bundle
+
+    bundle = load_bundle(tiny_bundle)  # schema, sha256 and containment checks of the device side
+    assert bundle.decoder_path.name == "decoder.onnx" and bundle.embed_tokens().shape[0] == bundle.model["vocab_size"]
+
+
 def test_graph_io_follows_design(tiny_bundle):
     from helpers.reference import ort_session
 
@@ -183,6 +190,15 @@ def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision,
     assert ops <= op_types
     if precision == "fp16":
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+        # the last two vision blocks keep their MLP in float32 (Qwen2.5-VL-3B's fp16 overflow), the rest is fp16
+        vision = onnx.load(str(bundle / "vision.onnx"))
+        depth = m["model"]["vision"]["depth"]
+        mlp = {i.name: i.data_type for i in vision.graph.initializer if ".mlp." in i.name and i.name[:7] == "blocks."}
+        assert mlp and all((t == onnx.TensorProto.FLOAT) == (int(n.split(".")[1]) >= depth - 2) for n, t in mlp.items())
+    else:  # every constant weight matrix was quantized, the lm_head included
+        weights = {i.name for i in graph.graph.initializer if len(i.dims) == 2}
+        left = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & weights]
+        assert not left, left
     for value in list(graph.graph.input) + list(graph.graph.output):
         if value.name not in ("position_ids", "attention_mask"):
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
@@ -279,6 +295,8 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
 @pytest.mark.parametrize("options, match", [
     ({"precision": "int3"}, "precision"), ({"max_image_tokens": 2}, "max_image_tokens"),
     ({"vision_precision": "int4"}, "vision_precision"), ({"no_such_option": 1}, "unknown export option"),
+    ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
+    ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
     _export_fails(tiny_checkpoint, tmp_path, match, **options)
@@ -312,10 +330,12 @@ def test_existing_output_needs_overwrite(tiny_checkpoint, tmp_path):
 def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
     from export import pipeline
 
-    def boom(*args, **kwargs):
+    def interrupted(*args, **kwargs):  # a half-written graph in the partial directory, then Ctrl-C
+        (partial,) = tmp_path.glob(".bundle.partial-*")
+        (partial / "vision.onnx").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "_write_embeddings", boom)
+    monkeypatch.setattr(pipeline, "_export_vision", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_bundle(tiny_checkpoint, tmp_path / "bundle", quiet=True)
     assert list(tmp_path.iterdir()) == []
@@ -369,3 +389,47 @@ def test_cli_help_does_not_need_torch():
 def test_export_options_defaults():
     opts = ExportOptions()
     assert opts.precision == "fp32" and opts.max_image_tokens == 1280 and opts.prefer_dynamo
+
+
+def test_flat_legacy_config_reads_like_nested(tiny_checkpoint, ckpt_copy):
+    """Published Qwen2.5-VL configs (transformers 4.49 era) are flat with rope_scaling {"type": "mrope"}."""
+    from export.checkpoint import inspect_checkpoint, load_model
+    from export.manifest import model_section
+
+    cfg = json.loads((ckpt_copy / "config.json").read_text())
+    text = cfg.pop("text_config")
+    rope = text.pop("rope_parameters")
+    flat = {**{k: v for k, v in text.items() if k not in ("model_type", "dtype")}, **cfg,
+            "rope_scaling": {"type": "mrope", "mrope_section": rope["mrope_section"]},
+            "rope_theta": rope["rope_theta"]}
+    (ckpt_copy / "config.json").write_text(json.dumps(flat))
+    nested = model_section(inspect_checkpoint(tiny_checkpoint))
+    legacy = inspect_checkpoint(ckpt_copy)
+    assert model_section(legacy) == nested
+    model = load_model(legacy)
+    assert model.config.text_config.hidden_size == nested["hidden_size"]
+    assert list(model.model.language_model.rotary_emb.mrope_section) == nested["mrope_section"]
+
+
+def test_dynamo_failure_falls_back_to_legacy_and_says_why(tiny_checkpoint, tiny_bundle, tmp_path, monkeypatch):
+    import torch
+
+    real_export = torch.onnx.export
+
+    def dynamo_breaks(*args, **kwargs):
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated dynamo failure")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
+    out = export_bundle(tiny_checkpoint, tmp_path / "bundle", quiet=True)
+    info = json.loads((out / "manifest.json").read_text())["exporter"]["graphs"]
+    for graph in ("vision", "decoder"):
+        assert info[graph]["exporter"] == "legacy"
+        assert "simulated dynamo failure" in info[graph]["fallback_reason"]
+    frame = make_frame(*SIZES[1], seed=9)
+    legacy, dynamo = BundleRunner(out), BundleRunner(tiny_bundle)
+    a = legacy.generate([legacy.prompt([frame])], 6)
+    b = dynamo.generate([dynamo.prompt([frame])], 6)
+    assert a.tokens == b.tokens
+    assert max(_rel(x, y) for x, y in zip(a.logits, b.logits)) < LOGIT_RTOL

@@ -228,3 +228,37 @@ def test_quick_evaluation_through_the_edge_runtime(edge_eval):
     assert m["tokens_per_frame"] < 80, m
     o = other["summary"]["edge"]["all"]
     assert o["verdict_acc"] >= 0.75, o
+
+
+# ------------------------------------------------------------------ the demo (omniad-edge demo)
+
+def test_demo_writes_frames_overlays_and_results(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the edge runtime needs onnxruntime")
+    from omniad_edge.demo import run_demo
+
+    _bundle()
+    rows = run_demo(tmp_path / "demo", n=4, seed=0)
+    assert len(rows) == 4
+    # frames are stored in several sizes and modes (grey, RGBA, 16-bit) and read back by the runtime
+    assert {r["mode"] for r in rows} == {"rgb", "grey", "rgba", "grey16"}
+    for r in rows:
+        assert (tmp_path / "demo" / r["frame"]).is_file() and (tmp_path / "demo" / r["overlay"]).is_file()
+        assert 0.0 <= r["score"] <= 1.0 and isinstance(r["anomalous"], bool)
+    assert json.loads((tmp_path / "demo" / "results.json").read_text()) == rows
+
+
+@pytest.mark.parametrize("kwargs, word", [({"n": 0}, "n"), ({"n": "8"}, "n"), ({"seed": -1}, "seed")])
+def test_demo_bad_arguments(tmp_path, kwargs, word):
+    from omniad_edge.demo import DemoError, run_demo
+
+    with pytest.raises(DemoError, match=word):
+        run_demo(tmp_path, **kwargs)
+
+
+def test_demo_out_dir_must_be_a_directory(tmp_path):
+    from omniad_edge.demo import DemoError, run_demo
+
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(DemoError, match="out_dir"):
+        run_demo(f)

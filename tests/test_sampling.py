@@ -84,6 +84,7 @@ def test_greedy_with_allowed_mask(kind):
     ids, lps = Sampler().sample(x, allowed_mask=mask)
     masked = np.where(allowed, x, -np.inf)
     assert np.array_equal(ids, masked.argmax(axis=1))
+    assert np.array_equal(Sampler().sample_ids(x, allowed_mask=mask), ids)  # the no-copy greedy path
     want = [np_log_softmax(masked[b])[ids[b]] for b in range(4)]
     np.testing.assert_allclose(lps, want, atol=2e-5)
 
@@ -122,6 +123,9 @@ def draw(sampler, x, n=N):
     return sampler.sample_ids(np.ascontiguousarray(np.broadcast_to(x, (n, len(x))), dtype=np.float32))
 
 
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}  # p = 0.001 critical values
+
+
 def chi_square(ids, probs, v):
     counts = np.bincount(ids, minlength=v)
     expected = probs * len(ids)
@@ -142,7 +146,23 @@ def test_sampled_frequencies(settings_, expected):
     x = np.log(PROBS).astype(np.float32)
     ids = draw(Sampler(seed=123, **settings_), x)
     stat, dof = chi_square(ids, expected, 6)
-    assert stat < {1: 10.8, 2: 13.8, 3: 16.3, 5: 20.5}[dof], (stat, dof)  # p = 0.001 critical values
+    assert stat < CHI2_999[dof], (stat, dof)
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_frequencies_match_numpy_chain_on_random_settings(case):
+    # Catches tokens wrongly dropped (a subset check cannot): every kept token must show up at its rate.
+    rng = np.random.default_rng(100 + case)
+    v = int(rng.integers(3, 9))
+    x = (rng.standard_normal(v) * rng.uniform(0.5, 2.5)).astype(np.float32)
+    cfg = dict(temperature=float(rng.uniform(0.5, 2.0)), top_k=int(rng.integers(0, v + 1)),
+               top_p=float(rng.choice([1.0, rng.uniform(0.3, 0.99)])), min_p=float(rng.choice([0.0, rng.uniform(0, 0.3)])))
+    kept, probs = np_kept(x, cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg["min_p"])
+    expected = np.zeros(v)
+    expected[kept] = probs
+    ids = draw(Sampler(seed=case, **cfg), x, n=20_000)
+    stat, dof = chi_square(ids, expected, v)
+    assert dof == 0 or stat < CHI2_999[dof], (stat, dof, cfg)
 
 
 def test_logprobs_are_before_truncation():
@@ -215,6 +235,8 @@ def test_log_softmax_at(dtype):
     (np.zeros((2, 5), np.int32), TypeError, "logits must have dtype"),
     (np.zeros((2, 3, 5), np.float32), ValueError, r"logits must have 1..2 dimensions, got shape \(2, 3, 5\)"),
     (np.zeros((2, 10), np.float32)[:, ::2], ValueError, "C-contiguous"),
+    (np.zeros((2, 10), np.float32)[:, ::-1], ValueError, "C-contiguous"),
+    (np.zeros((2, 10), ">f4"), TypeError, "native byte order"),
     (np.zeros((2, 0), np.float32), ValueError, "empty"),
     (np.array([0.0, np.nan], np.float32), ValueError, "NaN"),
     (np.array([0.0, np.inf], np.float16), ValueError, r"\+inf"),
@@ -236,8 +258,11 @@ def test_bad_masks_and_previous():
         s.sample(x, allowed_mask=np.ones((2, 39), bool))
     with pytest.raises(TypeError, match="allowed_mask must have dtype uint32 or bool"):
         s.sample(x, allowed_mask=np.ones((2, 2), np.float32))
-    with pytest.raises(ValueError, match="no allowed token in row 1"):
-        s.sample(x, allowed_mask=np.array([[1, 0], [0, 0]], np.uint32))
+    for sampler in (s, Sampler()):
+        with pytest.raises(ValueError, match="no allowed token in row 1"):
+            sampler.sample_ids(x, allowed_mask=np.array([[1, 0], [0, 0]], np.uint32))
+    with pytest.raises(ValueError, match="no allowed token in row 0"):  # allowed bits past V do not count
+        Sampler().sample_ids(x, allowed_mask=np.array([[0, 0xFFFFFF00], [1, 0]], np.uint32))
     with pytest.raises(ValueError, match="previous token id 40 is outside the vocabulary"):
         Sampler(repetition_penalty=1.3).sample(x, previous=[[1], [40]])
     with pytest.raises(ValueError, match=r"previous must have shape \(2, N\)"):
@@ -249,6 +274,7 @@ def test_bad_masks_and_previous():
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(temperature=-1), ValueError, "temperature"),
     (dict(temperature=float("nan")), ValueError, "temperature"),
+    (dict(temperature=1e-6), ValueError, "temperature must be 0 .greedy. or a finite number >= 1e-4"),
     (dict(temperature="hot"), TypeError, "temperature"),
     (dict(top_k=-1), ValueError, "top_k"),
     (dict(top_k=1.5), TypeError, "top_k"),

@@ -29,6 +29,22 @@ class Example:
     grid_thw: tuple[int, int, int]
     prompt_len: int
     target: str
+    patch_labels: np.ndarray | None = None  # (N/4, 4) int64: defect label of each patch, per merged token
+
+
+def patch_labels(mask: np.ndarray, label: int, resized: tuple[int, int], grid_thw, patch: int = 14,
+                 merge: int = 2, coverage: float = 0.02) -> np.ndarray:
+    """Per-patch labels for the auxiliary dense loss: the pixel mask resized like the frame (nearest), a patch takes
+    `label` when >= coverage of it is defect; laid out as the merger's tokens (raster order, 2x2 patches each)."""
+    from PIL import Image
+
+    _, gh, gw = grid_thw
+    h, w = resized
+    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    cover = m.reshape(gh, patch, gw, patch).mean(axis=(1, 3))
+    cells = np.where(cover >= coverage, label, 0).astype(np.int64)
+    blocks = cells.reshape(gh // merge, merge, gw // merge, merge).transpose(0, 2, 1, 3)
+    return blocks.reshape(-1, merge * merge)
 
 
 class Encoder:
@@ -50,17 +66,24 @@ class Encoder:
         _, gh, gw = pre.grid_thw
         return pre, self.builder.detect([gh * gw // (self.merge * self.merge)])
 
-    def encode(self, image: np.ndarray, grid: np.ndarray) -> Example:
+    def encode(self, image: np.ndarray, grid: np.ndarray, mask: np.ndarray | None = None, label: int = 0
+               ) -> Example:
         pre, prompt = self.prompt(image)
         target = S.target_text(self.spec, grid)
         target_ids = self.tokenizer.encode(target) + list(self.tokens["eos"])
         ids = np.concatenate([prompt.ids, np.asarray(target_ids, np.int64)])
         labels = ids.copy()
         labels[: len(prompt)] = IGNORE
-        return Example(ids, labels, pre.pixel_values, pre.grid_thw, len(prompt), target)
+        dense = None
+        if mask is not None:
+            dense = patch_labels(mask, label, pre.resized, pre.grid_thw, int(S.PREPROCESS["patch_size"]),
+                                 self.merge, float(self.spec["output"]["mask"]["coverage"]))
+        return Example(ids, labels, pre.pixel_values, pre.grid_thw, len(prompt), target, dense)
 
     def sample(self, sample: synth.Sample, image: np.ndarray | None = None) -> Example:
-        return self.encode(sample.image if image is None else image, S.sample_grid(self.spec, sample))
+        label = self.spec["output"]["mask"]["labels"].index(sample.defect) if sample.anomalous else 0
+        return self.encode(sample.image if image is None else image, S.sample_grid(self.spec, sample),
+                           sample.mask, label)
 
 
 def training_frame(split: str, index: int, size: int = 224, vary: bool = True):
@@ -94,7 +117,7 @@ def collate(examples: list[Example], pad_id: int, image_pad_id: int):
         ids[i, : len(e.input_ids)] = e.input_ids
         labels[i, : len(e.labels)] = e.labels
         attn[i, : len(e.input_ids)] = 1
-    return {
+    batch = {
         "input_ids": torch.from_numpy(ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(attn),
@@ -102,3 +125,6 @@ def collate(examples: list[Example], pad_id: int, image_pad_id: int):
         "pixel_values": torch.from_numpy(np.concatenate([e.pixel_values for e in examples])),
         "image_grid_thw": torch.tensor([e.grid_thw for e in examples], dtype=torch.long),
     }
+    if all(e.patch_labels is not None for e in examples):
+        batch["patch_labels"] = torch.from_numpy(np.concatenate([e.patch_labels for e in examples]))
+    return batch

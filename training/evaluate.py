@@ -93,7 +93,7 @@ class TorchRunner:
 
     name = "torch"
 
-    def __init__(self, hf_dir: str | Path, threads: int = 2, max_new_tokens: int = 256):
+    def __init__(self, hf_dir: str | Path, threads: int = 2, max_new_tokens: int = 320):
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -169,7 +169,7 @@ class EdgeRunner:
     def __init__(self, bundle: str | Path, threads: int = 2):
         from omniad_edge import Inspector
 
-        self.inspector = Inspector(str(bundle), threads=threads)
+        self.inspector = Inspector(str(bundle), mode="explain", threads=threads)
 
     def run(self, rgb: np.ndarray) -> Prediction:
         t0 = time.perf_counter()

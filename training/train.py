@@ -90,6 +90,9 @@ def main(argv=None):
                          "time runs out first, so a slow shared machine still ends with a decayed LR; 0: steps only")
     ap.add_argument("--val-every", type=int, default=250)
     ap.add_argument("--tokenizer-samples", type=int, default=3000)
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="weight of the auxiliary dense loss: a linear head on the merger output predicts each "
+                         "patch's defect label (training only; not part of the model or the bundle)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -105,6 +108,14 @@ def main(argv=None):
     encoder = Encoder(tok_path, spec)
     model = make_model(encoder.tokenizer.backend, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    # Dense supervision for the vision tower: one label per patch is far more signal per frame than the first mask
+    # token alone. The head reads the merged image tokens (captured by a hook) and is dropped at export.
+    n_labels = len(spec["output"]["mask"]["labels"])
+    merge = model.config.vision_config.spatial_merge_size
+    aux = torch.nn.Linear(model.config.vision_config.out_hidden_size, merge * merge * n_labels)
+    aux_opt = torch.optim.AdamW(aux.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    captured = {}
+    model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("merged", out.pooler_output))
     step, elapsed = 0, 0.0
     state_path = args.out / "ckpt" / "state.pt"
     if args.resume and state_path.is_file():
@@ -112,6 +123,9 @@ def main(argv=None):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        if "aux" in state:
+            aux.load_state_dict(state["aux"])
+            aux_opt.load_state_dict(state["aux_optimizer"])
         _log(args.out, {"event": "resume", "step": step})
     elif args.resume:
         _log(args.out, {"event": "resume", "step": 0, "note": f"no checkpoint at {state_path}; starting fresh"})
@@ -124,7 +138,7 @@ def main(argv=None):
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "elapsed_s": spent()}, tmp)
+                    "elapsed_s": spent(), "aux": aux.state_dict(), "aux_optimizer": aux_opt.state_dict()}, tmp)
         os.replace(tmp, state_path)
         save_hf(model, args.out / "hf", tok_path, spec)
         _log(args.out, {"event": "checkpoint", "step": step})
@@ -144,25 +158,34 @@ def main(argv=None):
     model.train()
     while progress() < 1.0:
         batch = collate(batch_examples(encoder, "train", step * args.batch, args.batch, args.size), pad, image_pad)
-        for g in opt.param_groups:
+        for g in opt.param_groups + aux_opt.param_groups:
             g["lr"] = lr_at(step, progress(), args.lr, args.warmup)
-        loss = model(**batch).loss
+        dense = batch.pop("patch_labels")
+        lm_loss = model(**batch).loss
+        logits = aux(captured.pop("merged")).view(-1, n_labels)
+        aux_loss = torch.nn.functional.cross_entropy(logits, dense.view(-1))
+        loss = lm_loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
+        aux_opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
         opt.step()
+        aux_opt.step()
         step += 1
-        losses.append(loss.item())
+        losses.append((lm_loss.item(), aux_loss.item()))
         if step % 10 == 0:
             now = time.monotonic()
-            _log(args.out, {"step": step, "loss": round(float(np.mean(losses)), 4), "lr": round(opt.param_groups[0]["lr"], 6),
+            lm, dn = np.mean(losses, axis=0)
+            _log(args.out, {"step": step, "loss": round(float(lm), 4), "aux_loss": round(float(dn), 4),
+                            "lr": round(opt.param_groups[0]["lr"], 6),
                             "s_per_step": round((now - t_log) / len(losses), 3)})
             t_log, losses = now, []
         done = progress() >= 1.0
         if step % args.val_every == 0 or done:
             model.eval()
             with torch.no_grad():
-                out = model(**val)
+                out = model(**{k: v for k, v in val.items() if k != "patch_labels"})
+                captured.clear()
                 pred = out.logits[:, :-1].argmax(-1)
                 gold = val["labels"][:, 1:]
                 keep = gold != -100

@@ -69,6 +69,9 @@ inline Checked require(py::handle obj, const char* name, std::initializer_list<K
                 throw py::value_error(std::string(name) + " must have " + std::to_string(min_rank) +
                                       (min_rank == max_rank ? "" : ".." + std::to_string(max_rank)) +
                                       " dimensions, got shape " + shape_str(a));
+            if (!a.dtype().attr("isnative").cast<bool>())
+                throw py::type_error(std::string(name) + " must be in native byte order (use .astype(" +
+                                     "dtype.newbyteorder('='))), got " + std::string(py::str(a.dtype())));
             if (!(a.flags() & py::array::c_style))
                 throw py::value_error(std::string(name) +
                                       " must be C-contiguous (pass numpy.ascontiguousarray(...))");

@@ -15,18 +15,16 @@ namespace omniad::sampling {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-constexpr int kBuckets = 255;      // histogram buckets of y = (x - max) / T, 1/8 nat wide; 255 = disallowed
-constexpr float kPerNat = 8.f;
-constexpr uint8_t kMasked = 255;
 
 inline uint32_t float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 // exp(t) for t <= 0, t = -inf -> 0. Cody-Waite reduction + degree-7 polynomial: relative error < 2e-7.
-inline float exp_nonpos(float t) {
-    const float tc = t < -87.f ? -87.f : t;
-    const float k = (tc * 1.44269504f + 12582912.f) - 12582912.f;  // round to nearest integer
-    const float r = (tc - k * 0.693145752f) - k * 1.42860677e-6f;
+// The vector version below performs the same operations in the same order, so both give identical results.
+constexpr float kLog2e = 1.44269504f, kMagic = 12582912.f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
+constexpr float kExpFloor = -87.f;
+
+inline float poly_exp(float r) {
     float p = 1.f / 5040;
     p = p * r + 1.f / 720;
     p = p * r + 1.f / 120;
@@ -34,9 +32,63 @@ inline float exp_nonpos(float t) {
     p = p * r + 1.f / 6;
     p = p * r + 0.5f;
     p = p * r + 1.f;
-    p = p * r + 1.f;
+    return p * r + 1.f;
+}
+
+inline float exp_nonpos(float t) {
+    const float tc = t < kExpFloor ? kExpFloor : t;
+    const float k = (tc * kLog2e + kMagic) - kMagic;  // round to nearest integer
+    const float r = (tc - k * kLn2Hi) - k * kLn2Lo;
     const float scale = bits_float(uint32_t(int32_t(k) + 127) << 23);
-    return t < -87.f ? 0.f : p * scale;
+    return t < kExpFloor ? 0.f : poly_exp(r) * scale;
+}
+
+#if defined(__GNUC__) && !defined(OMNIAD_NO_VECTORS)
+// GCC/Clang generic vectors: lowered to SSE2/AVX2 (per clone) on x86-64 and NEON on aarch64. The helpers are
+// always inlined, so each clone compiles them for its own instruction set (and no vector crosses a call: -Wpsabi).
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define OMNIAD_VECTORS 1
+#define OMNIAD_INLINE inline __attribute__((always_inline))
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+
+OMNIAD_INLINE f32x8 splat(float v) { return f32x8{v, v, v, v, v, v, v, v}; }
+OMNIAD_INLINE i32x8 splat_i(int32_t v) { return i32x8{v, v, v, v, v, v, v, v}; }
+OMNIAD_INLINE f32x8 load8(const float* p) { f32x8 v; std::memcpy(&v, p, sizeof v); return v; }
+OMNIAD_INLINE void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
+OMNIAD_INLINE f32x8 select(i32x8 mask, f32x8 a, f32x8 b) { return (f32x8)(((i32x8)a & mask) | ((i32x8)b & ~mask)); }
+OMNIAD_INLINE bool any(i32x8 m) {
+    uint64_t w[4];
+    std::memcpy(w, &m, sizeof w);
+    return (w[0] | w[1] | w[2] | w[3]) != 0;
+}
+
+OMNIAD_INLINE f32x8 exp_nonpos8(f32x8 t) {
+    const i32x8 under = t < splat(kExpFloor);
+    const f32x8 tc = select(under, splat(kExpFloor), t);
+    const f32x8 k = (tc * kLog2e + kMagic) - kMagic;
+    const f32x8 r = (tc - k * kLn2Hi) - k * kLn2Lo;
+    f32x8 p = splat(1.f / 5040);
+    p = p * r + 1.f / 720;
+    p = p * r + 1.f / 120;
+    p = p * r + 1.f / 24;
+    p = p * r + 1.f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    const f32x8 scale = (f32x8)((__builtin_convertvector(k, i32x8) + 127) << 23);
+    return (f32x8)((i32x8)(p * scale) & ~under);
+}
+#endif
+
+inline int lowest_bit(uint32_t v) {
+#if defined(__GNUC__)
+    return __builtin_ctz(v);
+#else
+    int i = 0;
+    while (!(v & 1u)) v >>= 1, ++i;
+    return i;
+#endif
 }
 
 inline bool allowed(const uint32_t* words, std::size_t i) { return (words[i >> 5] >> (i & 31)) & 1u; }
@@ -53,49 +105,79 @@ inline bool allowed(const uint32_t* words, std::size_t i) { return (words[i >> 5
 namespace kernels {
 
 OMNIAD_CLONES std::size_t argmax(const float* x, std::size_t n, bool* bad) {
-    constexpr int L = 16;  // independent lanes; the compiler turns each block into a few vector selects
-    float m[L];
-    int32_t at[L];
-    uint32_t nonfinite[L];
-    for (int j = 0; j < L; ++j) m[j] = -kInf, at[j] = j, nonfinite[j] = 0;
-    const int32_t blocks = int32_t(n / L);
-    for (int32_t b = 0; b < blocks; ++b) {
-        const float* v = x + std::size_t(b) * L;
-        for (int j = 0; j < L; ++j) {
-            const bool gt = v[j] > m[j];
-            m[j] = gt ? v[j] : m[j];
-            at[j] = gt ? b * L + j : at[j];
-            nonfinite[j] |= uint32_t(!(v[j] < kInf));
-        }
-    }
+    // One pass in blocks: each block's maximum by vector max (no index tracking); a block that beats the best so
+    // far is remembered, and only that block is searched again for the first index holding the maximum.
     float best = -kInf;
-    std::size_t best_at = std::size_t(-1);
+    std::size_t best_block = n, i = 0;
     uint32_t any_bad = 0;
-    for (int j = 0; j < L; ++j) {
-        any_bad |= nonfinite[j];
-        if (m[j] > best || (m[j] == best && std::size_t(at[j]) < best_at)) best = m[j], best_at = std::size_t(at[j]);
+#ifdef OMNIAD_VECTORS
+    constexpr std::size_t kBlock = 512;
+    const f32x8 inf = splat(kInf);
+    i32x8 nonfinite = {};
+    for (; i + kBlock <= n; i += kBlock) {
+        f32x8 m0 = splat(-kInf), m1 = m0, m2 = m0, m3 = m0;  // four chains keep the loads in flight
+        for (std::size_t k = i; k < i + kBlock; k += 32) {
+            const f32x8 v0 = load8(x + k), v1 = load8(x + k + 8), v2 = load8(x + k + 16), v3 = load8(x + k + 24);
+            m0 = select(v0 > m0, v0, m0);
+            m1 = select(v1 > m1, v1, m1);
+            m2 = select(v2 > m2, v2, m2);
+            m3 = select(v3 > m3, v3, m3);
+            nonfinite |= ~(v0 < inf) | ~(v1 < inf) | ~(v2 < inf) | ~(v3 < inf);
+        }
+        m0 = select(m1 > m0, m1, m0);
+        m2 = select(m3 > m2, m3, m2);
+        m0 = select(m2 > m0, m2, m0);
+        float bm = m0[0];
+        for (int j = 1; j < 8; ++j) bm = m0[j] > bm ? m0[j] : bm;
+        if (bm > best) best = bm, best_block = i;
     }
-    for (std::size_t i = std::size_t(blocks) * L; i < n; ++i) {
+    any_bad = any(nonfinite);
+#endif
+    std::size_t best_at = n;
+    for (; i < n; ++i) {
         any_bad |= uint32_t(!(x[i] < kInf));
         if (x[i] > best) best = x[i], best_at = i;
     }
-    if (best == -kInf) best_at = 0;  // everything -inf: the caller reports it
     *bad = any_bad != 0;
+    if (best == -kInf) return 0;  // everything -inf: the caller reports it
+    if (best_at == n)
+        for (best_at = best_block; x[best_at] != best;) ++best_at;
+    return best_at;
+}
+
+std::size_t masked_argmax(const float* x, std::size_t n, const uint32_t* words) {
+    float best = -kInf;
+    std::size_t best_at = n;
+    for (std::size_t w = 0; w * 32 < n; ++w) {
+        uint32_t bits = words[w];
+        if (w * 32 + 32 > n) bits &= (1u << (n - w * 32)) - 1u;  // ignore bits past the vocabulary
+        while (bits) {
+            const std::size_t i = w * 32 + std::size_t(lowest_bit(bits));
+            if (x[i] > best) best = x[i], best_at = i;
+            bits &= bits - 1;
+        }
+    }
     return best_at;
 }
 
 OMNIAD_CLONES double exp_shifted(const float* x, std::size_t n, float shift, float scale, float* e) {
-    constexpr int L = 8;
-    double acc[L] = {};
-    std::size_t i = 0;
-    for (; i + L <= n; i += L)
-        for (int j = 0; j < L; ++j) {
-            e[i + j] = exp_nonpos((x[i + j] - shift) * scale);
-            acc[j] += double(e[i + j]);
-        }
     double sum = 0;
+    std::size_t i = 0;
+#ifdef OMNIAD_VECTORS
+    // Float lanes summed over chunks of 1024 values, chunks summed in double: accurate and vector-friendly.
+    const std::size_t full = n - n % 8;
+    while (i < full) {
+        const std::size_t end = std::min(full, i + 1024);
+        f32x8 acc = {};
+        for (; i < end; i += 8) {
+            const f32x8 v = exp_nonpos8((load8(x + i) - shift) * scale);
+            store8(e + i, v);
+            acc += v;
+        }
+        for (int j = 0; j < 8; ++j) sum += double(acc[j]);
+    }
+#endif
     for (; i < n; ++i) sum += double(e[i] = exp_nonpos((x[i] - shift) * scale));
-    for (int j = 0; j < L; ++j) sum += acc[j];
     return sum;
 }
 
@@ -110,7 +192,27 @@ float half_to_float(uint16_t h) {
 }
 
 OMNIAD_CLONES void half_to_float_n(const uint16_t* h, std::size_t n, float* out) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = half_to_float(h[i]);
+    std::size_t i = 0;
+#ifdef OMNIAD_VECTORS
+    // The scalar conversion above with selects instead of branches, 8 values at a time.
+    typedef uint16_t u16x8 __attribute__((vector_size(16)));
+    const i32x8 exp_mask = splat_i(0x0f800000), inf_exp = exp_mask;
+    for (; i + 8 <= n; i += 8) {
+        u16x8 raw;
+        std::memcpy(&raw, h + i, sizeof raw);
+        const i32x8 v = __builtin_convertvector(raw, i32x8);
+        const i32x8 sign = (v & 0x8000) << 16;
+        i32x8 o = (v & 0x7fff) << 13;
+        const i32x8 exp = o & exp_mask;
+        o += (127 - 15) << 23;
+        const i32x8 is_special = exp == inf_exp, is_small = exp == 0;
+        const i32x8 special = o + ((128 - 16) << 23);
+        const i32x8 small = (i32x8)((f32x8)(o + (1 << 23)) - splat(bits_float(113u << 23)));
+        o = (special & is_special) | (small & is_small) | (o & ~(is_special | is_small));
+        store8(out + i, (f32x8)(o | sign));
+    }
+#endif
+    for (; i < n; ++i) out[i] = half_to_float(h[i]);
 }
 
 }  // namespace kernels
@@ -145,8 +247,9 @@ double Rng::uniform() { return double(next() >> 11) * 0x1.0p-53; }
 
 void validate(const Config& c) {
     auto fail = [](const std::string& what) { throw std::invalid_argument(what); };
-    if (!(c.temperature >= 0.f) || !std::isfinite(c.temperature))
-        fail("temperature must be a finite number >= 0 (0 = greedy), got " + std::to_string(c.temperature));
+    // Below 1e-4 the scaled logits of the best token would overflow into NaN; such runs want greedy anyway.
+    if (!std::isfinite(c.temperature) || !(c.temperature == 0.f || c.temperature >= 1e-4f))
+        fail("temperature must be 0 (greedy) or a finite number >= 1e-4, got " + std::to_string(c.temperature));
     if (c.top_k < 0) fail("top_k must be >= 0 (0 = off), got " + std::to_string(c.top_k));
     if (!(c.top_p > 0.f && c.top_p <= 1.f)) fail("top_p must be in (0, 1] (1 = off), got " + std::to_string(c.top_p));
     if (!(c.min_p >= 0.f && c.min_p < 1.f)) fail("min_p must be in [0, 1) (0 = off), got " + std::to_string(c.min_p));
@@ -174,7 +277,7 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
         const float* x;
         bool bad = false;
         // Stage 0: the row as float32, copied only when something must change it.
-        if (lv.dtype == DType::F32 && !words && !penalty) {
+        if (lv.dtype == DType::F32 && !penalty && (!words || (greedy && !logprobs))) {
             x = static_cast<const float*>(lv.data) + b * V;
         } else {
             x_.resize(V);
@@ -185,7 +288,10 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
         // The NaN check must see every logit, masked or not.
         std::size_t top = kernels::argmax(x, V, &bad);
         if (bad) bad_logits(b);
-        if (x == x_.data()) {
+        if (greedy && !logprobs && words && x != x_.data()) {
+            // Greedy ids under a mask need no copy: the best token if allowed, else the best over the set bits.
+            if (!allowed(words, top)) top = kernels::masked_argmax(x, V, words);
+        } else if (x == x_.data()) {
             // Stage 1: repetition penalty over the distinct previous tokens.
             if (penalty) {
                 prev_.assign(prev.ids + b * prev.per_row, prev.ids + (b + 1) * prev.per_row);
@@ -206,12 +312,16 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
                     const uint32_t bits = words[w];
                     if (bits == 0xffffffffu) continue;
                     const std::size_t end = std::min(V, w * 32 + 32);
+                    if (bits == 0) {
+                        std::fill(x_.begin() + std::ptrdiff_t(w * 32), x_.begin() + std::ptrdiff_t(end), -kInf);
+                        continue;
+                    }
                     for (std::size_t i = w * 32; i < end; ++i)
                         if (!((bits >> (i & 31)) & 1u)) x_[i] = -kInf;
                 }
             top = kernels::argmax(x, V, &bad);
         }
-        if (x[top] == -kInf)
+        if (top >= V || x[top] == -kInf)
             throw std::invalid_argument("no allowed token in row " + std::to_string(b) +
                                         " (allowed_mask excludes every token with a finite logit)");
         const float xmax = x[top];
@@ -239,67 +349,78 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
                 if (acc > u && e[i] > 0.f) { chosen = i; break; }
             }
         } else {
-            // Stages 4-6 need tokens in descending order, but only the head: a histogram of y finds a bucket
-            // boundary that surely contains the top-k / top-p / min-p sets, and only that head is sorted.
-            bucket_.resize(V);
-            uint32_t count[kBuckets] = {};
-            double mass[kBuckets] = {};
-            for (std::size_t i = 0; i < V; ++i) {
-                const float q = (xmax - x[i]) * inv_t * kPerNat;
-                const uint8_t k = x[i] == -kInf ? kMasked : uint8_t(q < kBuckets - 1 ? q : kBuckets - 1);
-                bucket_[i] = k;
-                if (k != kMasked) ++count[k], mass[k] += double(e[i]);
+            // Stages 4-6 need tokens in descending order, but only the head. Collect the tokens with
+            // y = (x - max) / T >= ythr, lowering ythr until the head surely holds what the stages keep: the k best
+            // (top-k, whose mass top-p renormalises over), top_p of the mass, or y >= log(min_p).
+            const bool use_k = c.top_k > 0 && std::size_t(c.top_k) < V;
+            const bool min_p_bound = !use_k && c.min_p > 0.f;
+            float ythr = min_p_bound ? std::log(c.min_p) - 1e-3f : -9.2f;  // e^-9.2 = 1e-4 of the best token
+            for (;;) {
+                const bool last = ythr < -87.f;
+                const float xt = last ? -std::numeric_limits<float>::max() : xmax + ythr * c.temperature;
+                cand_.clear();
+                double mass = 0;
+                for (std::size_t i = 0; i < V; ++i)
+                    if (x[i] >= xt) {
+                        cand_.push_back(uint32_t(i));
+                        mass += double(e[i]);
+                    }
+                if (last || min_p_bound) break;
+                if (use_k ? cand_.size() >= std::size_t(c.top_k) : mass >= double(c.top_p) * z) break;
+                ythr *= 2.f;
             }
-            // With top-k, top-p renormalises over the k best, whose mass needs all of them: cut at the k-th
-            // token's bucket. Without, top-p needs mass top_p * z, found from the bucket masses.
-            const bool use_k = c.top_k > 0;
-            int cut = kBuckets - 1;
-            if (use_k) {
-                uint64_t n = 0;
-                for (int k = 0; k < kBuckets; ++k)
-                    if ((n += count[k]) >= uint64_t(c.top_k)) { cut = k; break; }
-            } else if (c.top_p < 1.f) {
-                double acc = 0;
-                for (int k = 0; k < kBuckets; ++k)
-                    if ((acc += mass[k]) >= double(c.top_p) * z) { cut = std::min(k + 1, kBuckets - 1); break; }  // +1: rounding slack
+            auto before = [x](uint32_t p, uint32_t q) { return x[p] > x[q] || (x[p] == x[q] && p < q); };
+            // What the stages keep is a prefix of the candidates in `before` order. Find its last member by
+            // selection (no full sort: flat distributions keep most of the vocabulary), then draw over the
+            // candidates in token order, so the draw does not depend on how the library orders its partitions.
+            work_.assign(cand_.begin(), cand_.end());
+            std::size_t n = work_.size();  // work_[0..n): the prefix, unordered
+            if (use_k && std::size_t(c.top_k) < n) {  // stage 4: top-k
+                std::nth_element(work_.begin(), work_.begin() + (c.top_k - 1), work_.end(), before);
+                n = std::size_t(c.top_k);
             }
-            if (c.min_p > 0.f && !use_k) cut = std::min(cut, int(-std::log(c.min_p) * kPerNat) + 1);
-            cand_.clear();
-            for (std::size_t i = 0; i < V; ++i)
-                if (bucket_[i] <= cut) cand_.push_back(uint32_t(i));
-            auto before = [x](uint32_t a, uint32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-            std::size_t n = cand_.size();
-            if (use_k && std::size_t(c.top_k) < n) {
-                std::partial_sort(cand_.begin(), cand_.begin() + c.top_k, cand_.end(), before);
-                n = std::size_t(c.top_k);  // stage 4: top-k
-            } else {
-                std::sort(cand_.begin(), cand_.end(), before);
-            }
-            if (c.top_p < 1.f) {  // stage 5: smallest head whose mass reaches top_p of what top-k left
-                double zs = 0, acc = 0;
+            if (c.top_p < 1.f) {  // stage 5: the shortest prefix whose mass reaches top_p of what top-k left
+                double zs = z;
                 if (use_k) {
-                    for (std::size_t i = 0; i < n; ++i) zs += double(e[cand_[i]]);
-                } else {
-                    zs = z;
+                    zs = 0;
+                    for (std::size_t i = 0; i < n; ++i) zs += double(e[work_[i]]);
                 }
-                for (std::size_t i = 0; i < n; ++i)
-                    if ((acc += double(e[cand_[i]])) >= double(c.top_p) * zs) { n = i + 1; break; }
+                const double target = double(c.top_p) * zs;
+                // Its length is in (lo, hi]; work_[0..lo) are the lo best tokens, with mass acc < target.
+                std::size_t lo = 0, hi = n;
+                double acc = 0;
+                while (hi - lo > 32) {
+                    const std::size_t mid = lo + (hi - lo) / 2;
+                    std::nth_element(work_.begin() + std::ptrdiff_t(lo), work_.begin() + std::ptrdiff_t(mid),
+                                     work_.begin() + std::ptrdiff_t(hi), before);
+                    double m = 0;
+                    for (std::size_t i = lo; i < mid; ++i) m += double(e[work_[i]]);
+                    if (acc + m >= target) {
+                        hi = mid;
+                    } else {
+                        acc += m;
+                        lo = mid;
+                    }
+                }
+                std::sort(work_.begin() + std::ptrdiff_t(lo), work_.begin() + std::ptrdiff_t(hi), before);
+                n = hi;
+                for (std::size_t i = lo; i < hi; ++i)
+                    if ((acc += double(e[work_[i]])) >= target) { n = i + 1; break; }
             }
-            if (c.min_p > 0.f) {  // stage 6: drop tokens below min_p times the best probability
-                const float floor_e = c.min_p * e[cand_[0]];
-                std::size_t keep = 1;
-                while (keep < n && e[cand_[keep]] >= floor_e) ++keep;
-                n = keep;
-            }
+            uint32_t last = work_[0];
+            for (std::size_t i = 1; i < n; ++i)
+                if (before(last, work_[i])) last = work_[i];
+            // Stage 6, min-p: tokens below min_p times the best token's probability (e[top] = 1) are dropped.
+            const float floor_e = c.min_p > 0.f ? c.min_p * e[top] : 0.f;
+            auto kept = [&](uint32_t i) { return !before(last, i) && e[i] >= floor_e; };
             double zc = 0;
-            for (std::size_t i = 0; i < n; ++i) zc += double(e[cand_[i]]);
+            for (uint32_t i : cand_)
+                if (kept(i)) zc += double(e[i]);
             const double u = rng_.uniform() * zc;
             double acc = 0;
-            chosen = cand_[0];
-            for (std::size_t i = 0; i < n; ++i) {
-                acc += double(e[cand_[i]]);
-                if (acc > u) { chosen = cand_[i]; break; }
-            }
+            chosen = top;
+            for (uint32_t i : cand_)
+                if (kept(i) && (acc += double(e[i])) > u) { chosen = i; break; }
         }
         ids[b] = int64_t(chosen);
         if (logprobs) logprobs[b] = float(double(x[chosen] - xmax) * inv_t - std::log(z));

@@ -149,6 +149,27 @@ static void test_kernels() {
     x[3] = NAN;
     argmax(x.data(), x.size(), &bad);
     CHECK(bad);
+    // Against a plain loop on many sizes, with duplicated maxima placed across block boundaries.
+    uint32_t state = 12345;
+    auto next = [&] { return (state = state * 1664525u + 1013904223u) >> 8; };
+    int wrong = 0;
+    for (std::size_t n = 1; n < 3000; n += 37) {
+        std::vector<float> v(n);
+        for (float& f : v) f = float(next() % 1000);
+        v[next() % n] = 2000.f;
+        v[next() % n] = 2000.f;
+        std::size_t want = 0;
+        for (std::size_t i = 1; i < n; ++i)
+            if (v[i] > v[want]) want = i;
+        if (argmax(v.data(), n, &bad) != want || bad) ++wrong;
+    }
+    CHECK(wrong == 0);
+    std::vector<float> ninf(700, -INFINITY);
+    argmax(ninf.data(), ninf.size(), &bad);
+    CHECK(!bad);
+    ninf[650] = INFINITY;
+    argmax(ninf.data(), ninf.size(), &bad);
+    CHECK(bad);
     // exp against std::exp
     std::vector<float> t(200), e(200);
     for (int i = 0; i < 200; ++i) t[i] = -float(i) * 0.5f;
@@ -162,6 +183,24 @@ static void test_kernels() {
     // half: 1.0 = 0x3c00, -2.0 = 0xc000, smallest subnormal 2^-24 = 0x0001, inf = 0x7c00
     CHECK(half_to_float(0x3c00) == 1.f && half_to_float(0xc000) == -2.f);
     CHECK(half_to_float(0x0001) == std::ldexp(1.f, -24) && std::isinf(half_to_float(0x7c00)));
+    // Scalar and vector conversions are exact on all 65536 halves (NaNs stay NaN).
+    std::vector<uint16_t> all(65536);
+    for (int i = 0; i < 65536; ++i) all[i] = uint16_t(i);
+    std::vector<float> conv(65536);
+    half_to_float_n(all.data(), all.size(), conv.data());
+    int mismatches = 0;
+    for (int i = 0; i < 65536; ++i) {
+        // IEEE half by its definition: sign, 5-bit exponent (bias 15), 10-bit fraction.
+        const int sign = i >> 15, exp = (i >> 10) & 31, frac = i & 1023;
+        double mag = exp == 0 ? std::ldexp(frac / 1024.0, -14)
+                   : exp == 31 ? (frac ? NAN : INFINITY)
+                               : std::ldexp(1.0 + frac / 1024.0, exp - 15);
+        const float want = float(sign ? -mag : mag);
+        const float scalar = half_to_float(uint16_t(i));
+        auto same = [&](float a) { return a == want || (std::isnan(a) && std::isnan(want)); };
+        if (!same(conv[i]) || !same(scalar)) ++mismatches;
+    }
+    CHECK(mismatches == 0);
 }
 
 static void test_sampler() {

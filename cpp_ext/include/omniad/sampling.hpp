@@ -8,8 +8,9 @@
 // - A Sampler owns its generator and scratch buffers: not thread-safe, one per decoding thread.
 // - Log-probabilities are those of the chosen token under softmax(masked, penalised logits / T) over all allowed
 //   tokens, before top-k/top-p/min-p truncation (T = 1 for greedy).
-// - Determinism: the same seed, config and inputs give the same ids on every platform (own generator, own uniform,
-//   ties broken towards the lower token id). Each sampled row consumes one draw; greedy consumes none.
+// - Determinism: the same seed, config and inputs give the same ids on every run of a build. The generator, the
+//   uniform draw and the draw order (token order) are our own, not the standard library's; ties go to the lower
+//   token id. Each sampled row consumes one draw; greedy consumes none.
 #pragma once
 
 #include <cstddef>
@@ -73,8 +74,8 @@ private:
     Rng rng_;
     std::vector<float> x_;            // working logits of one row
     std::vector<float> e_;            // exp((x - max) / T)
-    std::vector<uint8_t> bucket_;     // histogram bucket per token
-    std::vector<uint32_t> cand_;      // candidate token ids
+    std::vector<uint32_t> cand_;      // candidate token ids, in token order
+    std::vector<uint32_t> work_;      // the same, reordered by selection
     std::vector<int64_t> prev_;       // deduplicated previous tokens
 };
 
@@ -88,7 +89,9 @@ void pack_bool_mask(const uint8_t* mask, std::size_t batch, std::size_t vocab, u
 namespace kernels {
 // Index of the first maximum of x[0..n); sets *bad when any value is NaN or +inf. n > 0.
 std::size_t argmax(const float* x, std::size_t n, bool* bad);
-// e[i] = exp(x[i] - shift) * scale with x = -inf -> 0; returns the sum in double. Relative error ~2e-7.
+// Index of the first maximum among tokens whose bit is set (words as in MaskView); n if none is above -inf.
+std::size_t masked_argmax(const float* x, std::size_t n, const uint32_t* words);
+// e[i] = exp((x[i] - shift) * scale), x = -inf -> 0; returns the sum in double. Relative error < 2e-7.
 double exp_shifted(const float* x, std::size_t n, float shift, float scale, float* e);
 float half_to_float(uint16_t h);
 void half_to_float_n(const uint16_t* h, std::size_t n, float* out);

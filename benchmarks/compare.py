@@ -1,0 +1,391 @@
+"""One run, one model, the same frames and the same output through three runtimes:
+
+  (a) transformers `generate()` on PyTorch (the checkpoint folder), greedy;
+  (b) onnxruntime-genai's generator loop over its builder's decoder (fused GQA + MRoPE), fed our prefill inputs
+      (see genai_wrap.py: same embed table, same image embeddings, genai's own 3-D positions);
+  (c) omniad_edge.Inspector on the exported bundle.
+
+    nice -n 5 python benchmarks/compare.py MODELS_DIR --precision fp32 [--frames 5] [--tokens 32] [--threads 2]
+
+MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
+tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run. Figures are
+medians over --frames frames after --warmup frames. Results (JSON + Markdown, with machine details) go to --out.
+
+Also measured in the same run: omniad_edge's host loop overhead (decode wall time outside the decoder session),
+per-frame prefill with a cached reference prefix vs uncached, and the memory-bandwidth roofline of a decode step.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from omniad_edge import bench  # noqa: E402
+
+TARGETS = {  # name: (limit, "<=" or ">=", what)
+    "decode_vs_genai": (1.0, "<=", "decode per token, omniad_edge / onnxruntime-genai"),
+    "e2e_vs_transformers": (0.3, "<=", "end-to-end detect, omniad_edge / transformers"),
+    "loop_overhead_pct": (3.0, "<=", "decode loop outside the session run, % of a decode step"),
+    "prefix_prefill_ratio": (0.5, "<=", "per-frame prefill with cached reference prefix / uncached"),
+    "percent_of_bound": (70.0, ">=", "% of the memory-bandwidth bound reached by a decode step"),
+}
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def frames_for(n: int, size: int, seed: int = 0):
+    from omniad_edge import synth
+
+    return [synth.make_sample(synth.split_seed("test", seed + i), size=size).image for i in range(n)]
+
+
+def _strip_eos(tokens, eos) -> list[int]:
+    out = []
+    for t in tokens:
+        if t in eos:
+            break
+        out.append(int(t))
+    return out
+
+
+# -- (c) omniad_edge ---------------------------------------------------------------------------------------------
+def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int) -> dict:
+    """Per frame: tokens, per-stage ms, ms per decode forward, loop overhead; plus what genai/transformers need."""
+    from omniad_edge import Inspector
+
+    ins = Inspector(str(bundle_dir), mode="detect", threads=threads, max_new_tokens=tokens)
+    seen = {}
+    inner = ins.generator.generate
+
+    def capture(requests, **kwargs):  # keep the exact prompt ids and image embeddings the runtime used
+        out = inner(requests, **kwargs)
+        seen["request"], seen["generation"] = requests[0], out[0]
+        return out
+
+    ins.generator.generate = capture
+    timer = bench.ForwardTimer(ins.backend)
+    rows = []
+    for i, frame in enumerate(frames):
+        timer.reset()
+        r = ins.run(frame)
+        gen, req = seen["generation"], seen["request"]
+        inside, steps = timer.decode_session_ms()
+        t = r.timings
+        row = {"tokens": list(map(int, gen.ids)), "preprocess": t["preprocess"], "vision": t["vision"],
+               "prefill": t["prefill"], "decode": t["decode"], "postprocess": t["postprocess"], "total": t["total"],
+               "forwards": gen.forwards, "decode_per_step": t["decode"] / max(1, gen.forwards),
+               "session_per_step": inside / max(1, steps),
+               "loop_overhead_pct": 100.0 * max(0.0, t["decode"] - inside) / t["decode"],
+               "prompt_ids": np.asarray(req.prompt.ids, np.int64), "image_embeds": np.asarray(req.image_embeds[-1]),
+               "grid": tuple(int(g) for g in req.grids[-1]), "warmup": i < warmup}
+        rows.append(row)
+    info = {"bundle": ins.bundle.name, "precision": ins.bundle.precision, "model": ins.bundle.model,
+            "provider": ins.backend.provider, "prompt_template": "detect"}
+    del ins, timer
+    gc.collect()
+    return {"rows": rows, "info": info}
+
+
+def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int) -> dict:
+    """Per-frame prefill with one reference image: prefix cached vs prefilled with every frame."""
+    from omniad_edge import Inspector, synth
+
+    reference = synth.make_sample(synth.split_seed("val", 0), anomalous=False).image
+    out = {}
+    for cached in (False, True):
+        ins = Inspector(str(bundle_dir), mode="detect", threads=threads, max_new_tokens=tokens,
+                        reference=[reference], prefix_cache=cached)
+        results = [ins.run(f) for f in frames]
+        kept = results[warmup:]
+        out["cached" if cached else "uncached"] = {
+            "prefill_ms": median([r.timings["prefill"] for r in kept]),
+            "prompt_tokens": kept[0].prompt_tokens, "prefix_tokens": kept[0].options.get("prefix_tokens", 0),
+            "texts": [r.text for r in results]}
+        del ins
+        gc.collect()
+    if out["cached"]["texts"] != out["uncached"]["texts"]:
+        raise SystemExit("prefix cache changes the output: cached and uncached texts differ; not comparing times")
+    for v in out.values():
+        v.pop("texts")
+    out["ratio"] = out["cached"]["prefill_ms"] / out["uncached"]["prefill_ms"]
+    return out
+
+
+# -- (b) onnxruntime-genai ---------------------------------------------------------------------------------------
+def run_genai(model_dir, omniad_rows, tokens: int) -> dict:
+    from genai_wrap import GenaiRunner
+
+    runner = GenaiRunner(model_dir)
+    rows = []
+    for o in omniad_rows:
+        start = time.perf_counter()
+        out, prefill_ms, steps = runner.generate(o["prompt_ids"], o["image_embeds"], o["grid"], tokens)
+        total = (time.perf_counter() - start) * 1e3
+        # step 0 samples from the prefill's logits; steps 1.. each run one decoder forward (as omniad's forwards)
+        rows.append({"tokens": out, "prefill": prefill_ms, "generate": total,
+                     "decode_per_step": median(steps[1:]) if len(steps) > 1 else None, "first_step": steps[0],
+                     "warmup": o["warmup"]})
+    del runner
+    gc.collect()
+    return {"rows": rows}
+
+
+# -- (a) transformers ----------------------------------------------------------------------------------------------
+def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, threads: int) -> dict:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.set_num_threads(threads)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    pre = manifest["preprocess"]
+    proc = Qwen2VLImageProcessorPil(min_pixels=pre["min_pixels"], max_pixels=pre["max_pixels"],
+                                    patch_size=pre["patch_size"], merge_size=pre["merge_size"],
+                                    temporal_patch_size=pre["temporal_patch_size"], image_mean=pre["mean"],
+                                    image_std=pre["std"])
+    toks = manifest["tokens"]
+    eos = list(toks["eos"])
+    rows = []
+    for frame, o in zip(frames, omniad_rows):
+        t0 = time.perf_counter()
+        feats = proc(images=[frame], return_tensors="pt")
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            model.model.get_image_features(feats["pixel_values"], feats["image_grid_thw"])
+        t2 = time.perf_counter()
+        ids = torch.from_numpy(o["prompt_ids"])[None]
+        if tuple(int(v) for v in feats["image_grid_thw"][0]) != o["grid"]:
+            raise SystemExit(f"image grids differ: transformers {feats['image_grid_thw'][0].tolist()} vs "
+                             f"omniad_edge {o['grid']}")
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=feats["pixel_values"],
+                      image_grid_thw=feats["image_grid_thw"], mm_token_type_ids=(ids == toks["image_pad"]).int(),
+                      do_sample=False, eos_token_id=eos, pad_token_id=toks["pad"])
+        with torch.no_grad():
+            s = time.perf_counter()
+            model.generate(max_new_tokens=1, **kwargs)
+            one = (time.perf_counter() - s) * 1e3
+            s = time.perf_counter()
+            seq = model.generate(max_new_tokens=tokens, **kwargs)
+            full = (time.perf_counter() - s) * 1e3
+        out = seq[0, ids.shape[1]:].tolist()
+        n = len(out)
+        rows.append({"tokens": out, "preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3,
+                     "prefill": one - (t2 - t1) * 1e3,  # generate(1) runs vision + prefill + one sampling step
+                     "decode_per_step": (full - one) / (n - 1) if n > 1 else None,
+                     "generate": full, "total": (t1 - t0) * 1e3 + full, "warmup": o["warmup"]})
+    del model
+    gc.collect()
+    return {"rows": rows}
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+def kept(rows, key):
+    return [r[key] for r in rows if not r["warmup"] and r.get(key) is not None]
+
+
+def check_tokens(results: dict, eos) -> dict:
+    """Greedy tokens must match across runtimes, frame by frame (eos and what follows dropped)."""
+    names = list(results)
+    base = [_strip_eos(r["tokens"], eos) for r in results[names[0]]["rows"]]
+    report = {"frames": len(base), "tokens_per_frame": [len(b) for b in base], "identical": True}
+    for name in names[1:]:
+        other = [_strip_eos(r["tokens"], eos) for r in results[name]["rows"]]
+        for i, (a, b) in enumerate(zip(base, other)):
+            if a != b:
+                report["identical"] = False
+                first = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                report.setdefault("mismatches", []).append(
+                    {"frame": i, "runtime": name, "vs": names[0], "first_difference_at": first,
+                     names[0]: a[:first + 3], name: b[:first + 3]})
+    return report
+
+
+def verdict(name, value) -> str:
+    limit, op, _ = TARGETS[name]
+    if value is None:
+        return "not measured"
+    ok = value <= limit if op == "<=" else value >= limit
+    if ok:
+        return "met"
+    if op == "<=":
+        return f"missed by {value / limit:.2f}x"
+    return f"missed ({value:.0f}% < {limit:.0f}%)"
+
+
+def summarise(res: dict) -> dict:
+    o, g, t = res["omniad"]["rows"], res.get("genai", {}).get("rows"), res.get("transformers", {}).get("rows")
+    stages = {}
+    for key in ("preprocess", "vision", "prefill", "decode_per_step", "total"):
+        stages[key] = {"omniad_edge": median(kept(o, key)),
+                       "onnxruntime_genai": median(kept(g, key)) if g and key in ("prefill", "decode_per_step")
+                       else None,
+                       "transformers": median(kept(t, key)) if t else None}
+    s = {"stages_ms": stages}
+    ratios = {}
+    for other in ("onnxruntime_genai", "transformers"):
+        ratios[other] = {k: (v["omniad_edge"] / v[other] if v[other] else None) for k, v in stages.items()}
+    s["ratios_omniad_over"] = ratios
+    s["loop_overhead_pct"] = median(kept(o, "loop_overhead_pct"))
+    s["session_per_step_ms"] = median(kept(o, "session_per_step"))
+    s["genai_first_step_ms"] = median(kept(g, "first_step")) if g else None
+    values = {"decode_vs_genai": ratios["onnxruntime_genai"]["decode_per_step"],
+              "e2e_vs_transformers": ratios["transformers"]["total"],
+              "loop_overhead_pct": s["loop_overhead_pct"],
+              "prefix_prefill_ratio": res.get("prefix_cache", {}).get("ratio"),
+              "percent_of_bound": res.get("roofline", {}).get("percent_of_bound")}
+    s["targets"] = {k: {"value": v, "limit": f"{TARGETS[k][1]} {TARGETS[k][0]}", "what": TARGETS[k][2],
+                        "verdict": verdict(k, v)} for k, v in values.items()}
+    return s
+
+
+def markdown(res: dict) -> str:
+    s, m = res["summary"], res["machine"]
+    title = {"preprocess": "preprocess", "vision": "vision", "prefill": "prefill (prompt)",
+             "decode_per_step": "decode / token (one forward)", "total": "end to end (detect)"}
+    rows = []
+    for k, v in s["stages_ms"].items():
+        rows.append([title[k], v["transformers"], v["onnxruntime_genai"], v["omniad_edge"],
+                     s["ratios_omniad_over"]["transformers"][k], s["ratios_omniad_over"]["onnxruntime_genai"][k]])
+    o = res["options"]
+    lines = [f"### {res['model_name']} ({o['precision']}), {o['frames']} frames {o['size']}x{o['size']}, "
+             f"{o['tokens']} new tokens, {o['threads']} threads", "",
+             f"Tokens identical across runtimes: **{res['tokens']['identical']}** "
+             f"({res['tokens']['frames']} frames, {res['tokens']['tokens_per_frame'][0]} tokens each); "
+             f"prompt {res['prompt_tokens']} tokens. Medians in ms.", "",
+             bench.markdown_table(["stage", "transformers", "onnxruntime-genai", "omniad_edge", "omniad / transformers",
+                                   "omniad / genai"], rows, digits=2), ""]
+    trows = [[v["what"], v["limit"], v["value"], v["verdict"]] for v in s["targets"].values()]
+    lines += [bench.markdown_table(["target", "limit", "measured", "verdict"], trows, digits=2), ""]
+    if "roofline" in res:
+        r = res["roofline"]
+        lines.append(f"- roofline: {r['bytes_per_token'] / 2**20:.0f} MiB per decode token (weights "
+                     f"{r['weight_bytes'] / 2**20:.0f} MiB + KV {r['kv_bytes'] / 2**20:.1f} MiB at context "
+                     f"{r['context']}), bandwidth {r['bandwidth_gbps']:.1f} GB/s -> bound {r['bound_ms']:.2f} ms; "
+                     f"measured {r['decode_ms']:.2f} ms ({r['achieved_gbps']:.1f} GB/s effective)")
+    if "prefix_cache" in res:
+        p = res["prefix_cache"]
+        lines.append(f"- prefix cache (1 reference image, prefix {p['cached']['prefix_tokens']} of "
+                     f"{p['cached']['prompt_tokens']} tokens): prefill {p['uncached']['prefill_ms']:.1f} -> "
+                     f"{p['cached']['prefill_ms']:.1f} ms")
+    lines.append(f"- omniad_edge decode step: {s['session_per_step_ms']:.2f} ms inside the decoder session, loop "
+                 f"overhead {s['loop_overhead_pct']:.2f}% of the step")
+    lines.append(f"- machine: {m['cpu']}, {m['usable_cores']} cores usable, {m.get('memory_gib')} GiB, load "
+                 f"{m.get('load_average_1m')} at start (shared machine); "
+                 + ", ".join(f"{k} {v}" for k, v in res["libraries"].items()))
+    for note in res.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", help="directory built by benchmarks/models.py")
+    p.add_argument("--precision", choices=["fp32", "int4"], default="fp32")
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "genai", "prefix", "roofline"])
+    p.add_argument("--name", default=None, help="result file stem (default compare-<model>-<precision>)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    models = Path(args.models)
+    bundle = models / f"bundle-{args.precision}"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    frames = frames_for(args.warmup + args.frames, args.size)
+    machine = bench.machine_info()
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[compare {time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    res = {"model_name": manifest["name"], "machine": machine, "libraries": bench.library_versions(),
+           "options": vars(args), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": []}
+    log("omniad_edge")
+    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup)}
+    res["prompt_tokens"] = int(len(results["omniad"]["rows"][0]["prompt_ids"]))
+    if "genai" not in args.skip:
+        from genai_wrap import set_intra_op_threads, wrap_genai_model
+
+        log("onnxruntime-genai")
+        wrapped = wrap_genai_model(models / f"genai-{args.precision}", models / f"genai-mm-{args.precision}",
+                                   bundle / manifest["embed_tokens"]["path"],
+                                   image_pad=manifest["tokens"]["image_pad"], vision=manifest["model"]["vision"])
+        set_intra_op_threads(wrapped, args.threads)
+        results["genai"] = run_genai(wrapped, results["omniad"]["rows"], args.tokens)
+        res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
+                            "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
+                            "(genai's vision time is not measured) and its embedding graph gathers from the same "
+                            "table; its prefill also computes logits for every prompt position (its graph's "
+                            "output), omniad_edge's only for the last")
+    if "transformers" not in args.skip:
+        log("transformers")
+        results["transformers"] = run_transformers(models / "hf", frames, results["omniad"]["rows"], manifest,
+                                                   args.tokens, args.threads)
+        res["notes"].append("transformers: prefill = generate(max_new_tokens=1) - vision; decode / token = "
+                            "(generate(N) - generate(1)) / (N - 1); end to end = its image processor + generate(N)")
+    eos = set(manifest["tokens"]["eos"])
+    res["tokens"] = check_tokens(results, eos)
+    if not res["tokens"]["identical"]:
+        print(json.dumps(res["tokens"], indent=1))
+        raise SystemExit("output tokens differ between runtimes: no time is compared")
+    if "prefix" not in args.skip:
+        log("prefix cache")
+        res["prefix_cache"] = run_prefix_cache(bundle, frames, args.tokens, args.threads, args.warmup)
+    res["summary"] = {}
+    if "roofline" not in args.skip:
+        log("bandwidth")
+        from roofline import measure_bandwidth, roofline
+
+        bw = measure_bandwidth(threads=args.threads)
+        decode_ms = median(kept(results["omniad"]["rows"], "decode_per_step"))
+        context = res["prompt_tokens"] + args.tokens // 2
+        res["bandwidth"] = bw
+        res["roofline"] = roofline(bundle, context, decode_ms, bw["best_gbps"])
+    res["omniad"] = {"rows": results["omniad"]["rows"], "info": results["omniad"]["info"]}
+    for name in ("genai", "transformers"):
+        if name in results:
+            res[name] = results[name]
+    res["summary"] = summarise(res)
+    res["wall_s"] = time.perf_counter() - t_start
+    for row in res["omniad"]["rows"]:  # arrays were inputs for the other runtimes, not results
+        row.pop("image_embeds")
+        row["prompt_ids"] = len(row["prompt_ids"])
+    text = markdown(res)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or f"compare-{manifest['name']}"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=_json_default))
+    (out / f"{stem}.md").write_text(text + "\n")
+    log(f"wrote {out / stem}.json/.md")
+    return 0
+
+
+def _json_default(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

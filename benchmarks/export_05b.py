@@ -1,0 +1,195 @@
+"""Export cost at Qwen2.5-0.5B text size, and precision agreement on the tiny test models.
+
+    nice -n 10 python benchmarks/export_05b.py [--work DIR] [--precisions fp32,int4] [--skip-05b] [--skip-agreement]
+
+Part 1 (0.5B): writes a random-weight checkpoint with Qwen2.5-0.5B's text stack (hidden 896, 24 layers, 14 heads,
+2 KV heads, intermediate 4864, vocab 151,936, tied embeddings) and a small vision tower, then exports it once per
+precision, each in its own process so its peak RSS is its own; prints wall time, peak RSS, bundle size, and the
+decoder's median step time for one token after a 256-token past (ratio vs fp32 in the same run).
+Part 2 (tiny): token agreement of fp16/int8/int4 bundles with the fp32 bundle of the tiny test checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+TEXT_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=32768, vocab_size=151936,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]})
+# mrope_section must sum to head_dim / 2 = 32 here (Qwen2.5-VL's [16, 24, 24] is for head_dim 128)
+VISION_SMALL = dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=896,
+                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                    fullatt_block_indexes=[3])
+
+
+def write_05b_checkpoint(out: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from helpers.qwen_tokenizer import locate_qwen_tokenizer
+    from helpers.tiny_models import QWEN_SPECIALS, custom_tokenizer
+
+    path, _ = locate_qwen_tokenizer()
+    tok = Tokenizer.from_file(str(path)) if path else custom_tokenizer()  # ids only matter for the manifest
+    ids = {t: tok.token_to_id(t) for t in QWEN_SPECIALS}
+    cfg = Qwen2_5_VLConfig(
+        text_config={**TEXT_05B, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
+        vision_config=VISION_SMALL, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+
+
+def _child_export(checkpoint: Path, out: Path, variant: str) -> dict:
+    """Export in a child process; returns its wall time and its own peak RSS. variant: a precision, or
+    "int4-acc4" (int4 with MatMulNBits accuracy level 4: int8 activations)."""
+    precision, _, extra = variant.partition("-")
+    level = int(extra[3:]) if extra.startswith("acc") else 0
+    code = ("import json, resource, sys, time\n"
+            "from export import export_bundle\n"
+            "t = time.perf_counter()\n"
+            f"export_bundle({str(checkpoint)!r}, {str(out)!r}, precision={precision!r}, overwrite=True, quiet=True,"
+            f" int4_accuracy_level={level})\n"
+            "print(json.dumps({'wall_s': time.perf_counter() - t,\n"
+            "                  'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"export {precision} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _decode_step_ms(bundle: Path, past: int = 256, repeats: int = 15) -> float:
+    import numpy as np
+
+    from helpers.reference import ort_session
+
+    m = json.loads((bundle / "manifest.json").read_text())["model"]
+    sess = ort_session(bundle / "decoder.onnx")
+    feeds = {"inputs_embeds": np.random.default_rng(0).standard_normal((1, 1, m["hidden_size"]), dtype=np.float32),
+             "position_ids": np.full((3, 1, 1), past, dtype=np.int64),
+             "attention_mask": np.ones((1, past + 1), dtype=np.int64)}
+    kv = np.zeros((1, past, m["num_key_value_heads"], m["head_dim"]), dtype=np.float32)
+    for i in range(m["num_layers"]):
+        feeds[f"past_key.{i}"] = feeds[f"past_value.{i}"] = kv
+    sess.run(None, feeds)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def bench_05b(work: Path, precisions: list[str]) -> None:
+    checkpoint = work / "qwen05b-random"
+    if not (checkpoint / "config.json").exists():
+        t = time.perf_counter()
+        write_05b_checkpoint(checkpoint)
+        print(f"checkpoint written in {time.perf_counter() - t:.1f}s "
+              f"(peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB in this process)")
+    print(f"{'variant':9} {'wall s':>8} {'peak RSS GiB':>13} {'bundle GiB':>11} {'decode ms/token':>16} {'vs fp32':>8}")
+    base = None
+    for precision in precisions:
+        out = work / f"bundle-05b-{precision}"
+        res = _child_export(checkpoint, out, precision)
+        size = sum(p.stat().st_size for p in out.iterdir()) / 2**30
+        step = _decode_step_ms(out)
+        base = base or step
+        print(f"{precision:9} {res['wall_s']:8.1f} {res['peak_rss_gib']:13.2f} {size:11.2f} {step:16.1f} "
+              f"{step / base:8.2f}", flush=True)
+
+
+def bench_agreement(work: Path, frames: int = 6, steps: int = 24) -> None:
+    """Token agreement vs fp32: free-running (identical prefix length) and teacher-forced (argmax on fp32's
+    tokens), over `frames` images of different sizes."""
+    import numpy as np
+
+    from export import export_bundle
+    from helpers.frames import make_frame
+    from helpers.reference import BundleRunner
+    from helpers.tiny_models import write_tiny_checkpoint
+
+    checkpoint = work / "tiny"
+    if not (checkpoint / "config.json").exists():
+        write_tiny_checkpoint(checkpoint)
+    runners = {}
+    for precision in ("fp32", "fp16", "int8", "int4"):
+        out = work / f"tiny-{precision}"
+        if not out.exists():
+            export_bundle(checkpoint, out, precision=precision, quiet=True)
+        runners[precision] = BundleRunner(out)
+    sizes = [(90 + 37 * i, 260 - 29 * i) for i in range(frames)]
+    ref = runners["fp32"]
+    print(f"\ntiny model agreement vs fp32 ({frames} frames x {steps} tokens, greedy)")
+    print(f"{'precision':9} {'free-run prefix':>16} {'teacher-forced':>15} {'logit rel err (median)':>23}")
+    for precision in ("fp16", "int8", "int4"):
+        run = runners[precision]
+        prefix, forced, rel = [], [], []
+        for i, size in enumerate(sizes):
+            frame = make_frame(*size, seed=100 + i)
+            a = ref.generate([ref.prompt([frame])], steps)
+            b = run.generate([run.prompt([frame])], steps)
+            n = next((k for k, (x, y) in enumerate(zip(a.tokens[0], b.tokens[0])) if x != y), len(a.tokens[0]))
+            prefix.append(n / len(a.tokens[0]))
+            # teacher forcing: run the quantized decoder on fp32's tokens and compare argmaxes step by step
+            logits = _forced_logits(run, run.prompt([frame]), a.tokens[0])
+            forced.append(float(np.mean([int(np.argmax(x)) == t for x, t in zip(logits, a.tokens[0])])))
+            rel += [float(np.abs(x - y[0]).max() / np.abs(y[0]).max()) for x, y in zip(logits, a.logits)]
+        print(f"{precision:9} {np.mean(prefix):16.3f} {np.mean(forced):15.3f} {np.median(rel):23.2e}")
+
+
+def _forced_logits(runner, prompt, tokens):
+    import numpy as np
+
+    from omniad_edge.positions import rope_positions
+
+    m = runner.manifest["model"]
+    pos, delta = rope_positions(prompt.input_ids, [im.grid_thw for im in prompt.images], runner.tokens,
+                                runner.vcfg["spatial_merge_size"])
+    empty = np.zeros((1, 0, m["num_key_value_heads"], m["head_dim"]), dtype=np.float32)
+    cache = [(empty, empty)] * m["num_layers"]
+    n = len(prompt.input_ids)
+    mask = np.ones((1, n), dtype=np.int64)
+    logits, cache = runner.step(runner.embed_prompt(prompt)[None], pos[:, None, :], mask, cache)
+    out = [logits[0]]
+    for k, tok in enumerate(tokens[:-1]):
+        mask = np.ones((1, n + k + 1), dtype=np.int64)
+        p = np.full((3, 1, 1), n + k + delta, dtype=np.int64)
+        logits, cache = runner.step(np.asarray(runner.embed[[tok]], dtype=np.float32)[None], p, mask, cache)
+        out.append(logits[0])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "omniad_bench_export")
+    ap.add_argument("--precisions", default="fp32,int8,int4,int4-acc4",
+                    help="comma-separated: fp32, fp16, int8, int4, int4-acc4 (first one is the baseline)")
+    ap.add_argument("--skip-05b", action="store_true")
+    ap.add_argument("--skip-agreement", action="store_true")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.skip_05b:
+        bench_05b(args.work, args.precisions.split(","))
+    if not args.skip_agreement:
+        bench_agreement(args.work)
+
+
+if __name__ == "__main__":
+    main()

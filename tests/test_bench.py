@@ -1,0 +1,281 @@
+"""omniad_edge.bench: statistics, table formatting, argument validation, the loop-overhead split, the result
+schema. Logic only: no assertion here depends on how fast anything runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omniad_edge import bench
+from omniad_edge.bench import BenchError
+from omniad_edge.errors import OmniADError
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+# -- statistics ------------------------------------------------------------------------------------------------
+def test_percentile_by_hand():
+    # ranks 0..3 over [1, 2, 3, 4]: p50 at rank 1.5 -> 2.5; p90 at rank 2.7 -> 3.7; p0/p100 are the ends
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert bench.percentile(values, 50) == pytest.approx(2.5)
+    assert bench.percentile(values, 90) == pytest.approx(3.7)
+    assert bench.percentile(values, 0) == 1.0
+    assert bench.percentile(values, 100) == 4.0
+    assert bench.percentile([7.0], 99) == 7.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=50), st.floats(min_value=0, max_value=100))
+def test_percentile_matches_numpy(values, q):
+    assert bench.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-9, abs=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(finite, min_size=1, max_size=50))
+def test_summary_is_ordered_and_bounded(values):
+    s = bench.summarize(values)
+    assert s["n"] == len(values)
+    assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert s["min"] == min(values) and s["max"] == max(values)
+    assert s["min"] - 1e-6 <= s["mean"] <= s["max"] + 1e-6
+
+
+def test_summary_by_hand():
+    s = bench.summarize([10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+    assert s["p50"] == pytest.approx(55.0)
+    assert s["p90"] == pytest.approx(91.0)  # rank 8.1 -> 90 + 0.1 * 10
+    assert s["p99"] == pytest.approx(99.1)  # rank 8.91
+    assert s["mean"] == pytest.approx(55.0)
+
+
+@pytest.mark.parametrize("values, needle", [([], "empty"), ([1.0, math.nan], "finite"),
+                                            ([1.0, math.inf], "finite"), (["3"], "numbers"),
+                                            ([True, 2.0], "numbers"), ("123", "sequence"), (5, "sequence")])
+def test_summary_rejects_bad_samples(values, needle):
+    with pytest.raises(BenchError, match=needle):
+        bench.summarize(values)
+
+
+@pytest.mark.parametrize("q", [-1, 100.5])
+def test_percentile_rejects_q_out_of_range(q):
+    with pytest.raises(BenchError, match="q must be in"):
+        bench.percentile([1.0, 2.0], q)
+
+
+def test_bench_error_is_typed():
+    assert issubclass(BenchError, OmniADError) and issubclass(BenchError, ValueError)
+
+
+# -- table -----------------------------------------------------------------------------------------------------
+def test_markdown_table_layout():
+    text = bench.markdown_table(["stage", "p50"], [["prefill", 12.3456], ["decode", None]], digits=2)
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == ["stage", "p50"]
+    assert lines[1].replace(" ", "") == "|-------|----:|"  # text column plain, number column right aligned
+    assert [c.strip() for c in lines[2].strip("|").split("|")] == ["prefill", "12.35"]
+    assert [c.strip() for c in lines[3].strip("|").split("|")] == ["decode", "—"]
+    assert len({len(line) for line in lines}) == 1  # columns padded to one width
+
+
+def test_markdown_table_escapes_pipes_and_newlines():
+    text = bench.markdown_table(["name"], [["a|b\nc"]])
+    assert text.splitlines()[2] == "| a\\|b c |"
+
+
+def test_markdown_table_rejects_ragged_rows():
+    with pytest.raises(BenchError, match="row 1 has 1 cells, the header has 2"):
+        bench.markdown_table(["a", "b"], [[1, 2], [3]])
+    with pytest.raises(BenchError, match="header"):
+        bench.markdown_table([], [])
+
+
+# -- options and command line ------------------------------------------------------------------------------------
+GOOD = dict(frames=3, warmup=0, mode="detect", size=(224, 224), max_new_tokens=None, references=0, threads=None)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("frames", 0, "frames must be an int >= 1"), ("frames", True, "frames"), ("frames", 2.0, "frames"),
+    ("warmup", -1, "warmup must be an int >= 0"), ("mode", "fast", "mode must be 'detect' or 'explain'"),
+    ("size", (16, 224), "size must be"), ("size", (224,), "size must be"), ("size", "224", "size must be"),
+    ("max_new_tokens", 0, "max_new_tokens"), ("references", -2, "references"), ("threads", -1, "threads")])
+def test_check_options_names_the_bad_argument(key, value, needle):
+    with pytest.raises(BenchError, match=needle):
+        bench.check_options(**{**GOOD, key: value})
+
+
+def test_check_options_accepts_good_values():
+    bench.check_options(**GOOD)
+    bench.check_options(**{**GOOD, "max_new_tokens": 5, "threads": 0, "size": [32, 4096]})
+
+
+def test_run_bench_validates_before_loading_anything(tmp_path):
+    # a bad option fails fast even with a bundle path that does not exist
+    with pytest.raises(BenchError, match="frames"):
+        bench.run_bench(tmp_path / "missing", frames=0)
+
+
+def test_parser_defaults_and_types():
+    args = bench.build_parser().parse_args([])
+    assert (args.bundle, args.frames, args.warmup, args.mode, args.provider, args.json) == (None, 20, 2, "detect",
+                                                                                           None, None)
+    args = bench.build_parser().parse_args(["B", "--frames", "4", "--warmup", "0", "--mode", "explain",
+                                            "--provider", "cuda", "cpu", "--size", "64", "96", "--json", "o.json"])
+    assert (args.bundle, args.frames, args.warmup, args.mode) == ("B", 4, 0, "explain")
+    assert args.provider == ["cuda", "cpu"] and args.size == [64, 96] and args.json == "o.json"
+
+
+@pytest.mark.parametrize("argv, needle", [(["--frames", "0"], "--frames: expected an int >= 1, got 0"),
+                                          (["--warmup", "x"], "--warmup: expected an int >= 0, got 'x'"),
+                                          (["--mode", "fast"], "--mode: invalid choice"),
+                                          (["--size", "8", "8"], "--size: expected an int >= 32")])
+def test_parser_rejects_bad_arguments(argv, needle, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_add_parser_registers_bench():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    bench.add_parser(sub)
+    args = parser.parse_args(["bench", "B", "--frames", "2"])
+    assert args.run is bench.main and args.frames == 2 and args.bundle == "B"
+
+
+def test_cli_routes_bench_arguments(capsys):
+    from omniad_edge import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--frames", "0"])
+    assert exc.value.code == 2
+    assert "bench: error: argument --frames: expected an int >= 1, got 0" in capsys.readouterr().err
+
+
+# -- the loop-overhead split -----------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeSession:
+    def __init__(self, clock):
+        self.clock = clock
+
+    def run_with_iobinding(self, binding):
+        self.clock.now += 0.004  # 4 ms inside the graph
+
+
+class FakeBackend:
+    def __init__(self, clock):
+        self.clock = clock
+        self.decoder = FakeSession(clock)
+
+    def forward(self, embeds, *rest):
+        self.clock.now += 0.001  # 1 ms of binding before the run
+        self.decoder.run_with_iobinding(None)
+        return embeds.shape
+
+
+def test_forward_timer_splits_session_time(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    backend = FakeBackend(clock)
+    timer = bench.ForwardTimer(backend)
+    assert backend.forward(np.zeros((1, 7, 4))) == (1, 7, 4)  # prefill: 7 tokens, result passed through
+    backend.forward(np.zeros((1, 1, 4)))
+    backend.forward(np.zeros((1, 1, 4)))
+    assert [c[0] for c in timer.calls] == [7, 1, 1]
+    assert timer.calls[1][1:] == pytest.approx((5.0, 4.0))  # forward ms, session ms
+    inside, steps = timer.decode_session_ms()
+    assert steps == 2 and inside == pytest.approx(8.0)
+    timer.reset()
+    assert timer.decode_session_ms() == (0.0, 0)
+
+
+def test_forward_timer_without_session_counts_the_whole_forward(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+
+    class NoSessionBackend:  # e.g. TensorRT: no ONNX Runtime session to look inside
+        def forward(self, embeds, *rest):
+            clock.now += 0.002
+
+    timer = bench.ForwardTimer(NoSessionBackend())
+    timer.backend.forward(np.zeros((1, 1, 4)))
+    inside, steps = timer.decode_session_ms()
+    assert steps == 1 and inside == pytest.approx(2.0)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+def test_mask_text_extraction():
+    tags = ("<seg>", "</seg>")
+    assert bench._mask_text("x<seg>a b</seg><think>t</think>", tags) == "<seg>a b</seg>"
+    assert bench._mask_text("x<seg>a b", tags) == "<seg>a b"  # unterminated: to the end
+    assert bench._mask_text("no mask", tags) is None
+
+
+def test_machine_and_libraries():
+    info = bench.machine_info()
+    assert info["logical_cores"] >= 1 and 1 <= info["usable_cores"] <= info["logical_cores"]
+    assert isinstance(info["cpu"], str) and info["cpu"]
+    libs = bench.library_versions()
+    assert libs["numpy"] == np.__version__
+    assert "omniad-edge" in libs
+    assert "no-such-distribution-xyz" not in bench.library_versions(["no-such-distribution-xyz"])
+
+
+def test_peak_rss_grows_with_a_large_allocation():
+    before = bench.peak_rss_mib()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    after = bench.peak_rss_mib()
+    assert block.sum() > 0 and after >= before + 32
+
+
+def _result():
+    stage = {"n": 3, "min": 1.0, "p50": 2.0, "p90": 3.0, "p99": 4.0, "max": 4.0, "mean": 2.0}
+    return {"bundle": {"name": "b", "precision": "fp32"}, "provider": "CPUExecutionProvider",
+            "options": {"frames": 3, "warmup": 1, "size": [224, 224], "mode": "detect", "max_new_tokens": 8,
+                        "references": 0, "threads": None},
+            "stages_ms": {"prefill": stage, "total": {**stage, "p50": 20.0}},
+            "tokens_per_s": {**stage, "p50": 50.0}, "decode_overhead_pct": {**stage, "p50": 1.5},
+            "generated_tokens": {**stage, "p50": 8.0}, "prompt_tokens": {**stage, "p50": 100.0},
+            "finish_reasons": {"length": 3}, "tam_decode_source": [], "peak_rss_mib": 300.0,
+            "device_memory_mib": None,
+            "machine": {"cpu": "CPU X", "usable_cores": 2, "logical_cores": 2, "os": "Linux"},
+            "libraries": {"numpy": "2"}}
+
+
+def test_format_report_lists_the_measured_stages_only():
+    text = bench.format_report(_result())
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| -")]
+    assert [r.split("|")[1].strip() for r in rows] == ["stage (ms)", "prefill", "end to end"]
+    assert "20.000" in rows[2]
+    assert "50.0 tokens/s" in text and "1.50%" in text and "CPU X" in text and "no device memory" in text
+
+
+@pytest.mark.slow
+def test_run_bench_on_the_tiny_bundle(tiny_bundle, tmp_path, capsys):
+    result = bench.run_bench(tiny_bundle, frames=2, warmup=0, max_new_tokens=3, size=(64, 64), threads=1)
+    json.dumps(result)  # JSON-ready
+    assert result["options"]["frames"] == 2 and result["provider"] == "CPUExecutionProvider"
+    for stage in ("preprocess", "vision", "prefill", "tam_decode", "postprocess", "total"):
+        assert result["stages_ms"][stage]["n"] == 2
+    assert 1 <= result["generated_tokens"]["max"] <= 3
+    stages = result["stages_ms"]
+    # end to end holds every other stage of the same frames
+    assert stages["total"]["min"] >= stages["prefill"]["min"]
+    out = tmp_path / "r.json"
+    assert bench.main([str(tiny_bundle), "--frames", "1", "--warmup", "0", "--max-new-tokens", "2",
+                       "--size", "64", "64", "--json", str(out)]) == 0
+    assert "| end to end" in capsys.readouterr().out
+    assert json.loads(out.read_text())["stages_ms"]["total"]["n"] == 1
