@@ -133,3 +133,28 @@ class GenaiRunner:
             steps.append((time.perf_counter() - t) * 1e3)
             tokens.append(token)
         return tokens, prefill_ms, steps
+
+    def replay(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, tokens) -> tuple[float, list[float]]:
+        """Teacher-forced: prefill, then feed `tokens` one at a time (one decoder forward each); (prefill ms,
+        per-step ms). For timing a decoder whose numerics differ (its greedy tokens would differ) on the same
+        token sequence and context lengths as another runtime."""
+        import time
+
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt_ids) + len(tokens) + 1, do_sample=False)
+        generator = og.Generator(self.model, params)
+        inputs = og.NamedTensors()
+        inputs["pixel_values"] = np.ascontiguousarray(image_embeds, np.float32)
+        inputs["image_grid_thw"] = np.asarray([grid], np.int64)
+        inputs["num_image_tokens"] = np.asarray([image_embeds.shape[0]], np.int64)
+        start = time.perf_counter()
+        generator.set_inputs(inputs)
+        generator.append_tokens(np.asarray(prompt_ids, np.int32))
+        prefill_ms = (time.perf_counter() - start) * 1e3
+        steps = []
+        for token in tokens[:-1]:  # the last token is never fed back (as in a generate loop)
+            t = time.perf_counter()
+            generator.append_tokens(np.asarray([token], np.int32))
+            steps.append((time.perf_counter() - t) * 1e3)
+        return prefill_ms, steps

@@ -1,6 +1,6 @@
 """Benchmark models: a Qwen2.5-0.5B-sized text stack with a small vision tower and random weights.
 
-    python benchmarks/models.py OUT_DIR [--precision fp32 int4] [--genai]
+    python benchmarks/models.py OUT_DIR [--precision fp32 int4] [--genai [--genai-accuracy-level 1]]
 
 builds OUT_DIR/hf (a Hugging Face Qwen2.5-VL folder, real Qwen2.5 tokenizer), OUT_DIR/bundle-{precision} (engineer
 B's exporter, `python -m export`) and with --genai OUT_DIR/genai-{precision} (onnxruntime-genai's builder with
@@ -104,11 +104,15 @@ def export_bundle(hf_dir: Path, out: Path, precision: str) -> Path:
     return out
 
 
-def build_genai(hf_dir: Path, out: Path, precision: str) -> Path:
-    """onnxruntime-genai's builder over the same checkpoint: the text decoder only, embeddings excluded."""
+def build_genai(hf_dir: Path, out: Path, precision: str, accuracy_level: int | None = None) -> Path:
+    """onnxruntime-genai's builder over the same checkpoint: the text decoder only, embeddings excluded.
+
+    accuracy_level: int4 MatMulNBits compute type (genai's CPU default 4 = int8 activations; 1 = fp32, the
+    numerics of our exporter's int4, so greedy tokens can match)."""
+    extra = ["exclude_embeds=true"] + ([f"accuracy_level={accuracy_level}"] if accuracy_level is not None else [])
     if not (out / "genai_config.json").is_file():
         _run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out),
-              "-p", precision, "-e", "cpu", "--extra_options", "exclude_embeds=true"], f"genai builder {precision}")
+              "-p", precision, "-e", "cpu", "--extra_options", *extra], f"genai builder {precision}")
     return out
 
 
@@ -117,6 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("out", help="directory for hf/, bundle-*/ and genai-*/")
     p.add_argument("--precision", nargs="+", choices=["fp32", "int4"], default=["fp32"])
     p.add_argument("--genai", action="store_true", help="also build onnxruntime-genai's decoders")
+    p.add_argument("--genai-accuracy-level", type=int, choices=[1, 2, 3, 4], default=None,
+                   help="int4 compute type for genai's builder (written to genai-{precision}-acc{N})")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -127,7 +133,9 @@ def main(argv=None) -> int:
     for precision in args.precision:
         export_bundle(hf, out / f"bundle-{precision}", precision)
         if args.genai:
-            build_genai(hf, out / f"genai-{precision}", precision)
+            level = args.genai_accuracy_level
+            suffix = f"-acc{level}" if level is not None else ""
+            build_genai(hf, out / f"genai-{precision}{suffix}", precision, level)
     return 0
 
 

@@ -26,6 +26,8 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help="int4 MatMulNBits compute on CPU: 0 float32 (default), 4 int8 activations (faster)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
+    p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
+                   help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
                          output_spec=args.output_spec, name=args.name, vision_precision=args.vision_precision,
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, quiet=args.quiet)
+                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, embed_dtype=args.embed_dtype,
+                         quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)
     except ExportError as exc:

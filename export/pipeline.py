@@ -5,6 +5,7 @@ never leaves a directory that looks like a bundle.
 """
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -36,6 +37,7 @@ class ExportOptions:
     int4_block_size: int = 32
     int4_accuracy_level: int = 0  # MatMulNBits compute: 0 float32, 4 int8 activations (faster on CPU)
     fp32_vision_mlp_blocks: int = 2
+    embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
     quiet: bool = False
 
 
@@ -54,6 +56,8 @@ def _check_options(opts: ExportOptions) -> str:
     vision = opts.vision_precision or {"fp16": "fp16", "int8": "int8", "int4": "int8"}.get(opts.precision, "fp32")
     if vision not in VISION_PRECISIONS:
         raise ExportError(f"vision_precision must be one of {VISION_PRECISIONS}, got {vision!r}")
+    if opts.embed_dtype not in ("float32", "float16"):
+        raise ExportError(f"embed_dtype must be 'float32' or 'float16', got {opts.embed_dtype!r}")
     block = opts.int4_block_size
     if not isinstance(block, int) or block < 16 or block & (block - 1):
         raise ExportError(f"int4_block_size must be a power of two >= 16, got {block!r}")
@@ -117,27 +121,28 @@ def _export_decoder(model, model_cfg, dtype, opts, log):
                         dims, opts.prefer_dynamo, log)
 
 
-def _quantized(model_proto, precision: str, opts: ExportOptions, log):
+def _quantized(source, precision: str, opts: ExportOptions, log):
+    """source: fp32 ModelProto or the path of a saved fp32 graph; returns the ModelProto to write."""
     from .onnx_export import quiet_tools
     from .quantize import quantize_int4, quantize_int8
 
     if precision == "int8":
         log("quantizing MatMul weights to int8 (dynamic)")
         with quiet_tools():
-            return quantize_int8(model_proto)
+            return quantize_int8(source)
     if precision == "int4":
         log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size})")
         with quiet_tools():
-            return quantize_int4(model_proto, opts.int4_block_size, opts.int4_accuracy_level)
-    return model_proto
+            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level)
+    raise AssertionError(precision)
 
 
-def _write_embeddings(model, path: Path) -> dict:
+def _write_embeddings(model, path: Path, dtype: str = "float32") -> dict:
     import numpy as np
 
-    weight = model.model.language_model.embed_tokens.weight.detach().float().numpy()
+    weight = model.model.language_model.embed_tokens.weight.detach().float().numpy().astype(dtype, copy=False)
     np.save(path, np.ascontiguousarray(weight), allow_pickle=False)
-    return {"path": path.name, "dtype": "float32", "shape": list(weight.shape)}
+    return {"path": path.name, "dtype": dtype, "shape": list(weight.shape)}
 
 
 def _place(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -186,27 +191,33 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         graph_info = {}
         from .onnx_export import save_onnx
 
+        precisions = {"vision": vision_precision, "decoder": opts.precision}
+        exporters = {"vision": _export_vision, "decoder": _export_decoder}
+        scratch = tmp / ".fp32"  # graphs waiting for quantization, kept on disk so memory holds one at a time
+        pending = {}
         with torch.no_grad():
-            log(f"exporting vision graph ({vision_precision})")
-            vdtype = torch.float16 if vision_precision == "fp16" else torch.float32
-            proto, info = _export_vision(model, model_cfg, vdtype, opts, log)
-            proto = _quantized(proto, vision_precision, opts, log)
-            save_onnx(proto, tmp / "vision.onnx")
-            graph_info["vision"] = {**info, "precision": vision_precision}
-            del proto
-            log(f"exporting decoder graph ({opts.precision})")
-            ddtype = torch.float16 if opts.precision == "fp16" else torch.float32
-            proto, info = _export_decoder(model, model_cfg, ddtype, opts, log)
-            proto = _quantized(proto, opts.precision, opts, log)
-            save_onnx(proto, tmp / "decoder.onnx")
-            graph_info["decoder"] = {**info, "precision": opts.precision}
-            if opts.precision == "int4":
-                graph_info["decoder"].update(block_size=opts.int4_block_size,
-                                             accuracy_level=opts.int4_accuracy_level)
-            del proto
-        log("writing embeddings, tokenizer and manifest")
-        embed = _write_embeddings(model, tmp / "embed_tokens.npy")
+            for graph, precision in precisions.items():
+                log(f"exporting {graph} graph ({precision})")
+                dtype = torch.float16 if precision == "fp16" else torch.float32
+                proto, info = exporters[graph](model, model_cfg, dtype, opts, log)
+                graph_info[graph] = {**info, "precision": precision}
+                if precision in ("int8", "int4"):
+                    scratch.mkdir(exist_ok=True)
+                    pending[graph] = scratch / f"{graph}.onnx"
+                    save_onnx(proto, pending[graph], threshold=0)
+                else:
+                    save_onnx(proto, tmp / f"{graph}.onnx")
+                del proto
+        log("writing embeddings")
+        embed = _write_embeddings(model, tmp / "embed_tokens.npy", opts.embed_dtype)
         del model
+        gc.collect()
+        for graph, source in pending.items():
+            save_onnx(_quantized(source, precisions[graph], opts, log), tmp / f"{graph}.onnx")
+        shutil.rmtree(scratch, ignore_errors=True)
+        if opts.precision == "int4":
+            graph_info["decoder"].update(block_size=opts.int4_block_size, accuracy_level=opts.int4_accuracy_level)
+        log("writing tokenizer and manifest")
         shutil.copyfile(checkpoint.tokenizer_json, tmp / "tokenizer.json")
         if checkpoint.chat_template is not None:
             (tmp / "chat_template.jinja").write_text(checkpoint.chat_template, encoding="utf-8")

@@ -14,24 +14,29 @@ __all__ = ["quantize_int8", "quantize_int4"]
 
 
 def quantize_int8(model):
-    """fp32 ModelProto -> int8 dynamic ModelProto (MatMul weights only)."""
+    """fp32 graph (ModelProto, or path of a saved one) -> int8 dynamic ModelProto (MatMul weights only)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    big = model.ByteSize() > 2**31 - 2**20 if _serializable(model) else True
     with tempfile.TemporaryDirectory(prefix="omniad-q8-") as tmp:
-        src, dst = Path(tmp, "in.onnx"), Path(tmp, "out.onnx")
-        onnx.save_model(model, str(src), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location="in.onnx.data")
+        if isinstance(model, (str, Path)):
+            src = Path(model)
+        else:
+            src = Path(tmp, "in.onnx")
+            onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="in.onnx.data")
+        dst = Path(tmp, "out.onnx")
+        # external data always: the quantizer cannot write a >2 GB protobuf, and it costs nothing when small
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=big, extra_options={"MatMulConstBOnly": True})
+                         use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
         result = onnx.load_model(str(dst), load_external_data=True)
     _check_changed(result, ("MatMulInteger", "DynamicQuantizeLinear"), "int8")
     return result
 
 
 def quantize_int4(model, block_size: int = 32, accuracy_level: int = 0):
-    """fp32 ModelProto -> int4 weight-only ModelProto (MatMulNBits, symmetric, blocks along K).
+    """fp32 graph (ModelProto, or path of a saved one) -> int4 weight-only ModelProto (MatMulNBits, symmetric,
+    blocks along K).
 
     accuracy_level: MatMulNBits' compute type on CPU, 0 (unset: float32) .. 4 (int8 activations, fastest)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -40,20 +45,12 @@ def quantize_int4(model, block_size: int = 32, accuracy_level: int = 0):
         raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ExportError(f"int4 accuracy level must be 0..4, got {accuracy_level!r}")
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(str(model) if isinstance(model, Path) else model, bits=4, block_size=block_size, is_symmetric=True,
                                      accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
     quantizer.process()
     result = quantizer.model.model
     _check_changed(result, ("MatMulNBits",), "int4")
     return result
-
-
-def _serializable(model) -> bool:
-    try:
-        model.ByteSize()
-        return True
-    except Exception:  # protobuf refuses to size messages over 2 GB
-        return False
 
 
 def _check_changed(model, op_types, precision: str) -> None:

@@ -296,7 +296,7 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
     ({"precision": "int3"}, "precision"), ({"max_image_tokens": 2}, "max_image_tokens"),
     ({"vision_precision": "int4"}, "vision_precision"), ({"no_such_option": 1}, "unknown export option"),
     ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
-    ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"),
+    ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"), ({"embed_dtype": "int8"}, "embed_dtype"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
     _export_fails(tiny_checkpoint, tmp_path, match, **options)
@@ -343,9 +343,9 @@ def test_interrupted_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatc
 
 # --- options that change the bundle --------------------------------------------------------------------------
 
-def test_output_spec_external_data_and_cli(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    """One export through the CLI: output-spec overrides land in the manifest, and with the external-data
-    threshold forced to 0 the weights go to .onnx.data files that are hashed and still load."""
+def test_output_spec_external_data_and_cli(tiny_checkpoint, tiny_bundle, tmp_path, monkeypatch, capsys):
+    """One export through the CLI: output-spec overrides land in the manifest, with the external-data threshold
+    forced to 0 the weights go to .onnx.data files that are hashed and still load, float16 embeddings work."""
     from export import onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
@@ -355,7 +355,7 @@ def test_output_spec_external_data_and_cli(tiny_checkpoint, tmp_path, monkeypatc
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "bundle"
     code = cli_main([str(tiny_checkpoint), str(out), "--output-spec", str(tmp_path / "spec.json"),
-                     "--max-image-tokens", "64", "--quiet"])
+                     "--max-image-tokens", "64", "--embed-dtype", "float16", "--quiet"])
     assert code == 0 and capsys.readouterr().out.strip() == str(out.absolute())
     m = json.loads((out / "manifest.json").read_text())
     assert m["name"] == "judo-style" and m["output"]["mask"]["codec"] == "judo"
@@ -364,8 +364,13 @@ def test_output_spec_external_data_and_cli(tiny_checkpoint, tmp_path, monkeypatc
     assert m["prompt"]["detect"] == "Find defects." and "{system}" in m["prompt"]["template"]
     assert m["preprocess"]["max_image_tokens"] == 64 and m["preprocess"]["max_pixels"] == 64 * 28 * 28
     assert {"vision.onnx.data", "decoder.onnx.data"} <= set(m["files"])
-    runner = BundleRunner(out)
-    assert runner.generate([runner.prompt([make_frame(90, 150)])], 2).tokens[0]
+    assert m["embed_tokens"]["dtype"] == "float16" and np.load(out / "embed_tokens.npy").dtype == np.float16
+    # same model and prompt, float16 embedding rows: logits stay close to the float32 bundle's
+    half, full = BundleRunner(out), BundleRunner(tiny_bundle)
+    prompt = full.prompt([make_frame(90, 150)])
+    a = half.generate([prompt], 1).logits[0]
+    b = full.generate([prompt], 1).logits[0]
+    assert _rel(a, b) < 1e-2
 
 
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):

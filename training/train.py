@@ -93,6 +93,11 @@ def main(argv=None):
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the auxiliary dense loss: a linear head on the merger output predicts each "
                          "patch's defect label (training only; not part of the model or the bundle)")
+    ap.add_argument("--aux-pos-weight", type=float, default=5.0,
+                    help="class weight of defect patches in the dense loss (they are ~2%% of the patches)")
+    ap.add_argument("--mask-weight", type=float, default=3.0,
+                    help="loss weight of the mask tokens (after <seg> up to </seg>) relative to the other target "
+                         "tokens: they carry what the image shows, the rest follows from them")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -155,15 +160,32 @@ def main(argv=None):
         p = step / args.steps
         return max(p, spent() / (args.max_minutes * 60)) if args.max_minutes else p
 
+    seg_open = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][0])
+    seg_close = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][1])
+    class_weight = torch.ones(n_labels)
+    class_weight[1:] = args.aux_pos_weight
+
+    def in_mask(gold):
+        """1.0 on the target tokens from just after <seg> through </seg>."""
+        opened = torch.cumsum((gold == seg_open).long(), dim=1)
+        closed = torch.cumsum((gold == seg_close).long(), dim=1) - (gold == seg_close).long()
+        return ((opened - closed) > 0).float() * (gold != seg_open).float()
+
     model.train()
     while progress() < 1.0:
         batch = collate(batch_examples(encoder, "train", step * args.batch, args.batch, args.size), pad, image_pad)
         for g in opt.param_groups + aux_opt.param_groups:
             g["lr"] = lr_at(step, progress(), args.lr, args.warmup)
         dense = batch.pop("patch_labels")
-        lm_loss = model(**batch).loss
-        logits = aux(captured.pop("merged")).view(-1, n_labels)
-        aux_loss = torch.nn.functional.cross_entropy(logits, dense.view(-1))
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1].float()
+        gold = labels[:, 1:]
+        token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                                                       ignore_index=-100, reduction="none").view(gold.shape)
+        weight = (gold != -100).float() * (1.0 + (args.mask_weight - 1.0) * in_mask(gold))
+        lm_loss = (token_loss * weight).sum() / weight.sum()
+        aux_logits = aux(captured.pop("merged")).view(-1, n_labels)
+        aux_loss = torch.nn.functional.cross_entropy(aux_logits, dense.view(-1), weight=class_weight)
         loss = lm_loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)

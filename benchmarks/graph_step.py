@@ -1,0 +1,93 @@
+"""One decode step of decoder graphs under plain onnxruntime, no generation loop: is a runtime's speed its graph or
+its loop? Same session options for every graph, with ONNX Runtime's thread spinning off and on.
+
+    nice -n 5 python benchmarks/graph_step.py --graph omniad=BUNDLE/decoder.onnx --graph genai=GENAI/model.onnx \
+        [--past 140] [--repeats 20] [--threads 2] [--json FILE]
+
+Inputs are random (the time of a step does not depend on the values): one new token attending over --past cached
+positions. omniad_edge's graph takes BSHD past (past_key.{i}), onnxruntime-genai's BNSH (past_key_values.{i}.key).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def _session(path: str, threads: int, spinning: bool):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def _feeds(session, past: int, rng, head_dim: int) -> dict:
+    """Random feeds for every input, by name and declared shape (past length where the graph has a symbol)."""
+    feeds = {}
+    for i in session.get_inputs():
+        if i.name == "position_ids":
+            feeds[i.name] = np.full((3, 1, 1), past, np.int64)
+        elif i.name == "attention_mask":
+            feeds[i.name] = np.ones((1, past + 1), np.int64)
+        else:
+            shape = []
+            for dim in i.shape:
+                if isinstance(dim, int):
+                    shape.append(dim)
+                elif "past" in str(dim):
+                    shape.append(past)
+                elif "kv_cache_dim" in str(dim) or "head" in str(dim):  # genai leaves head_size symbolic
+                    shape.append(head_dim)
+                else:  # batch, sequence (1 new token)
+                    shape.append(1)
+            feeds[i.name] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    return feeds
+
+
+def step_ms(path: str, past: int, repeats: int, threads: int, spinning: bool, head_dim: int = 64) -> dict:
+    session = _session(path, threads, spinning)
+    feeds = _feeds(session, past, np.random.default_rng(0), head_dim)
+    session.run(["logits"], feeds)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(["logits"], feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--graph", action="append", required=True, metavar="NAME=PATH",
+                   help="a decoder graph to time (repeatable)")
+    p.add_argument("--past", type=int, default=140)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=64, help="for graphs that leave it symbolic")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    out = {"past": args.past, "threads": args.threads, "graphs": {}}
+    for item in args.graph:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--graph: expected NAME=PATH, got {item!r}")
+        for spinning in (False, True):
+            r = step_ms(path, args.past, args.repeats, args.threads, spinning, args.head_dim)
+            out["graphs"][f"{name} spinning={int(spinning)}"] = {**r, "path": path}
+            print(f"{name:24s} spinning={int(spinning)}: median {r['median_ms']:.1f} ms, min {r['min_ms']:.1f} ms",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
