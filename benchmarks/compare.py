@@ -60,12 +60,31 @@ def _strip_eos(tokens, eos) -> list[int]:
     return out
 
 
+def mask_closed_checker(bundle_dir, manifest: dict):
+    """ids -> True once the generated text has closed the mask, by the bundle's own codec stream (the rule
+    omniad_edge's detect mode stops on), so every runtime stops on the same token."""
+    from tokenizers import Tokenizer
+
+    from omniad_edge import tam
+
+    tokenizer = Tokenizer.from_file(str(Path(bundle_dir) / manifest["tokenizer"]["path"]))
+    output = manifest["output"]
+    codec = tam.codec_from_spec(output["mask"], tags=tuple(output["tags"]["mask"]))
+
+    def closed(ids) -> bool:
+        stream = codec.stream()
+        stream.feed(tokenizer.decode([int(i) for i in ids], skip_special_tokens=False))
+        return bool(stream.closed)
+
+    return closed
+
+
 # -- (c) omniad_edge ---------------------------------------------------------------------------------------------
-def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int) -> dict:
+def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str) -> dict:
     """Per frame: tokens, per-stage ms, ms per decode forward, loop overhead; plus what genai/transformers need."""
     from omniad_edge import Inspector
 
-    ins = Inspector(str(bundle_dir), mode="detect", threads=threads, max_new_tokens=tokens)
+    ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens)
     seen = {}
     inner = ins.generator.generate
 
@@ -89,23 +108,24 @@ def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int) -> di
                "session_per_step": inside / max(1, steps),
                "loop_overhead_pct": 100.0 * max(0.0, t["decode"] - inside) / t["decode"],
                "prompt_ids": np.asarray(req.prompt.ids, np.int64), "image_embeds": np.asarray(req.image_embeds[-1]),
-               "grid": tuple(int(g) for g in req.grids[-1]), "warmup": i < warmup}
+               "grid": tuple(int(g) for g in req.grids[-1]), "warmup": i < warmup,
+               "finish_reason": gen.finish_reason}
         rows.append(row)
     info = {"bundle": ins.bundle.name, "precision": ins.bundle.precision, "model": ins.bundle.model,
-            "provider": ins.backend.provider, "prompt_template": "detect"}
+            "provider": ins.backend.provider, "mode": mode}
     del ins, timer
     gc.collect()
     return {"rows": rows, "info": info}
 
 
-def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int) -> dict:
+def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str) -> dict:
     """Per-frame prefill with one reference image: prefix cached vs prefilled with every frame."""
     from omniad_edge import Inspector, synth
 
     reference = synth.make_sample(synth.split_seed("val", 0), anomalous=False).image
     out = {}
     for cached in (False, True):
-        ins = Inspector(str(bundle_dir), mode="detect", threads=threads, max_new_tokens=tokens,
+        ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
                         reference=[reference], prefix_cache=cached)
         results = [ins.run(f) for f in frames]
         kept = results[warmup:]
@@ -124,18 +144,19 @@ def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int)
 
 
 # -- (b) onnxruntime-genai ---------------------------------------------------------------------------------------
-def run_genai(model_dir, omniad_rows, tokens: int) -> dict:
+def run_genai(model_dir, omniad_rows, tokens: int, stop=None) -> dict:
     from genai_wrap import GenaiRunner
 
     runner = GenaiRunner(model_dir)
     rows = []
     for o in omniad_rows:
         start = time.perf_counter()
-        out, prefill_ms, steps = runner.generate(o["prompt_ids"], o["image_embeds"], o["grid"], tokens)
+        out, prefill_ms, steps = runner.generate(o["prompt_ids"], o["image_embeds"], o["grid"], tokens, stop=stop)
         total = (time.perf_counter() - start) * 1e3
         # step 0 samples from the prefill's logits; steps 1.. each run one decoder forward (as omniad's forwards)
         rows.append({"tokens": out, "prefill": prefill_ms, "generate": total,
-                     "decode_per_step": median(steps[1:]) if len(steps) > 1 else None, "first_step": steps[0],
+                     "decode_per_step": median(steps[1:]) if len(steps) > 1 else None,
+                     "first_step": steps[0] if steps else None,
                      "warmup": o["warmup"]})
     del runner
     gc.collect()
@@ -158,9 +179,18 @@ def run_genai_replay(model_dir, omniad_rows) -> dict:
 
 
 # -- (a) transformers ----------------------------------------------------------------------------------------------
-def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, threads: int) -> dict:
+def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, threads: int, stop=None) -> dict:
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+
+    class MaskClosed(StoppingCriteria):  # detect mode: stop on the token that closes the mask, like omniad_edge
+        def __init__(self, start: int):
+            self.start = start
+
+        def __call__(self, input_ids, scores, **kwargs):
+            done = [stop(row[self.start:].tolist()) for row in input_ids]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     torch.set_num_threads(threads)
@@ -187,6 +217,8 @@ def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, t
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=feats["pixel_values"],
                       image_grid_thw=feats["image_grid_thw"], mm_token_type_ids=(ids == toks["image_pad"]).int(),
                       do_sample=False, eos_token_id=eos, pad_token_id=toks["pad"])
+        if stop is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([MaskClosed(ids.shape[1])])
         with torch.no_grad():
             s = time.perf_counter()
             model.generate(max_new_tokens=1, **kwargs)
@@ -265,6 +297,10 @@ def summarise(res: dict) -> dict:
     return s
 
 
+def _span(values) -> str:
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
 def markdown(res: dict) -> str:
     s, m = res["summary"], res["machine"]
     title = {"preprocess": "preprocess", "vision": "vision", "prefill": "prefill (prompt)",
@@ -277,10 +313,10 @@ def markdown(res: dict) -> str:
     replayed = " (onnxruntime-genai timed teacher-forced on omniad_edge's tokens, see notes)" \
         if res["tokens"].get("genai_replayed") else ""
     lines = [f"### {res['model_name']} ({o['precision']}), {o['frames']} frames {o['size']}x{o['size']}, "
-             f"{o['tokens']} new tokens, {o['threads']} threads"
+             f"mode {o['mode']}, at most {o['tokens']} new tokens, {o['threads']} threads"
              + (f", genai model {res['genai_model']}" if res.get("genai_model") else ""), "",
              f"Tokens identical across runtimes: **{res['tokens']['identical']}**{replayed} "
-             f"({res['tokens']['frames']} frames, {res['tokens']['tokens_per_frame'][0]} tokens each); "
+             f"({res['tokens']['frames']} frames, {_span(res['tokens']['tokens_per_frame'])} tokens each); "
              f"prompt {res['prompt_tokens']} tokens. Medians in ms.", "",
              bench.markdown_table(["stage", "transformers", "onnxruntime-genai", "omniad_edge", "omniad / transformers",
                                    "omniad / genai"], rows, digits=2), ""]
@@ -311,6 +347,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", help="directory built by benchmarks/models.py")
     p.add_argument("--precision", choices=["fp32", "int4"], default="fp32")
+    p.add_argument("--mode", choices=["detect", "explain"], default="detect",
+                   help="detect: every runtime stops on the token that closes the mask (the bundle's codec); "
+                        "explain: at eos (random-weight models reach neither and run --tokens tokens)")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tokens", type=int, default=32)
@@ -336,7 +375,8 @@ def main(argv=None) -> int:
     res = {"model_name": manifest["name"], "machine": machine, "libraries": bench.library_versions(),
            "options": vars(args), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": []}
     log("omniad_edge")
-    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup)}
+    stop = mask_closed_checker(bundle, manifest) if args.mode == "detect" else None
+    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup, args.mode)}
     res["prompt_tokens"] = int(len(results["omniad"]["rows"][0]["prompt_ids"]))
     if "genai" not in args.skip:
         from genai_wrap import set_intra_op_threads, wrap_genai_model
@@ -346,9 +386,10 @@ def main(argv=None) -> int:
         res["genai_model"] = genai_name
         wrapped = wrap_genai_model(models / genai_name, models / f"{genai_name}-mm",
                                    bundle / manifest["embed_tokens"]["path"],
-                                   image_pad=manifest["tokens"]["image_pad"], vision=manifest["model"]["vision"])
+                                   image_pad=manifest["tokens"]["image_pad"],
+                                   vision_start=manifest["tokens"]["vision_start"], vision=manifest["model"]["vision"])
         set_intra_op_threads(wrapped, args.threads)
-        results["genai"] = run_genai(wrapped, results["omniad"]["rows"], args.tokens)
+        results["genai"] = run_genai(wrapped, results["omniad"]["rows"], args.tokens, stop)
         res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
@@ -357,7 +398,7 @@ def main(argv=None) -> int:
     if "transformers" not in args.skip:
         log("transformers")
         results["transformers"] = run_transformers(models / "hf", frames, results["omniad"]["rows"], manifest,
-                                                   args.tokens, args.threads)
+                                                   args.tokens, args.threads, stop)
         res["notes"].append("transformers: prefill = generate(max_new_tokens=1) - vision; decode / token = "
                             "(generate(N) - generate(1)) / (N - 1); end to end = its image processor + generate(N)")
     eos = set(manifest["tokens"]["eos"])
@@ -379,7 +420,7 @@ def main(argv=None) -> int:
                             "lengths, its own numerics")
     if "prefix" not in args.skip:
         log("prefix cache")
-        res["prefix_cache"] = run_prefix_cache(bundle, frames, args.tokens, args.threads, args.warmup)
+        res["prefix_cache"] = run_prefix_cache(bundle, frames, args.tokens, args.threads, args.warmup, args.mode)
     res["summary"] = {}
     if "roofline" not in args.skip:
         log("bandwidth")

@@ -58,19 +58,20 @@ def write_05b_checkpoint(out: Path) -> None:
 
 def _child_export(checkpoint: Path, out: Path, variant: str) -> dict:
     """Export in a child process; returns its wall time and its own peak RSS. variant: a precision, or
-    "int4-acc4" (int4 with MatMulNBits accuracy level 4: int8 activations)."""
+    "int4-acc4" (int4 with MatMulNBits accuracy level 4: int8 activations), or "int4-qdq" (DequantizeLinear)."""
     precision, _, extra = variant.partition("-")
     level = int(extra[3:]) if extra.startswith("acc") else 0
+    fmt = "qdq" if extra == "qdq" else "matmulnbits"
     code = ("import json, resource, sys, time\n"
             "from export import export_bundle\n"
             "t = time.perf_counter()\n"
             f"export_bundle({str(checkpoint)!r}, {str(out)!r}, precision={precision!r}, overwrite=True, quiet=True,"
-            f" int4_accuracy_level={level})\n"
+            f" int4_accuracy_level={level}, int4_format={fmt!r})\n"
             "print(json.dumps({'wall_s': time.perf_counter() - t,\n"
             "                  'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     if run.returncode != 0:
-        raise SystemExit(f"export {precision} failed:\n{run.stderr[-3000:]}")
+        raise SystemExit(f"export {variant} failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -129,16 +130,17 @@ def bench_agreement(work: Path, frames: int = 6, steps: int = 24) -> None:
     if not (checkpoint / "config.json").exists():
         write_tiny_checkpoint(checkpoint)
     runners = {}
-    for precision in ("fp32", "fp16", "int8", "int4"):
-        out = work / f"tiny-{precision}"
+    for variant in ("fp32", "fp16", "int8", "int4", "int4-qdq"):
+        out = work / f"tiny-{variant}"
         if not out.exists():
-            export_bundle(checkpoint, out, precision=precision, quiet=True)
-        runners[precision] = BundleRunner(out)
+            precision, _, fmt = variant.partition("-")
+            export_bundle(checkpoint, out, precision=precision, quiet=True, int4_format=fmt or "matmulnbits")
+        runners[variant] = BundleRunner(out)
     sizes = [(90 + 37 * i, 260 - 29 * i) for i in range(frames)]
     ref = runners["fp32"]
     print(f"\ntiny model agreement vs fp32 ({frames} frames x {steps} tokens, greedy)")
     print(f"{'precision':9} {'free-run prefix':>16} {'teacher-forced':>15} {'logit rel err (median)':>23}")
-    for precision in ("fp16", "int8", "int4"):
+    for precision in ("fp16", "int8", "int4", "int4-qdq"):
         run = runners[precision]
         prefix, forced, rel = [], [], []
         for i, size in enumerate(sizes):
@@ -179,8 +181,8 @@ def _forced_logits(runner, prompt, tokens):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "omniad_bench_export")
-    ap.add_argument("--precisions", default="fp32,int8,int4,int4-acc4",
-                    help="comma-separated: fp32, fp16, int8, int4, int4-acc4 (first one is the baseline)")
+    ap.add_argument("--precisions", default="fp32,int8,int4,int4-acc4,int4-qdq",
+                    help="comma-separated: fp32, fp16, int8, int4, int4-acc4, int4-qdq (the first is the baseline)")
     ap.add_argument("--skip-05b", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     args = ap.parse_args()

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 
-def wrap_genai_model(builder_dir, out_dir, embed_tokens_npy, *, image_pad: int, vision: dict) -> Path:
+def wrap_genai_model(builder_dir, out_dir, embed_tokens_npy, *, image_pad: int, vision_start: int,
+                     vision: dict) -> Path:
     """A genai model folder: the builder's decoder (hard links) + pass-through vision + table embedding graphs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -76,9 +77,13 @@ def wrap_genai_model(builder_dir, out_dir, embed_tokens_npy, *, image_pad: int, 
                                     "outputs": {"inputs_embeds": "inputs_embeds"}}
     config["model"]["vision"] = {"filename": "vision.onnx", "spatial_merge_size": int(vision["spatial_merge_size"]),
                                  "patch_size": int(vision["patch_size"]), "window_size": int(vision["window_size"]),
+                                 "tokens_per_second": int(vision.get("tokens_per_second", 2)),
                                  "inputs": {"pixel_values": "pixel_values", "image_grid_thw": "image_grid_thw"},
                                  "outputs": {"image_features": "image_features"}}
     config["model"]["image_token_id"] = int(image_pad)
+    # genai finds images in the prompt by this token when it builds the 3-D positions; without it every position
+    # is text-like and the greedy tokens differ from the first one
+    config["model"]["vision_start_token_id"] = int(vision_start)
     (tmp / "genai_config.json").write_text(json.dumps(config, indent=1))
     os.replace(tmp, dst)
     return dst
@@ -109,8 +114,10 @@ class GenaiRunner:
         self.og = og
         self.model = og.Model(str(model_dir))
 
-    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, max_new_tokens: int):
-        """(tokens, prefill ms, per-step ms list); step i = one generate_next_token + reading the token."""
+    def generate(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, max_new_tokens: int, stop=None):
+        """(tokens, prefill ms, per-step ms list); step i = one generate_next_token + reading the token.
+
+        stop(tokens) -> True ends generation after that token (checked outside the timed step)."""
         import time
 
         og = self.og
@@ -132,6 +139,8 @@ class GenaiRunner:
             token = int(generator.get_next_tokens()[0])
             steps.append((time.perf_counter() - t) * 1e3)
             tokens.append(token)
+            if stop is not None and stop(tokens):
+                break
         return tokens, prefill_ms, steps
 
     def replay(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, tokens) -> tuple[float, list[float]]:

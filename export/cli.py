@@ -24,6 +24,8 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     p.add_argument("--int4-block-size", type=int, default=32, help="int4 quantization block size along K")
     p.add_argument("--int4-accuracy-level", type=int, choices=range(5), default=0,
                    help="int4 MatMulNBits compute on CPU: 0 float32 (default), 4 int8 activations (faster)")
+    p.add_argument("--int4-format", choices=["matmulnbits", "qdq"], default="matmulnbits",
+                   help="int4 as ONNX Runtime's MatMulNBits (default) or standard DequantizeLinear+MatMul (opset 21)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
@@ -44,8 +46,8 @@ def main(argv=None) -> int:
                          output_spec=args.output_spec, name=args.name, vision_precision=args.vision_precision,
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, embed_dtype=args.embed_dtype,
-                         quiet=args.quiet)
+                         int4_format=args.int4_format, fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
+                         embed_dtype=args.embed_dtype, quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)
     except ExportError as exc:

@@ -22,7 +22,8 @@ def quiet_tools():
     deprecations, "consider pre-processing"); silence them so an export under `-W error` or a pipeline log stays
     clean. Real failures still raise."""
     loggers = [logging.getLogger(n) for n in ("", "torch.onnx", "torch.export", "torch._export", "onnxscript",
-                                              "torch.fx.experimental.symbolic_shapes", "torch._dynamo")]
+                                              "torch.fx.experimental.symbolic_shapes", "torch._dynamo",
+                                              "onnxruntime.quantization.matmul_nbits_quantizer")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -36,6 +36,7 @@ class ExportOptions:
     prefer_dynamo: bool = True
     int4_block_size: int = 32
     int4_accuracy_level: int = 0  # MatMulNBits compute: 0 float32, 4 int8 activations (faster on CPU)
+    int4_format: str = "matmulnbits"  # or "qdq": DequantizeLinear + MatMul, readable beyond ONNX Runtime
     fp32_vision_mlp_blocks: int = 2
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
     quiet: bool = False
@@ -53,7 +54,10 @@ class _Progress:
 def _check_options(opts: ExportOptions) -> str:
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
-    vision = opts.vision_precision or {"fp16": "fp16", "int8": "int8", "int4": "int8"}.get(opts.precision, "fp32")
+    # int4 "qdq" bundles aim at runtimes that cannot read ONNX Runtime's MatMulInteger: keep their vision fp32
+    qdq = opts.precision == "int4" and opts.int4_format == "qdq"
+    default = {"fp16": "fp16", "int8": "int8", "int4": "fp32" if qdq else "int8"}.get(opts.precision, "fp32")
+    vision = opts.vision_precision or default
     if vision not in VISION_PRECISIONS:
         raise ExportError(f"vision_precision must be one of {VISION_PRECISIONS}, got {vision!r}")
     if opts.embed_dtype not in ("float32", "float16"):
@@ -61,6 +65,8 @@ def _check_options(opts: ExportOptions) -> str:
     block = opts.int4_block_size
     if not isinstance(block, int) or block < 16 or block & (block - 1):
         raise ExportError(f"int4_block_size must be a power of two >= 16, got {block!r}")
+    if opts.int4_format not in ("matmulnbits", "qdq"):
+        raise ExportError(f"int4_format must be 'matmulnbits' or 'qdq', got {opts.int4_format!r}")
     if opts.int4_accuracy_level not in (0, 1, 2, 3, 4):
         raise ExportError(f"int4_accuracy_level must be 0..4, got {opts.int4_accuracy_level!r}")
     if not isinstance(opts.fp32_vision_mlp_blocks, int) or opts.fp32_vision_mlp_blocks < 0:
@@ -133,7 +139,7 @@ def _quantized(source, precision: str, opts: ExportOptions, log):
     if precision == "int4":
         log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size})")
         with quiet_tools():
-            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level)
+            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level, opts.int4_format)
     raise AssertionError(precision)
 
 
@@ -216,7 +222,8 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
             save_onnx(_quantized(source, precisions[graph], opts, log), tmp / f"{graph}.onnx")
         shutil.rmtree(scratch, ignore_errors=True)
         if opts.precision == "int4":
-            graph_info["decoder"].update(block_size=opts.int4_block_size, accuracy_level=opts.int4_accuracy_level)
+            graph_info["decoder"].update(block_size=opts.int4_block_size, accuracy_level=opts.int4_accuracy_level,
+                                         int4_format=opts.int4_format)
         log("writing tokenizer and manifest")
         shutil.copyfile(checkpoint.tokenizer_json, tmp / "tokenizer.json")
         if checkpoint.chat_template is not None:

@@ -1,7 +1,8 @@
 """Weight quantization of exported fp32 graphs with onnxruntime's own tools (graph I/O stays float32).
 
 int8: dynamic quantization of MatMul weights (per-channel int8 weights, activations quantized at run time).
-int4: weight-only MatMulNBits (blocks of `block_size` along K, symmetric), activations stay float32.
+int4: weight-only (blocks of `block_size` along K, symmetric), activations stay float32; as ONNX Runtime's
+MatMulNBits or as standard DequantizeLinear + MatMul ("qdq").
 """
 from __future__ import annotations
 
@@ -34,22 +35,28 @@ def quantize_int8(model):
     return result
 
 
-def quantize_int4(model, block_size: int = 32, accuracy_level: int = 0):
-    """fp32 graph (ModelProto, or path of a saved one) -> int4 weight-only ModelProto (MatMulNBits, symmetric,
-    blocks along K).
+def quantize_int4(model, block_size: int = 32, accuracy_level: int = 0, fmt: str = "matmulnbits"):
+    """fp32 graph (ModelProto, or path of a saved one) -> int4 weight-only ModelProto (symmetric, blocks along K).
 
-    accuracy_level: MatMulNBits' compute type on CPU, 0 (unset: float32) .. 4 (int8 activations, fastest)."""
+    fmt "matmulnbits": ONNX Runtime's fused MatMulNBits; accuracy_level is its CPU compute type, 0 (unset:
+    float32) .. 4 (int8 activations, fastest). fmt "qdq": standard DequantizeLinear (opset 21, INT4 blocks) feeding
+    a plain MatMul, which other runtimes can read (ONNX Runtime fuses it back at load)."""
+    from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ExportError(f"int4 accuracy level must be 0..4, got {accuracy_level!r}")
-    quantizer = MatMulNBitsQuantizer(str(model) if isinstance(model, Path) else model, bits=4, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=accuracy_level or None, op_types_to_quantize=("MatMul",))
+    if fmt not in ("matmulnbits", "qdq"):
+        raise ExportError(f"int4 format must be 'matmulnbits' or 'qdq', got {fmt!r}")
+    quantizer = MatMulNBitsQuantizer(str(model) if isinstance(model, Path) else model, bits=4, block_size=block_size,
+                                     is_symmetric=True, accuracy_level=accuracy_level or None,
+                                     quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                                     op_types_to_quantize=("MatMul",))
     quantizer.process()
     result = quantizer.model.model
-    _check_changed(result, ("MatMulNBits",), "int4")
+    _check_changed(result, ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",), "int4")
     return result
 
 

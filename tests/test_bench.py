@@ -339,3 +339,38 @@ def test_compare_token_check_and_verdicts():
     assert compare.verdict("percent_of_bound", 69.1) == "missed (69% < 70%)"
     assert compare.verdict("percent_of_bound", 70.0) == "met"
     assert compare.verdict("loop_overhead_pct", None) == "not measured"
+
+
+def test_genai_wrapper_graphs_do_the_host_embedding(tmp_path):
+    """The embedding graph given to onnxruntime-genai must equal DESIGN.md's host embedding: table rows, with the
+    image embeddings written over the image-pad rows in order; the vision graph passes its input through."""
+    pytest.importorskip("onnx", reason="onnx builds the wrapper graphs")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime runs the wrapper graphs")
+    genai_wrap = _benchmarks_module("genai_wrap")
+    builder = tmp_path / "builder"
+    builder.mkdir()
+    (builder / "model.onnx").write_bytes(b"decoder")  # linked as is, never loaded here
+    (builder / "genai_config.json").write_text(json.dumps({"model": {"type": "qwen2_5_vl", "decoder": {}}}))
+    table = np.arange(10 * 4, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "embed.npy", table)
+    out = genai_wrap.wrap_genai_model(builder, tmp_path / "wrapped", tmp_path / "embed.npy", image_pad=7,
+                                      vision_start=6, vision={"spatial_merge_size": 2, "patch_size": 14,
+                                                              "window_size": 112})
+    config = json.loads((out / "genai_config.json").read_text())["model"]
+    assert (config["image_token_id"], config["vision_start_token_id"]) == (7, 6)
+    assert config["embedding"]["filename"] == "embedding.onnx" and config["vision"]["filename"] == "vision.onnx"
+    assert (out / "model.onnx").read_bytes() == b"decoder"
+
+    ids = np.array([[1, 6, 7, 7, 2, 7]], np.int64)
+    image = -np.arange(3 * 4, dtype=np.float32).reshape(3, 4) - 1  # distinct from every table row
+    emb = ort.InferenceSession(str(out / "embedding.onnx"), providers=["CPUExecutionProvider"])
+    got = emb.run(None, {"input_ids": ids, "image_features": image})[0]
+    expected = table[ids[0]].copy()
+    expected[[2, 3, 5]] = image
+    np.testing.assert_array_equal(got[0], expected)
+    # decode steps: no image pads, no image rows
+    got = emb.run(None, {"input_ids": np.array([[3]], np.int64), "image_features": np.zeros((0, 4), np.float32)})[0]
+    np.testing.assert_array_equal(got[0], table[[3]])
+    vis = ort.InferenceSession(str(out / "vision.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(vis.run(None, {"pixel_values": image,
+                                                 "image_grid_thw": np.array([[1, 2, 6]], np.int64)})[0], image)

@@ -169,25 +169,31 @@ def test_vision_graph_equals_transformers_for_concatenated_images(tiny_bundle, t
 
 # --- precisions ----------------------------------------------------------------------------------------------
 
-def _precision_bundle(checkpoint, precision):
-    return cached_dir(f"tiny-bundle-custom-{precision}", source_key(precision),
-                      lambda p: export_bundle(checkpoint, p, quiet=True, precision=precision))
+def _precision_bundle(checkpoint, precision, **options):
+    name = "-".join(["tiny-bundle-custom", precision, *map(str, options.values())])
+    return cached_dir(name, source_key(precision, repr(sorted(options.items()))),
+                      lambda p: export_bundle(checkpoint, p, quiet=True, precision=precision, **options))
 
 
-@pytest.mark.parametrize("precision, ops, max_rel", [
-    ("fp16", set(), 5e-3),  # measured ~5e-4
-    ("int8", {"MatMulInteger", "DynamicQuantizeLinear"}, 0.1),  # measured ~3e-2
-    ("int4", {"MatMulNBits"}, 0.4),  # measured ~0.18 on random gaussian weights
+@pytest.mark.parametrize("precision, options, ops, max_rel", [
+    ("fp16", {}, set(), 5e-3),  # measured ~5e-4
+    ("int8", {}, {"MatMulInteger", "DynamicQuantizeLinear"}, 0.1),  # measured ~3e-2
+    ("int4", {}, {"MatMulNBits"}, 0.4),  # measured ~0.18 on random gaussian weights
+    ("int4", {"int4_format": "qdq"}, {"DequantizeLinear"}, 0.4),
 ])
-def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision, ops, max_rel):
+def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision, options, ops, max_rel):
     import onnx
 
-    bundle = _precision_bundle(tiny_checkpoint, precision)
+    bundle = _precision_bundle(tiny_checkpoint, precision, **options)
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["precision"] == precision and m["graphs"]["decoder"]["precision"] == precision
     graph = onnx.load(str(bundle / "decoder.onnx"))
     op_types = {n.op_type for n in graph.graph.node}
     assert ops <= op_types
+    if options.get("int4_format") == "qdq":  # only standard ONNX ops, for runtimes other than ONNX Runtime
+        assert "MatMulNBits" not in op_types and m["graphs"]["vision"]["precision"] == "fp32"
+        assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
+        onnx.checker.check_model(graph, full_check=True)  # valid at the opset 21 the quantizer moved it to
     if precision == "fp16":
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
         # the last two vision blocks keep their MLP in float32 (Qwen2.5-VL-3B's fp16 overflow), the rest is fp16
@@ -370,7 +376,7 @@ def test_output_spec_external_data_and_cli(tiny_checkpoint, tiny_bundle, tmp_pat
     prompt = full.prompt([make_frame(90, 150)])
     a = half.generate([prompt], 1).logits[0]
     b = full.generate([prompt], 1).logits[0]
-    assert _rel(a, b) < 1e-2
+    assert _rel(a, b) < 2e-3  # measured ~2e-4
 
 
 def test_cli_reports_errors_with_exit_code(tmp_path, capsys):

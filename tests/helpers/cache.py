@@ -49,4 +49,17 @@ def cached_dir(name: str, key: str, build) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(final)
     return final
+
+
+def _prune(current: Path, min_age_s: float = 3600) -> None:
+    """Drop older builds of the same fixture (stale keys) once nobody can still be using them."""
+    import time
+
+    import re
+
+    same = re.compile(re.escape(current.name.rsplit("-", 1)[0]) + "-[0-9a-f]{16}")
+    for old in current.parent.iterdir():
+        if old != current and same.fullmatch(old.name) and time.time() - old.stat().st_mtime > min_age_s:
+            shutil.rmtree(old, ignore_errors=True)
