@@ -38,7 +38,8 @@ def qwen_tokenizer_path():
 def _checkpoint(name: str, tokenizer=None):
     from helpers.tiny_models import write_tiny_checkpoint
 
-    return cached_dir(name, source_key(name), lambda p: write_tiny_checkpoint(p, qwen_tokenizer_json=tokenizer))
+    return cached_dir(name, source_key(name, bundle=False),
+                      lambda p: write_tiny_checkpoint(p, qwen_tokenizer_json=tokenizer))
 
 
 def _bundle(name: str, checkpoint, **options):

@@ -14,7 +14,8 @@ from .qwen_tokenizer import cache_dir
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def source_key(*extra: str) -> str:
+def source_key(*extra: str, bundle: bool = True) -> str:
+    """Hash of the code a fixture is built from: tiny_models.py, plus the exporter when bundle=True."""
     import onnx
     import onnxruntime
     import torch
@@ -22,8 +23,9 @@ def source_key(*extra: str) -> str:
 
     digest = hashlib.sha256()
     # what the checkpoints and bundles are built from (not the test helpers that only read them)
-    sources = [ROOT / "tests" / "helpers" / "tiny_models.py", ROOT / "omniad_edge" / "preprocess.py"]
-    sources += sorted((ROOT / "export").glob("*.py"))
+    sources = [ROOT / "tests" / "helpers" / "tiny_models.py"]
+    if bundle:
+        sources += [ROOT / "omniad_edge" / "preprocess.py", *sorted((ROOT / "export").glob("*.py"))]
     for path in sources:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
