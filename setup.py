@@ -30,7 +30,8 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["omniad_edge", "omniad_edge.*"]),
+    # export/ ships too, so an installed `omniad-edge export` works once the `export` extra is there.
+    packages=find_packages(include=["omniad_edge", "omniad_edge.*", "export", "export.*"]),
     package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"]},
     include_package_data=True,
     ext_modules=[native],
