@@ -92,7 +92,9 @@ class Generator:
         self.sampler = sampler
         self._log_softmax_at = log_softmax_at
         self.embed = bundle.embed_tokens()
+        self._table = np.asarray(self.embed)  # plain ndarray over the same mapping: no memmap subclass per lookup
         self.eos = np.array(sorted(set(bundle.eos_ids)), np.int64)
+        self._eos = frozenset(int(t) for t in self.eos)
         self.pad_id = int(bundle.tokens.get("pad", bundle.eos_ids[0]))
         self.tokens = bundle.tokens
         self.merge = int(bundle.model["vision"]["spatial_merge_size"])
@@ -112,7 +114,7 @@ class Generator:
     # -- helpers -----------------------------------------------------------------------------------------------
     def _embeddings(self, request: Request) -> np.ndarray:
         ids = request.prompt.ids
-        embeds = np.asarray(self.embed[ids], dtype=np.float32)  # fancy index: copies only the rows used
+        embeds = np.asarray(self._table[ids], dtype=np.float32)  # fancy index: copies only the rows used
         spans = request.prompt.image_spans
         if len(spans) != len(request.image_embeds):
             raise ValueError(f"prompt has {len(spans)} images, got {len(request.image_embeds)} image embeddings")
@@ -201,13 +203,18 @@ class Generator:
         # decode
         t_decode = time.perf_counter()
         length = prefix_len + width  # cache slots in use
-        real = np.array(lengths, np.int64)  # tokens of each sequence so far (for positions)
+        next_pos = np.array(lengths, np.int64) + deltas  # rope position of each row's next token
         generated: list[list[int]] = [[] for _ in range(batch)]
         finish = [""] * batch
         scores = [EmptyMaskScore(self.empty_mask_ids) for _ in range(batch)]
-        detoks = [self.tokenizer.detokenizer() for _ in range(batch)]
         streams = [self.mask_stream_factory() if (self.mask_stream_factory and stop_on_mask_close) else None
                    for _ in range(batch)]
+        # Text is needed per token only to stream it; otherwise one decode at the end gives the same text.
+        detoks = [self.tokenizer.detokenizer() if (streams[b] is not None or (stream is not None and batch == 1))
+                  else None for b in range(batch)]
+        # buffers reused by every single-token step (the backend reads them only during its forward)
+        next_ids = np.empty(batch, np.int64)
+        step_pos1 = np.empty((3, batch, 1), np.int64)
         constraints = [r.constraint for r in requests]
         forwards = forced_total = 0
         words = (int(logits.shape[1]) + 31) // 32
@@ -228,20 +235,20 @@ class Generator:
             if any(t is not None for t in targets):
                 tgt = np.array([t if t is not None else 0 for t in targets], np.int64)
                 lps = self._log_softmax_at(logits, tgt)
-            next_ids = np.full(batch, self.pad_id, np.int64)
+            next_ids.fill(self.pad_id)
             forced_runs: list[list[int]] = [[] for _ in range(batch)]
             for b in active:
                 token = int(ids[b])
                 if targets[b] is not None:
                     scores[b].observe(token, float(lps[b]))
-                if token in self.eos:
+                if token in self._eos:
                     finish[b] = "eos"
                     continue
                 if constraints[b] is not None:
                     constraints[b].accept(token)
                 generated[b].append(token)
                 next_ids[b] = token
-                chunk = detoks[b].feed(token)
+                chunk = detoks[b].feed(token) if detoks[b] is not None else ""
                 if chunk and stream is not None and batch == 1:
                     stream(chunk)
                 if streams[b] is not None and chunk:
@@ -265,7 +272,7 @@ class Generator:
                     scores[b].observe(token, None)
                     constraints[b].accept(token)
                     generated[b].append(token)
-                    chunk = detoks[b].feed(token)
+                    chunk = detoks[b].feed(token) if detoks[b] is not None else ""
                     if chunk and stream is not None:
                         stream(chunk)
                     if streams[b] is not None and chunk:
@@ -287,26 +294,41 @@ class Generator:
                 for b in active:
                     finish[b] = finish[b] or "length"
                 break
-            step_embeds = np.asarray(self.embed[step_ids.ravel()], np.float32).reshape(batch, s, hidden)
-            step_pos = (real + deltas)[:, None] + np.arange(s)[None, :]
-            step_pos = np.broadcast_to(step_pos[None], (3, batch, s))
+            if batch * s == 1:  # the common step: a view of one table row, no gather
+                token = int(step_ids[0, 0])
+                step_embeds = self._table[token:token + 1].reshape(1, 1, hidden)
+            else:
+                step_embeds = self._table[step_ids.ravel()].reshape(batch, s, hidden)
+            if s == 1:
+                step_pos1[:, :, 0] = next_pos
+                step_pos = step_pos1
+            else:
+                step_pos = np.empty((3, batch, s), np.int64)
+                step_pos[:] = next_pos[:, None] + np.arange(s)
+            if step_embeds.dtype != np.float32:
+                step_embeds = step_embeds.astype(np.float32)
             mask[:, length:length + s] = 1
             logits = self.backend.forward(step_embeds, step_pos, mask[:, :length + s], cache, length)
             length += s
-            real += s
+            next_pos += s
             forwards += 1
 
+        texts = []
         for b in range(batch):
+            if detoks[b] is None:
+                texts.append(self.tokenizer.decode(generated[b]))
+                continue
             rest = detoks[b].flush()
             if rest and stream is not None and batch == 1:
                 stream(rest)
+            texts.append(detoks[b].text)
         self._last_forwards = forwards
         decode_ms = (time.perf_counter() - t_decode) * 1e3
         total_ms = (time.perf_counter() - t0) * 1e3
         out = []
         for b in range(batch):
             out.append(Generation(
-                ids=generated[b], text=detoks[b].text, finish_reason=finish[b] or "length",
+                ids=generated[b], text=texts[b], finish_reason=finish[b] or "length",
                 score=scores[b].score, prompt_tokens=lengths[b],
                 timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
                          "prefix": prefix_ms, "prefix_len": float(prefix_len)},

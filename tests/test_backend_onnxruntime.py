@@ -80,6 +80,71 @@ def test_batch_with_left_padding_matches_rows(backend):
         np.testing.assert_allclose(logits[b:b + 1], expected, rtol=1e-4, atol=1e-4)
 
 
+def _steps(backend, batch, seed):
+    """A prefill, decode steps and a two-token run; -> (logits of every forward, the cache)."""
+    rng = np.random.default_rng(seed)
+    embeds, positions = _random_sequence(rng, batch, 9)
+    mask = np.ones((batch, 9), np.int64)
+    cache = backend.new_cache(batch, 12)
+    out = [backend.forward(embeds[:, p:p + s], positions[:, :, p:p + s], mask[:, :p + s], cache, p).copy()
+           for p, s in [(0, 5), (5, 1), (6, 1), (7, 2)]]
+    return out, cache
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_public_binding_api_gives_identical_results(toy, batch):
+    """The fast binding (onnxruntime's pybind IOBinding, a device built once) and the public-API fallback it drops
+    to when onnxruntime changes must bind the same tensors: same logits and cache, bit for bit."""
+    import onnxruntime
+
+    from omniad_edge.backends.onnxruntime import _binders
+
+    fast, public = OnnxRuntimeBackend(toy, threads=1), OnnxRuntimeBackend(toy, threads=1)
+    public._bind_input, public._bind_output, public._device = _binders(onnxruntime, public._binding, fast=False)
+    assert public._device is None and fast._device is not None
+    (got, got_cache), (want, want_cache) = _steps(fast, batch, 3), _steps(public, batch, 3)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_binding_falls_back_to_the_public_api_when_onnxruntime_internals_change(toy):
+    import onnxruntime
+
+    from omniad_edge.backends.onnxruntime import _binders
+
+    class PublicOnly:  # an IOBinding without the private layer the fast path uses
+        def __init__(self, io):
+            self.calls, self._io = [], io
+
+        def bind_input(self, *args):
+            self.calls.append(args[:4])
+            self._io.bind_input(*args)
+
+    io = OnnxRuntimeBackend(toy, threads=1)._binding
+    public = PublicOnly(io)
+    bind_input, _, device = _binders(onnxruntime, public)
+    assert device is None
+    values = np.zeros((1, 2), np.int64)
+    bind_input("attention_mask", device, 7, [1, 2], values.ctypes.data)
+    assert public.calls == [("attention_mask", "cpu", 0, 7)]
+
+
+def test_a_new_cache_gets_its_own_addresses(backend):
+    """Bind addresses are kept per cache object; a cache freed and replaced must not leave stale ones behind."""
+    import gc
+
+    reference, _ = _steps(backend, 1, 4)
+    for _ in range(3):
+        _steps(backend, 1, 5)  # caches created and dropped
+        gc.collect()
+        got, cache = _steps(backend, 1, 4)
+        for a, b in zip(got, reference):
+            np.testing.assert_array_equal(a, b)
+        assert cache.keys[0][:, :9].any() and not cache.keys[0][:, 9:].any()
+
+
 def test_cache_overflow_and_batch_mismatch_are_typed(backend):
     cache = backend.new_cache(1, 4)
     e = np.zeros((1, 5, 8), np.float32)

@@ -145,6 +145,21 @@ def test_streaming_chunks_and_length_stop(inspector):
         assert result.generated_tokens == 12
 
 
+def test_text_is_the_same_with_and_without_streaming(qwen_bundle):
+    """Without a stream callback the text is decoded once at the end instead of token by token; both must give the
+    same text (real byte-level vocabulary: random tokens often end inside a UTF-8 character)."""
+    from omniad_edge import Inspector
+
+    ins = Inspector(qwen_bundle, mode="explain", threads=1, max_new_tokens=16)
+    for seed in range(60, 64):
+        frame = make_frame(72, 100, seed=seed)
+        chunks = []
+        streamed = ins.run(frame, stream=chunks.append)
+        plain = ins.run(frame)
+        assert plain.text == streamed.text == "".join(chunks)
+        assert plain.generated_tokens == streamed.generated_tokens > 0
+
+
 def test_max_new_tokens_is_respected(inspector):
     ids, _ = inspector.generate(make_frame(64, 64, seed=41), "x", max_new_tokens=3)
     assert len(ids) <= 3

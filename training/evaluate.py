@@ -136,9 +136,9 @@ class TorchRunner:
             if gen[step] != target:
                 break
         ms = (time.perf_counter() - t0) * 1000
-        n_tokens = len(gen)
         if gen and gen[-1] in eos:
             gen = gen[:-1]
+        n_tokens = len(gen)  # without the end token, as the Inspection counts them
         text = self.encoder.tokenizer.decode(gen)
         return _from_text(self.spec, self.codec, text, 1.0 - float(np.exp(lp)), n_tokens, ms)
 

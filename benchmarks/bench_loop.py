@@ -1,0 +1,122 @@
+"""Per-token host overhead of the decode loop: this tree vs a baseline tree, interleaved in one run.
+
+    nice -n 10 python benchmarks/bench_loop.py BUNDLE_DIR --baseline DIR [--rounds 5] [--runs 15] [--tokens 32]
+
+DIR holds another copy of the package (DIR/omniad_edge), e.g. the last commit:
+    mkdir /tmp/base && git archive HEAD omniad_edge | tar -x -C /tmp/base
+    cp omniad_edge/_native*.so /tmp/base/omniad_edge/
+
+Each round runs one child process per tree (order alternating between rounds, so drift on a shared machine hits
+both alike). A child runs --runs frames through Inspector.run (explain and detect mode, after one warm-up frame) and
+splits every decode step into time inside the decoder session's run_with_iobinding and the rest of the step (the
+host overhead: sampling, embedding gather, positions, binding, detokenizing, stop checks). Prints per tree the
+median over rounds of the per-round medians, and the ratio current / baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child(args) -> None:
+    sys.path.insert(0, args.tree)
+    import numpy as np
+    from omniad_edge import Inspector
+
+    def frame(seed, h=224, w=224):
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack([x / (w - 1), y / (h - 1), (x + y) / (h + w - 2)], -1) * 200 + 20
+        return np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+
+    out = {"tree": args.tree}
+    for mode in ("explain", "detect"):
+        ins = Inspector(args.bundle, mode=mode, threads=args.threads, max_new_tokens=args.tokens)
+        session = ins.backend.decoder
+        inner = session.run_with_iobinding
+        calls: list[float] = []
+
+        def run(binding, *rest):
+            t = time.perf_counter()
+            inner(binding, *rest)
+            calls.append((time.perf_counter() - t) * 1e3)
+
+        session.run_with_iobinding = run
+        ins.run(frame(0))
+        walls, insides, overheads, tokens = [], [], [], []
+        for seed in range(1, args.runs + 1):
+            calls.clear()
+            r = ins.run(frame(seed))
+            steps = ins.generator._last_forwards
+            if steps == 0:
+                continue
+            wall = r.timings["decode"] / steps
+            inside = sum(calls[1:]) / steps  # calls[0] is the prefill
+            walls.append(wall)
+            insides.append(inside)
+            overheads.append(wall - inside)
+            tokens.append(r.generated_tokens)
+        out[mode] = {"steps": len(walls) and statistics.median(tokens),
+                     "wall": statistics.median(walls) if walls else None,
+                     "inside": statistics.median(insides) if insides else None,
+                     "overhead": statistics.median(overheads) if overheads else None}
+    print(json.dumps(out))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("bundle")
+    p.add_argument("--baseline", required=True, help="directory holding the baseline omniad_edge package")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--tree", default=str(ROOT), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    if not (Path(args.baseline) / "omniad_edge" / "__init__.py").is_file():
+        p.error(f"--baseline: expected a directory holding omniad_edge/__init__.py, got {args.baseline}")
+
+    trees = {"baseline": str(Path(args.baseline).resolve()), "current": str(ROOT)}
+    results = {name: [] for name in trees}
+    for r in range(args.rounds):
+        order = list(trees) if r % 2 == 0 else list(reversed(trees))
+        for name in order:
+            cmd = [sys.executable, __file__, args.bundle, "--baseline", args.baseline, "--child", "--tree",
+                   trees[name], "--runs", str(args.runs), "--tokens", str(args.tokens), "--threads",
+                   str(args.threads)]
+            env = dict(os.environ, PYTHONPATH="")  # the child puts its own tree first
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip()
+            results[name].append(json.loads(line.splitlines()[-1]))
+
+    print(f"bundle {args.bundle}; {args.rounds} rounds x {args.runs} frames, threads {args.threads}; "
+          f"medians over rounds of per-round medians (ms per decode step)")
+    for mode in ("explain", "detect"):
+        figures = {}
+        for name in trees:
+            rows = [r[mode] for r in results[name] if r[mode]["wall"] is not None]
+            if not rows:
+                continue
+            figures[name] = {k: statistics.median(row[k] for row in rows)
+                             for k in ("steps", "wall", "inside", "overhead")}
+        for name, f in figures.items():
+            print(f"{mode:8s} {name:9s} tokens {f['steps']:.0f}: step {f['wall']:.3f}, inside onnxruntime "
+                  f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%)")
+        if len(figures) == 2:
+            b, c = figures["baseline"], figures["current"]
+            print(f"{mode:8s} current / baseline: host overhead {c['overhead'] / b['overhead']:.2f}x, "
+                  f"step {c['wall'] / b['wall']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
