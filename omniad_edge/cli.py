@@ -63,10 +63,10 @@ def _demo(args) -> int:
 
 
 def _export(args) -> int:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    # find_spec only looks: the device package never imports torch itself
+    if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers")):
         print(EXPORT_HINT, file=sys.stderr)
         return 2
     try:
