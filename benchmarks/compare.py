@@ -6,7 +6,7 @@
   (c) omniad_edge.Inspector on the exported bundle.
 
     nice -n 5 python benchmarks/compare.py MODELS_DIR --precision fp32 [--mode detect|explain] [--frames 5]
-        [--tokens 32] [--threads 2] [--skip transformers genai prefix roofline] [--genai DIR_NAME] [--replay]
+        [--tokens 32] [--threads 2] [--skip transformers genai prefix roofline] [--genai DIR_NAME] [--bundle DIR_NAME] [--replay]
 
 MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
 tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run (with --replay,
@@ -361,6 +361,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "genai", "prefix", "roofline"])
+    p.add_argument("--bundle", default=None, help="bundle folder under MODELS_DIR (default bundle-PRECISION)")
     p.add_argument("--genai", default=None, help="genai model folder under MODELS_DIR (default genai-PRECISION)")
     p.add_argument("--replay", action="store_true",
                    help="if only genai's tokens differ, time its decoder teacher-forced on omniad_edge's tokens")
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     models = Path(args.models)
-    bundle = models / f"bundle-{args.precision}"
+    bundle = models / (args.bundle or f"bundle-{args.precision}")
     manifest = json.loads((bundle / "manifest.json").read_text())
     frames = frames_for(args.warmup + args.frames, args.size)
     machine = bench.machine_info()

@@ -22,8 +22,11 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help='JSON overriding the prompt templates and output grammar: {"name", "prompt", "output"}')
     p.add_argument("--name", default=None, help="bundle name in the manifest")
     p.add_argument("--int4-block-size", type=int, default=32, help="int4 quantization block size along K")
-    p.add_argument("--int4-accuracy-level", type=int, choices=range(5), default=0,
-                   help="int4 MatMulNBits compute on CPU: 0 float32 (default), 4 int8 activations (faster)")
+    p.add_argument("--int4-accuracy-level", type=int, choices=range(5), default=4,
+                   help="int4 MatMulNBits compute on CPU: 4 int8 activations (default, as onnxruntime-genai), "
+                        "0 float32 (slower, closer to fp32)")
+    p.add_argument("--int4-keep-lm-head", action="store_true",
+                   help="int4: leave the output projection (lm_head) float32 instead of int4")
     p.add_argument("--int4-format", choices=["matmulnbits", "qdq"], default="matmulnbits",
                    help="int4 as ONNX Runtime's MatMulNBits (default) or standard DequantizeLinear+MatMul (opset 21)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
@@ -46,7 +49,8 @@ def main(argv=None) -> int:
                          output_spec=args.output_spec, name=args.name, vision_precision=args.vision_precision,
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-                         int4_format=args.int4_format, fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
+                         int4_format=args.int4_format, int4_keep_lm_head=args.int4_keep_lm_head,
+                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
                          embed_dtype=args.embed_dtype, quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)

@@ -35,7 +35,8 @@ class ExportOptions:
     overwrite: bool = False
     prefer_dynamo: bool = True
     int4_block_size: int = 32
-    int4_accuracy_level: int = 0  # MatMulNBits compute: 0 float32, 4 int8 activations (faster on CPU)
+    int4_accuracy_level: int = 4  # MatMulNBits compute: 4 int8 activations (genai's CPU choice), 0 float32
+    int4_keep_lm_head: bool = False  # True leaves the output projection float32 (4x its int4 bytes)
     int4_format: str = "matmulnbits"  # or "qdq": DequantizeLinear + MatMul, readable beyond ONNX Runtime
     fp32_vision_mlp_blocks: int = 2
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
@@ -69,6 +70,8 @@ def _check_options(opts: ExportOptions) -> str:
         raise ExportError(f"int4_format must be 'matmulnbits' or 'qdq', got {opts.int4_format!r}")
     if opts.int4_accuracy_level not in (0, 1, 2, 3, 4):
         raise ExportError(f"int4_accuracy_level must be 0..4, got {opts.int4_accuracy_level!r}")
+    if not isinstance(opts.int4_keep_lm_head, bool):
+        raise ExportError(f"int4_keep_lm_head must be True or False, got {opts.int4_keep_lm_head!r}")
     if not isinstance(opts.fp32_vision_mlp_blocks, int) or opts.fp32_vision_mlp_blocks < 0:
         raise ExportError(f"fp32_vision_mlp_blocks must be an int >= 0, got {opts.fp32_vision_mlp_blocks!r}")
     return vision
@@ -139,7 +142,8 @@ def _quantized(source, precision: str, opts: ExportOptions, log):
     if precision == "int4":
         log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size})")
         with quiet_tools():
-            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level, opts.int4_format)
+            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level, opts.int4_format,
+                                 keep_lm_head=opts.int4_keep_lm_head)
     raise AssertionError(precision)
 
 
@@ -221,9 +225,15 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         for graph, source in pending.items():
             save_onnx(_quantized(source, precisions[graph], opts, log), tmp / f"{graph}.onnx")
         shutil.rmtree(scratch, ignore_errors=True)
+        decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
         if opts.precision == "int4":
-            graph_info["decoder"].update(block_size=opts.int4_block_size, accuracy_level=opts.int4_accuracy_level,
-                                         int4_format=opts.int4_format)
+            # accuracy_level only exists for MatMulNBits; the qdq form runs at whatever the reading runtime chooses
+            int4 = {"format": opts.int4_format, "block_size": opts.int4_block_size, "symmetric": True,
+                    "accuracy_level": opts.int4_accuracy_level if opts.int4_format == "matmulnbits" else None,
+                    "lm_head": "fp32" if opts.int4_keep_lm_head else "int4"}
+            decoder_graph["int4"] = int4
+            graph_info["decoder"].update(block_size=opts.int4_block_size, accuracy_level=int4["accuracy_level"],
+                                         int4_format=opts.int4_format, lm_head=int4["lm_head"])
         log("writing tokenizer and manifest")
         shutil.copyfile(checkpoint.tokenizer_json, tmp / "tokenizer.json")
         if checkpoint.chat_template is not None:
@@ -233,7 +243,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
             name=opts.name or spec["name"] or f"{checkpoint.path.name}-{opts.precision}",
             precision=opts.precision, model=model_cfg, tokens=checkpoint.tokens, preprocess=preprocess, spec=spec,
             graphs={"vision": {"path": "vision.onnx", "precision": vision_precision},
-                    "decoder": {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}},
+                    "decoder": decoder_graph},
             embed=embed, files=file_entries(tmp), exporter=exporter_section(checkpoint.path.name, graph_info),
             has_chat_template=checkpoint.chat_template is not None)
         write_manifest(tmp, manifest)

@@ -216,6 +216,98 @@ def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision,
     assert _rel(b.logits[0], a.logits[0]) < max_rel
 
 
+def _fp32_vocab_weights(graph, vocab: int, hidden: int) -> list[str]:
+    import onnx
+
+    return [i.name for i in graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT and sorted(i.dims) == sorted([vocab, hidden])]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_int4_quantizes_the_lm_head_unless_kept(tiny_checkpoint, tiny_bundle, keep):
+    import onnx
+
+    from omniad_edge import Inspector
+
+    options = {"int4_keep_lm_head": True} if keep else {}
+    bundle = _precision_bundle(tiny_checkpoint, "int4", **options)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["graphs"]["decoder"]["int4"] == {"format": "matmulnbits", "block_size": 32, "symmetric": True,
+                                              "accuracy_level": 4, "lm_head": "fp32" if keep else "int4"}
+    graph = onnx.load(str(bundle / "decoder.onnx")).graph
+    vocab, hidden = m["model"]["vocab_size"], m["model"]["hidden_size"]
+    left = _fp32_vocab_weights(graph, vocab, hidden)
+    assert len(left) == (1 if keep else 0), left
+    levels = {onnx.helper.get_attribute_value(a) for n in graph.node if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+    # the runtime reads it unchanged: float32 in, float32 logits out
+    frame = make_frame(*SIZES[1], seed=3)
+    result = Inspector(bundle, mode="detect", threads=1, max_new_tokens=6).run(frame)
+    assert result.generated_tokens > 0 and 0.0 <= result.score <= 1.0
+    ref, run = BundleRunner(tiny_bundle), BundleRunner(bundle)
+    a = ref.generate([ref.prompt([frame])], 1)
+    b = run.generate([run.prompt([frame])], 1)
+    assert b.logits[0].dtype == np.float32 and np.isfinite(b.logits[0]).all()
+    assert _rel(b.logits[0], a.logits[0]) < 0.4
+
+
+def _toy_decoder(form: str):
+    """x -> MatMul(W1) -> output projection in one of the forms exporters write -> logits (vocab 96, hidden 64)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((96, 64)).astype(np.float32), "head")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"])]
+    if form == "gemm":
+        nodes.append(helper.make_node("Gemm", ["h", "head"], ["logits"], transB=1))
+    elif form == "gemm_bias":
+        inits.append(numpy_helper.from_array(np.linspace(-1, 1, 96, dtype=np.float32), "bias"))
+        nodes.append(helper.make_node("Gemm", ["h", "head", "bias"], ["logits"], transB=1))
+    elif form == "matmul_transpose":
+        nodes += [helper.make_node("Transpose", ["head"], ["head_t"], perm=[1, 0]),
+                  helper.make_node("MatMul", ["h", "head_t"], ["logits"])]
+    else:  # the weight already [K, N], behind a Gather of the last position like our decoder's
+        inits[1] = numpy_helper.from_array(numpy_helper.to_array(inits[1]).T.copy(), "head")
+        inits.append(numpy_helper.from_array(np.array(0, np.int64), "last"))
+        nodes += [helper.make_node("MatMul", ["h", "head"], ["all"]),
+                  helper.make_node("Gather", ["all", "last"], ["logits"], axis=0)]
+    shape = [96] if form == "matmul" else [2, 96]
+    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("form", ["gemm", "gemm_bias", "matmul_transpose", "matmul"])
+@pytest.mark.parametrize("keep", [False, True])
+def test_int4_output_projection_forms(form, keep):
+    import onnxruntime as ort
+
+    from export.quantize import quantize_int4
+
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    ref = ort.InferenceSession(_toy_decoder(form).SerializeToString()).run(None, {"x": x})[0]
+    quantized = quantize_int4(_toy_decoder(form), keep_lm_head=keep)
+    assert sum(n.op_type == "MatMulNBits" for n in quantized.graph.node) == (1 if keep else 2)
+    assert len(_fp32_vocab_weights(quantized.graph, 96, 64)) == (1 if keep else 0)
+    out = ort.InferenceSession(quantized.SerializeToString()).run(None, {"x": x})[0]
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert _rel(out, ref) < 0.2  # int4 blocks of 32 on gaussian weights, int8 activations: measured ~0.08
+
+
+def test_int4_without_output_projection_is_an_error():
+    from onnx import TensorProto, helper
+
+    from export.quantize import quantize_int4
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    with pytest.raises(ExportError, match="output projection"):
+        quantize_int4(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
 # --- bad input -----------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -302,6 +394,7 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
     ({"precision": "int3"}, "precision"), ({"max_image_tokens": 2}, "max_image_tokens"),
     ({"vision_precision": "int4"}, "vision_precision"), ({"no_such_option": 1}, "unknown export option"),
     ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
+    ({"int4_keep_lm_head": "yes"}, "int4_keep_lm_head"),
     ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"), ({"embed_dtype": "int8"}, "embed_dtype"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
@@ -400,6 +493,7 @@ def test_cli_help_does_not_need_torch():
 def test_export_options_defaults():
     opts = ExportOptions()
     assert opts.precision == "fp32" and opts.max_image_tokens == 1280 and opts.prefer_dynamo
+    assert opts.int4_accuracy_level == 4 and not opts.int4_keep_lm_head  # onnxruntime-genai's CPU int4 settings
 
 
 def test_flat_legacy_config_reads_like_nested(tiny_checkpoint, ckpt_copy):
