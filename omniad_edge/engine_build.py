@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ._version import __version__
+from .bundle import sha256_file
 from .errors import BackendError, BundleError
 
 ENGINE_DIR = "tensorrt"
@@ -654,14 +655,6 @@ def _pin_vision_fp32(trt, network, config, manifest: dict, opts: BuildOptions, l
     return len(picked)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def plan(bundle, opts: BuildOptions, *, device: DeviceInfo | None = None) -> dict:
     """Everything decided before TensorRT is touched: limits, profiles, memory estimate (the --dry-run output)."""
     manifest = bundle.manifest
@@ -743,7 +736,7 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
             fh.write(memoryview(serialized))
         del serialized
         notes.update(note)
-        engines[graph] = {"path": ENGINE_FILES[graph], "sha256": _sha256(tmp), "bytes": tmp.stat().st_size,
+        engines[graph] = {"path": ENGINE_FILES[graph], "sha256": sha256_file(tmp), "bytes": tmp.stat().st_size,
                           "build_seconds": round(time.monotonic() - t0, 1), "_tmp": tmp}
         log(f"[{graph}] engine {engines[graph]['bytes'] / (1 << 20):.1f} MiB in {engines[graph]['build_seconds']} s")
 

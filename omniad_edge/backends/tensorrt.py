@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
-import hashlib
 import logging
 import mmap
 import os
@@ -31,6 +30,7 @@ import numpy as np
 from ..engine_build import (ENGINE_DIR, VISION_INPUTS, VISION_OUTPUT, DeviceInfo, Limits, check_record,
                             decoder_input_names, io_buffer_plan, manifest_sha256, merge_unit, read_record,
                             record_limits)
+from ..bundle import sha256_file
 from ..errors import BackendError
 
 log = logging.getLogger("omniad_edge")
@@ -284,14 +284,6 @@ class DeviceKVCache:
 # The backend
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _Buffer:
     """A device buffer with a pinned host twin of the same size."""
 
@@ -379,7 +371,7 @@ class TensorRTBackend:
         rebuild = f"rebuild with: omniad-edge build-engine {self.root}"
         if not path.is_file():
             raise BackendError(f"TensorRT {graph} engine {path} is missing; {rebuild}")
-        if verify and _sha256(path) != info.get("sha256"):
+        if verify and sha256_file(path) != info.get("sha256"):
             raise BackendError(f"TensorRT {graph} engine {path} does not match its build record (sha256); {rebuild}")
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             engine = self._runtime.deserialize_cuda_engine(data)  # mmap: no second copy of a GB-sized engine
