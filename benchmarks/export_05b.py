@@ -23,37 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-TEXT_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=32768, vocab_size=151936,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]})
-# mrope_section must sum to head_dim / 2 = 32 here (Qwen2.5-VL's [16, 24, 24] is for head_dim 128)
-VISION_SMALL = dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=896,
-                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                    fullatt_block_indexes=[3])
-
-
-def write_05b_checkpoint(out: Path) -> None:
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from helpers.qwen_tokenizer import locate_qwen_tokenizer
-    from helpers.tiny_models import QWEN_SPECIALS, custom_tokenizer
-
-    path, _ = locate_qwen_tokenizer()
-    tok = Tokenizer.from_file(str(path)) if path else custom_tokenizer()  # ids only matter for the manifest
-    ids = {t: tok.token_to_id(t) for t in QWEN_SPECIALS}
-    cfg = Qwen2_5_VLConfig(
-        text_config={**TEXT_05B, "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=VISION_SMALL, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from models import write_checkpoint as write_05b_checkpoint  # noqa: E402  (the same 0.5B-sized model compare.py uses)
 
 
 def _child_export(checkpoint: Path, out: Path, variant: str) -> dict:
