@@ -58,8 +58,22 @@ def _demo(args) -> int:
         print(f"demo is not available in this installation: {exc}", file=sys.stderr)
         return 1
     rows = run_demo(args.out, n=args.n, seed=args.seed, engine=args.engine)
-    print(f"{len(rows)} frames inspected; results in {args.out}")
+    print(demo_table(rows))
+    print(f"\n{len(rows)} frames inspected; overlays and results.json in {args.out}")
     return 0
+
+
+def demo_table(rows) -> str:
+    """A Markdown table of run_demo's rows: truth next to what the model said."""
+    lines = ["| frame | size | surface | truth | verdict | score | defect type | mask IoU | tokens | ms |",
+             "| --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        iou = "" if r.get("iou") is None else f"{r['iou']:.2f}"
+        verdict = ("anomalous" if r["anomalous"] else "normal") + ("" if r["correct"] else " (wrong)")
+        lines.append(f"| {r['frame']} | {r['size'][1]}x{r['size'][0]} {r['mode']} | {r['surface']} | {r['truth']} | "
+                     f"{verdict} | {r['score']:.3f} | {r['defect_type'] or '-'} | {iou} | {r['tokens']} | "
+                     f"{r['ms']:.0f} |")
+    return "\n".join(lines)
 
 
 def _export(args) -> int:

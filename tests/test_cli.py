@@ -78,3 +78,21 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_demo_prints_one_table_row_per_frame_matching_results_json(tmp_path, capsys):
+    from pathlib import Path
+
+    if not (Path(__file__).resolve().parents[1] / "omniad_edge" / "models" / "default" / "manifest.json").is_file():
+        pytest.fail("the embedded default bundle is missing")
+    assert cli.main(["demo", "--out", str(tmp_path / "d"), "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((tmp_path / "d" / "results.json").read_text())
+    table = [line for line in out.splitlines() if line.startswith("| frame_")]
+    assert len(table) == len(rows) == 3
+    for line, row in zip(table, rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row["frame"] and cells[3] == row["truth"]
+        assert cells[4].startswith("anomalous" if row["anomalous"] else "normal")
+        assert ("(wrong)" in cells[4]) == (not row["correct"])
+        assert float(cells[5]) == pytest.approx(row["score"], abs=5e-4)
