@@ -120,18 +120,7 @@ class GenaiRunner:
         stop(tokens) -> True ends generation after that token (checked outside the timed step)."""
         import time
 
-        og = self.og
-        params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(prompt_ids) + max_new_tokens, do_sample=False)
-        generator = og.Generator(self.model, params)
-        inputs = og.NamedTensors()
-        inputs["pixel_values"] = np.ascontiguousarray(image_embeds, np.float32)
-        inputs["image_grid_thw"] = np.asarray([grid], np.int64)
-        inputs["num_image_tokens"] = np.asarray([image_embeds.shape[0]], np.int64)
-        start = time.perf_counter()
-        generator.set_inputs(inputs)
-        generator.append_tokens(np.asarray(prompt_ids, np.int32))
-        prefill_ms = (time.perf_counter() - start) * 1e3
+        generator, prefill_ms = self._prefill(prompt_ids, image_embeds, grid, len(prompt_ids) + max_new_tokens)
         tokens, steps = [], []
         while len(tokens) < max_new_tokens and not generator.is_done():
             t = time.perf_counter()
@@ -143,15 +132,13 @@ class GenaiRunner:
                 break
         return tokens, prefill_ms, steps
 
-    def replay(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, tokens) -> tuple[float, list[float]]:
-        """Teacher-forced: prefill, then feed `tokens` one at a time (one decoder forward each); (prefill ms,
-        per-step ms). For timing a decoder whose numerics differ (its greedy tokens would differ) on the same
-        token sequence and context lengths as another runtime."""
+    def _prefill(self, prompt_ids, image_embeds, grid, max_length):
+        """A fresh generator with the image embeddings and the prompt appended; (generator, prefill ms)."""
         import time
 
         og = self.og
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(prompt_ids) + len(tokens) + 1, do_sample=False)
+        params.set_search_options(max_length=max_length, do_sample=False)
         generator = og.Generator(self.model, params)
         inputs = og.NamedTensors()
         inputs["pixel_values"] = np.ascontiguousarray(image_embeds, np.float32)
@@ -160,7 +147,15 @@ class GenaiRunner:
         start = time.perf_counter()
         generator.set_inputs(inputs)
         generator.append_tokens(np.asarray(prompt_ids, np.int32))
-        prefill_ms = (time.perf_counter() - start) * 1e3
+        return generator, (time.perf_counter() - start) * 1e3
+
+    def replay(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, tokens) -> tuple[float, list[float]]:
+        """Teacher-forced: prefill, then feed `tokens` one at a time (one decoder forward each); (prefill ms,
+        per-step ms). For timing a decoder whose numerics differ (its greedy tokens would differ) on the same
+        token sequence and context lengths as another runtime."""
+        import time
+
+        generator, prefill_ms = self._prefill(prompt_ids, image_embeds, grid, len(prompt_ids) + len(tokens) + 1)
         steps = []
         for token in tokens[:-1]:  # the last token is never fed back (as in a generate loop)
             t = time.perf_counter()
