@@ -219,14 +219,14 @@ def edge_eval():
 
 def test_quick_evaluation_through_the_edge_runtime(edge_eval):
     # Greedy decoding on a fixed subset, so the figures are stable for a given bundle. Measured when the bundle was
-    # shipped: AUROC 0.853, verdict 0.825, grid IoU 0.021 (224 px, mixed modes); AUROC 0.812 at 256x320. The floors
+    # shipped: AUROC 0.922, verdict 0.850, grid IoU 0.013 (224 px, mixed modes); AUROC 0.844 at 256x320. The floors
     # sit below to absorb runtime numerics, and above what an untrained or mis-wired model gets (it writes "none"
     # everywhere: AUROC ~0.5, verdict 0.5, IoU 0). Full test-split figures: training/README.md.
     first, other = edge_eval
     m = first["summary"]["edge"]["all"]
     assert m["auroc"] >= 0.75, m
     assert m["verdict_acc"] >= 0.7, m
-    assert m["grid_iou"] >= 0.01, m
+    assert m["grid_iou"] >= 0.005, m
     assert m["tokens_per_frame"] < 80, m
     o = other["summary"]["edge"]["all"]
     assert o["auroc"] >= 0.65, o
