@@ -44,7 +44,7 @@ class Checkpoint:
         return self.config["vision_config"]
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_json_object(path: Path, what: str) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -99,9 +99,9 @@ def _tokens(path: Path, config: dict, text: dict, tokenizer: dict) -> dict:
             raise ExportError(f"config.json: {_CONFIG_IDS[key]}={declared} but tokenizer.json has {content} at {tid}")
         tokens[key] = tid
 
-    tok_cfg = _read_json(path / "tokenizer_config.json", "tokenizer_config") \
+    tok_cfg = read_json_object(path / "tokenizer_config.json", "tokenizer_config") \
         if (path / "tokenizer_config.json").exists() else {}
-    gen_cfg = _read_json(path / "generation_config.json", "generation_config") \
+    gen_cfg = read_json_object(path / "generation_config.json", "generation_config") \
         if (path / "generation_config.json").exists() else {}
 
     eos: list[int] = []
@@ -136,7 +136,7 @@ def inspect_checkpoint(path) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         raise ExportError(f"checkpoint: {path} is not a directory")
-    config = _read_json(path / "config.json", "config")
+    config = read_json_object(path / "config.json", "config")
     model_type = config.get("model_type")
     if model_type != "qwen2_5_vl":
         raise ExportError(f"config.json: model_type is {model_type!r}; only 'qwen2_5_vl' checkpoints can be exported")
@@ -162,7 +162,7 @@ def inspect_checkpoint(path) -> Checkpoint:
         raise ExportError(f"checkpoint: no *.safetensors file in {path} (.bin/pickle weights are not accepted)")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        needed = set(_read_json(index, "weights index").get("weight_map", {}).values())
+        needed = set(read_json_object(index, "weights index").get("weight_map", {}).values())
         missing = sorted(n for n in needed if not (path / n).exists())
         if missing:
             raise ExportError(f"weights: files named in model.safetensors.index.json are missing: {missing}")
@@ -170,7 +170,7 @@ def inspect_checkpoint(path) -> Checkpoint:
         _check_safetensors(w)
 
     tokenizer_json = path / "tokenizer.json"
-    tokenizer = _read_json(tokenizer_json, "tokenizer")
+    tokenizer = read_json_object(tokenizer_json, "tokenizer")
     if "model" not in tokenizer:
         raise ExportError(f"tokenizer: {tokenizer_json} is not a `tokenizers` tokenizer.json (no 'model')")
     tokens = _tokens(path, config, text, tokenizer)
@@ -183,10 +183,10 @@ def inspect_checkpoint(path) -> Checkpoint:
     if (path / "chat_template.jinja").exists():
         chat_template = (path / "chat_template.jinja").read_text(encoding="utf-8")
     elif (path / "chat_template.json").exists():
-        chat_template = _read_json(path / "chat_template.json", "chat_template").get("chat_template")
+        chat_template = read_json_object(path / "chat_template.json", "chat_template").get("chat_template")
     elif (path / "tokenizer_config.json").exists():
-        chat_template = _read_json(path / "tokenizer_config.json", "tokenizer_config").get("chat_template")
-    preprocessor = _read_json(path / "preprocessor_config.json", "preprocessor_config") \
+        chat_template = read_json_object(path / "tokenizer_config.json", "tokenizer_config").get("chat_template")
+    preprocessor = read_json_object(path / "preprocessor_config.json", "preprocessor_config") \
         if (path / "preprocessor_config.json").exists() else {}
     return Checkpoint(path, config, tokenizer_json, chat_template, preprocessor, tokens, weights)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omniad_edge.errors import ExportError
 
+from .checkpoint import read_json_object
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "DEFAULT_PROMPT", "DEFAULT_OUTPUT", "load_output_spec", "model_section",
            "preprocess_section", "file_entries", "sha256_file", "build_manifest", "write_manifest"]
 
@@ -106,14 +108,7 @@ def load_output_spec(path=None) -> dict:
     """{"name": str | None, "prompt": {...}, "output": {...}}: defaults overridden by the JSON file at `path`."""
     override = {}
     if path is not None:
-        try:
-            override = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ExportError(f"output spec: {path} does not exist") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExportError(f"output spec: {path} is not valid JSON ({exc})") from None
-        if not isinstance(override, dict):
-            raise ExportError(f"output spec: {path} must hold a JSON object")
+        override = read_json_object(Path(path), "output spec")
         unknown = set(override) - {"name", "prompt", "output"}
         if unknown:
             raise ExportError(f"output spec: unknown keys {sorted(unknown)}; allowed: name, prompt, output")
