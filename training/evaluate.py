@@ -4,8 +4,8 @@
 
 Metrics: image AUROC from the continuous `score` (1 - probability of the empty mask text), verdict accuracy, mask
 IoU and F1 on anomalous frames (on the 16x16 grid, and at pixel level after upsampling the grid to the frame, with
-the ceiling that the ground-truth grid itself reaches), defect-type accuracy, generated tokens per frame; per defect
-type and per surface. With both paths it also reports how often they produce the same text and the largest score
+the ceiling that the ground-truth grid itself reaches), the IoU of the occupied grid rows and columns, defect-type
+accuracy, generated tokens per frame; per defect type and per surface. With both paths it also reports how often they produce the same text and the largest score
 difference.
 """
 from __future__ import annotations
@@ -54,6 +54,13 @@ def iou_f1(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     if union == 0:
         return 1.0, 1.0
     return inter / union, 2 * inter / total
+
+
+def axis_iou(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """IoU of the occupied rows and of the occupied columns of two masks: says along which axis a mask is misplaced
+    (a decoder that cannot tell image columns apart gets the rows and misses the columns)."""
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    return iou_f1(pred.any(1), true.any(1))[0], iou_f1(pred.any(0), true.any(0))[0]
 
 
 def majority_label(grid: np.ndarray, background: int = 0) -> int | None:
@@ -223,6 +230,7 @@ def evaluate(runners: list, n: int, start: int = 0, size=224, modes=("rgb",), sp
             r = {"score": p.score, "verdict": p.is_anomalous, "text": p.text, "tokens": p.tokens, "ms": p.ms}
             if sample.anomalous:
                 r["grid_iou"], r["grid_f1"] = iou_f1(p.grid != bg, true_grid != bg)
+                r["row_iou"], r["col_iou"] = axis_iou(p.grid != bg, true_grid != bg)
                 pix = tam.grid_to_mask(p.grid, sample.mask.shape) != 0
                 r["pixel_iou"], r["pixel_f1"] = iou_f1(pix, sample.mask)
                 r["type_ok"] = p.defect_type == sample.defect
@@ -245,7 +253,7 @@ def _metrics(rows: list[dict], name: str) -> dict:
          "tokens_per_frame": float(np.mean([p["tokens"] for p in preds])),
          "ms_per_frame": float(np.median([p["ms"] for p in preds]))}
     if bad:
-        for key in ("grid_iou", "grid_f1", "pixel_iou", "pixel_f1"):
+        for key in ("grid_iou", "grid_f1", "row_iou", "col_iou", "pixel_iou", "pixel_f1"):
             m[key] = float(np.mean([p[key] for p in bad]))
         m["type_acc"] = float(np.mean([p["type_ok"] for p in bad]))
         m["pixel_iou_ceiling"] = float(np.mean([r["pixel_iou_ceiling"] for r in rows if r["anomalous"]]))
@@ -271,8 +279,8 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
 
 def table(summary: dict, name: str) -> str:
     """Markdown table of one path's metrics: overall, then per defect type and per surface."""
-    cols = ["n", "auroc", "verdict_acc", "grid_iou", "pixel_iou", "pixel_iou_ceiling", "type_acc",
-            "tokens_per_frame"]
+    cols = ["n", "auroc", "verdict_acc", "grid_iou", "row_iou", "col_iou", "pixel_iou", "pixel_iou_ceiling",
+            "type_acc", "tokens_per_frame"]
     head = "| subset | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1) + "\n"
     lines = []
     for subset, m in summary[name].items():

@@ -99,6 +99,12 @@ def main(argv=None):
                     help="loss weight of the mask tokens (after <seg> up to </seg>) relative to the other target "
                          "tokens: they carry what the image shows, the rest follows from them")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="another run directory: start from its weights and tokenizer (fresh optimizer, step 0); "
+                         "for a changed configuration that keeps the parameter shapes, e.g. the rope")
+    ap.add_argument("--first-frame", type=int, default=0,
+                    help="index of the first train frame (step s uses frames FIRST + s*B ..); with --init-from, "
+                         "set it past the frames the earlier run saw")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -109,6 +115,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     spec = S.load_spec()
+    if args.init_from and not (args.out / "tokenizer" / "tokenizer.json").is_file():
+        (args.out / "tokenizer").mkdir(parents=True, exist_ok=True)
+        shutil.copy(args.init_from / "tokenizer" / "tokenizer.json", args.out / "tokenizer" / "tokenizer.json")
     tok_path = prepare_tokenizer(args.out, args.tokenizer_samples)
     encoder = Encoder(tok_path, spec)
     model = make_model(encoder.tokenizer.backend, seed=args.seed)
@@ -132,10 +141,16 @@ def main(argv=None):
             aux.load_state_dict(state["aux"])
             aux_opt.load_state_dict(state["aux_optimizer"])
         _log(args.out, {"event": "resume", "step": step})
-    elif args.resume:
-        _log(args.out, {"event": "resume", "step": 0, "note": f"no checkpoint at {state_path}; starting fresh"})
     else:
-        (args.out / "log.jsonl").unlink(missing_ok=True)
+        if args.resume:
+            _log(args.out, {"event": "resume", "step": 0, "note": f"no checkpoint at {state_path}; starting fresh"})
+        else:
+            (args.out / "log.jsonl").unlink(missing_ok=True)
+        if args.init_from:
+            init = torch.load(args.init_from / "ckpt" / "state.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(init["model"])
+            aux.load_state_dict(init["aux"])
+            _log(args.out, {"event": "init", "from": str(args.init_from), "its_step": int(init["step"])})
     _log(args.out, {"event": "start", "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
                     **{k: str(v) for k, v in vars(args).items()}})
 
@@ -173,7 +188,8 @@ def main(argv=None):
 
     model.train()
     while progress() < 1.0:
-        batch = collate(batch_examples(encoder, "train", step * args.batch, args.batch, args.size), pad, image_pad)
+        first = args.first_frame + step * args.batch
+        batch = collate(batch_examples(encoder, "train", first, args.batch, args.size), pad, image_pad)
         for g in opt.param_groups + aux_opt.param_groups:
             g["lr"] = lr_at(step, progress(), args.lr, args.warmup)
         dense = batch.pop("patch_labels")
