@@ -32,13 +32,18 @@ def _log(out: Path, record: dict) -> None:
         f.write(line + "\n")
 
 
-def prepare_tokenizer(out: Path, samples: int) -> Path:
-    """OUT/tokenizer/tokenizer.json, built once per run directory and reused on resume."""
+def prepare_tokenizer(out: Path, samples: int, source: Path | None = None) -> Path:
+    """OUT/tokenizer/tokenizer.json, built once per run directory (or copied from the run `source`) and reused on
+    resume."""
     from . import tokenizer as T
 
     path = out / "tokenizer" / "tokenizer.json"
     if not path.is_file():
-        T.main([str(path.parent), "--samples", str(samples)])
+        if source is None:
+            T.main([str(path.parent), "--samples", str(samples)])
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / "tokenizer" / "tokenizer.json", path)
     return path
 
 
@@ -115,10 +120,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     spec = S.load_spec()
-    if args.init_from and not (args.out / "tokenizer" / "tokenizer.json").is_file():
-        (args.out / "tokenizer").mkdir(parents=True, exist_ok=True)
-        shutil.copy(args.init_from / "tokenizer" / "tokenizer.json", args.out / "tokenizer" / "tokenizer.json")
-    tok_path = prepare_tokenizer(args.out, args.tokenizer_samples)
+    tok_path = prepare_tokenizer(args.out, args.tokenizer_samples, args.init_from)
     encoder = Encoder(tok_path, spec)
     model = make_model(encoder.tokenizer.backend, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
