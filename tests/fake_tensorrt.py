@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from omniad_edge.engine_build import DeviceInfo
+from omniad_edge.tensorrt.cuda import DeviceInfo
 
 
 class FakeCuda:

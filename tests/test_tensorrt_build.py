@@ -1,0 +1,93 @@
+"""The engine build orchestrated against the fake TensorRT (fake_tensorrt.py): engines, record, refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from helpers.tensorrt_cases import load_sibling
+from omniad_edge.errors import BackendError, BundleError
+from omniad_edge.tensorrt import build
+from omniad_edge.tensorrt.cuda import DeviceInfo
+from omniad_edge.tensorrt.limits import BuildOptions
+
+
+# -- orchestration against the fake TensorRT --------------------------------------------------------------------
+
+@pytest.fixture
+def toy_bundle_dir(tmp_path):
+    pytest.importorskip("onnx", reason="the toy graphs are built with the onnx package")
+    toy = load_sibling("toy_graphs")
+    return toy.make_toy_bundle(tmp_path / "toy")
+
+
+@pytest.fixture
+def fake():
+    pytest.importorskip("onnx", reason="the fake TensorRT parser reads graphs with the onnx package")
+    mod = load_sibling("fake_tensorrt")
+    cuda = mod.FakeCuda()
+    return mod.make_fake_tensorrt(cuda), cuda
+
+
+def test_build_writes_engines_and_record(toy_bundle_dir, fake, tmp_path):
+    trt, cuda = fake
+    lines = []
+    cache = tmp_path / "timing.cache"
+    opts = BuildOptions(max_image_tokens=16, max_seq_len=128, workspace_gb=0.5, timing_cache=str(cache))
+    record = build.build_engines(toy_bundle_dir, opts, log=lines.append, trt=trt, cuda=cuda)
+    out = toy_bundle_dir / "tensorrt"
+    assert sorted(p.name for p in out.iterdir()) == ["build.json", "decoder.engine", "vision.engine"]
+    assert json.loads((out / "build.json").read_text()) == record
+    assert record["tensorrt"] == "10.3.0" and record["device"] == {
+        "name": "Fake Orin", "compute_capability": [8, 7], "integrated": True, "total_memory": 8 << 30}
+    manifest_sha = hashlib.sha256((toy_bundle_dir / "manifest.json").read_bytes()).hexdigest()
+    assert record["bundle"]["manifest_sha256"] == manifest_sha
+    for name in ("vision", "decoder"):
+        data = (out / f"{name}.engine").read_bytes()
+        assert record["engines"][name]["sha256"] == hashlib.sha256(data).hexdigest()
+    builds = [details for what, details in trt.log if what == "build"]
+    assert [len(b["profiles"]) for b in builds] == [1, 2]  # vision; decoder prefill + decode
+    assert builds[1]["profiles"][1]["inputs_embeds"] == [[1, 1, 8], [1, 1, 8], [1, 1, 8]]
+    assert all(b["strongly_typed"] and "TF32" not in b["flags"] for b in builds)
+    assert record["profiles"]["vision"][0]["pixel_values"][2] == [64, 1176]
+    assert any("Building engine" in line for line in lines)  # progress monitor output
+    assert cache.read_bytes() == b"tt+"  # timing cache written back after both builds
+    build.build_engines(toy_bundle_dir, opts, log=lines.append, trt=trt, cuda=cuda)
+    assert cache.read_bytes() == b"tt+tt+"  # and read again on the next build
+
+
+def test_build_fp16_on_fp32_bundle_is_weakly_typed(toy_bundle_dir, fake):
+    trt, cuda = fake
+    lines = []
+    record = build.build_engines(toy_bundle_dir, BuildOptions(fp16=True, max_seq_len=128), log=lines.append, trt=trt,
+                              cuda=cuda)
+    vision, decoder = [details for what, details in trt.log if what == "build"]
+    assert not decoder["strongly_typed"] and "FP16" in decoder["flags"]
+    # the toy vision graph has no block names: the whole vision engine stays fp32
+    assert "FP16" not in vision["flags"] and record["flags"]["vision_fp32_layers"] == "all"
+    assert any("keeping the vision engine fp32" in line for line in lines)
+
+
+def test_refusals_happen_before_any_build(toy_bundle_dir, fake):
+    trt, cuda = fake
+    with pytest.raises(BackendError, match="8.9"):
+        build.build_engines(toy_bundle_dir, BuildOptions(fp8=True), log=lambda _: None, trt=trt, cuda=cuda)
+    with pytest.raises(BundleError, match="QuantizeLinear"):
+        build.build_engines(toy_bundle_dir, BuildOptions(int8=True), log=lambda _: None, trt=trt, cuda=cuda)
+    cuda.info = DeviceInfo("Tiny", (8, 7), total_memory=64 << 20, free_memory=1 << 20)
+    with pytest.raises(BackendError, match="not enough device memory"):
+        build.build_engines(toy_bundle_dir, BuildOptions(), log=lambda _: None, trt=trt, cuda=cuda)
+    assert not [what for what, _ in trt.log if what == "build"]
+    assert not (toy_bundle_dir / "tensorrt" / "build.json").exists()
+    build.build_engines(toy_bundle_dir, BuildOptions(max_seq_len=128, skip_memory_check=True), log=lambda _: None,
+                     trt=trt, cuda=cuda)
+
+
+def test_graph_that_breaks_the_contract_is_refused(toy_bundle_dir, fake):
+    trt, cuda = fake
+    manifest = json.loads((toy_bundle_dir / "manifest.json").read_text())
+    manifest["model"]["num_layers"] = 3  # the decoder graph has 2 layers
+    (toy_bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"missing inputs \['past_key.2', 'past_value.2'\]"):
+        build.build_engines(toy_bundle_dir, BuildOptions(max_seq_len=128), log=lambda _: None, trt=trt, cuda=cuda)
