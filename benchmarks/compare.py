@@ -50,8 +50,9 @@ def median(values):
 
 def frames_for(n: int, size: int, seed: int = 0):
     from omniad_edge import synth
+    from training.splits import split_seed
 
-    return [synth.make_sample(synth.split_seed("test", seed + i), size=size).image for i in range(n)]
+    return [synth.make_sample(split_seed("test", seed + i), size=size).image for i in range(n)]
 
 
 def _strip_eos(tokens, eos) -> list[int]:
@@ -124,8 +125,9 @@ def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode:
 def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str) -> dict:
     """Per-frame prefill with one reference image: prefix cached vs prefilled with every frame."""
     from omniad_edge import Inspector, synth
+    from training.splits import split_seed
 
-    reference = synth.make_sample(synth.split_seed("val", 0), anomalous=False).image
+    reference = synth.make_sample(split_seed("val", 0), anomalous=False).image
     out = {}
     for cached in (False, True):
         ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,

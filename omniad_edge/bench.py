@@ -264,9 +264,10 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
     from .inspector import Inspector
 
     height, width = size
-    samples = [synth.make_sample(synth.split_seed("test", seed + i), size=(height, width))
-               for i in range(warmup + frames)]
-    refs = [synth.make_sample(synth.split_seed("val", seed + i), size=(height, width), anomalous=False).image
+    first = synth.FIRST_UNSEEN_SEED + seed  # frames the reference model never trained on
+    samples = [synth.make_sample(first + i, size=(height, width)) for i in range(warmup + frames)]
+    # normal parts other than the measured ones
+    refs = [synth.make_sample(first + warmup + frames + i, size=(height, width), anomalous=False).image
             for i in range(references)]
     start = time.perf_counter()
     inspector = Inspector(bundle, mode=mode, providers=providers, threads=threads, max_new_tokens=max_new_tokens,
@@ -395,7 +396,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="frame size in pixels (default 224 224)")
     p.add_argument("--references", type=_arg_int(0), default=0,
                    help="synthetic normal reference images shown before each frame (prefilled once, cached)")
-    p.add_argument("--seed", type=_arg_int(0), default=0, help="first synthetic frame (test split)")
+    p.add_argument("--seed", type=_arg_int(0), default=0, help="first synthetic frame, counted from synth.FIRST_UNSEEN_SEED")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
     return p
 

@@ -3,7 +3,8 @@
     from omniad_edge.demo import run_demo
     rows = run_demo("demo_out", n=8)      # frames, overlays, results.json; one dict per frame
 
-The frames come from the synthetic test split (never seen in training) and are written in a mix of sizes and file
+The frames are synthetic parts the reference model never trained on (seeds from synth.FIRST_UNSEEN_SEED on, its
+test split) and are written in a mix of sizes and file
 formats (RGB, grey, RGBA, 16-bit grey PNG) that the runtime reads back from disk, as a camera pipeline would hand them
 over.
 """
@@ -47,7 +48,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def run_demo(out_dir, n: int = 8, seed: int = 0, engine=None) -> list[dict]:
-    """Inspect n synthetic test frames (test-split indices seed .. seed+n-1) and write, under out_dir,
+    """Inspect n synthetic frames (seeds synth.FIRST_UNSEEN_SEED + seed .. + seed+n-1) and write, under out_dir,
     frame_XX.png (the input as stored), overlay_XX.png and results.json. Returns one dict per frame.
 
     engine: None (the embedded default bundle), a bundle directory, or an Inspector to reuse.
@@ -71,7 +72,7 @@ def run_demo(out_dir, n: int = 8, seed: int = 0, engine=None) -> list[dict]:
         index = int(seed) + k
         h, w = _SIZES[index % len(_SIZES)]
         mode = _MODES[index % len(_MODES)]
-        sample = synth.make_sample(synth.split_seed("test", index), size=(h, w))
+        sample = synth.make_sample(synth.FIRST_UNSEEN_SEED + index, size=(h, w))
         frame_path = _save(out / f"frame_{k:02d}.png", sample.image, mode)
         result = inspector.run(str(frame_path))
         overlay_path = save_overlay(out / f"overlay_{k:02d}.png", str(frame_path), result)

@@ -1,14 +1,20 @@
-"""Synthetic inspection frames with defects, reproducible by seed (numpy + Pillow only).
+"""Synthetic inspection frames with defects, reproducible by seed (numpy + Pillow only). A public, stable API:
 
     from omniad_edge import synth
-    s = synth.make_sample(synth.split_seed("test", 0))
+    s = synth.make_sample(synth.FIRST_UNSEEN_SEED)
     s.image            # (H, W, 3) uint8 RGB
     s.mask             # (H, W) bool, True on the defect; all False for a normal part
+    s.part             # (H, W) bool, True on the part (an object's silhouette; everywhere for a texture)
     s.defect, s.bbox   # "scratch", (x0, y0, x1, y1) exclusive; None for a normal part
 
 Surfaces (textures and simple objects) and defects are drawn procedurally; scale, contrast, position, lighting and
 colour vary so that no single cue gives the answer away. Each seed draws the part, the defect and the lighting from
 three independent streams, so `make_sample(seed, anomalous=False)` is the same part without its defect.
+
+Stable means: a seed draws the same frame in every release (given the same numpy and Pillow), because the embedded
+reference model was trained and tested on these frames. Which seeds it trained on is the business of
+training/splits.py; the demo and the benchmarks draw from FIRST_UNSEEN_SEED on, frames it never trained on.
+tests/test_synth.py pins a few frames, so a change to the drawing fails there instead of silently changing the data.
 """
 from __future__ import annotations
 
@@ -20,12 +26,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import OmniADError
 
+__all__ = ["make_sample", "Sample", "SynthError", "SURFACES", "OBJECTS", "DEFECTS", "FIRST_UNSEEN_SEED"]
+
 SURFACES = ("metal", "fabric", "pcb", "wood", "disc", "bolt", "pill")
 OBJECTS = ("disc", "bolt", "pill")
 DEFECTS = ("scratch", "crack", "hole", "stain", "contamination", "missing", "misprint")
 
-# Disjoint seed ranges per split, so a test frame is never seen in training.
-SPLITS = {"train": (0, 1_000_000), "val": (1_000_000, 1_100_000), "test": (2_000_000, 2_100_000)}
+# The reference model trained and validated on seeds below this one (training/splits.py), so the demo and the
+# benchmarks show it frames from here on (its test split starts here too).
+FIRST_UNSEEN_SEED = 2_000_000
 
 _MIN_DEFECT_PIXELS = 24  # at 224 px (scaled with the frame's area); smaller defects are redrawn
 
@@ -46,26 +55,19 @@ class Sample:
     bbox: tuple[int, int, int, int] | None  # x0, y0, x1, y1 (exclusive)
     area: float
     seed: int
+    part: np.ndarray | None = None  # (H, W) bool: the part's pixels (all True for a texture surface)
 
     def meta(self) -> dict:
         return {"seed": self.seed, "surface": self.surface, "anomalous": self.anomalous, "defect": self.defect,
                 "bbox": list(self.bbox) if self.bbox else None, "area": round(self.area, 6)}
 
 
-def split_seed(split: str, index: int) -> int:
-    """The seed of the index-th frame of a split."""
-    if split not in SPLITS:
-        raise SynthError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    lo, hi = SPLITS[split]
-    if not isinstance(index, (int, np.integer)) or not 0 <= index < hi - lo:
-        raise SynthError(f"index must be an int in [0, {hi - lo}), got {index!r}")
-    return lo + int(index)
-
-
-def generate(split: str, n: int, start: int = 0, **kwargs):
-    """Yield n samples of a split, from its start-th frame on."""
-    for i in range(start, start + n):
-        yield make_sample(split_seed(split, i), **kwargs)
+def __getattr__(name):
+    if name in ("SPLITS", "split_seed", "generate"):
+        raise AttributeError(f"omniad_edge.synth.{name} moved to training/splits.py (the reference model's data "
+                             "splits are not part of the runtime); draw frames with make_sample(seed), seeds from "
+                             "FIRST_UNSEEN_SEED on for frames the reference model never trained on")
+    raise AttributeError(f"module 'omniad_edge.synth' has no attribute {name!r}")
 
 
 def make_sample(seed: int, size: int | tuple[int, int] = 224, anomalous: bool | None = None,
@@ -114,7 +116,7 @@ def make_sample(seed: int, size: int | tuple[int, int] = 224, anomalous: bool | 
         ys, xs = np.nonzero(mask)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         area = float(mask.mean())
-    return Sample(image, mask, bool(anomalous), surface, defect, bbox, area, int(seed))
+    return Sample(image, mask, bool(anomalous), surface, defect, bbox, area, int(seed), part)
 
 
 def _check_size(size) -> tuple[int, int]:

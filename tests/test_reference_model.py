@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from omniad_edge import synth
+from training.splits import generate, split_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_FILE = ROOT / "training" / "output_spec.json"
@@ -75,7 +76,7 @@ def test_sample_grid_is_empty_exactly_for_normal_frames():
     from training import spec as S
 
     spec = _spec()
-    for sample in synth.generate("val", 40):
+    for sample in generate("val", 40):
         grid = S.sample_grid(spec, sample)
         assert grid.shape == (16, 16)
         if sample.anomalous:
@@ -116,7 +117,7 @@ def test_tokenizer_round_trips_targets_and_any_text(tokenizer_dir):
 
     tok = Tokenizer(tokenizer_dir / "tokenizer.json")
     spec = _spec()
-    for sample in synth.generate("test", 30):
+    for sample in generate("test", 30):
         text = S.target_text(spec, S.sample_grid(spec, sample))
         assert tok.decode(tok.encode(text)) == text
     for text in ("Ünïcode ✓ 42%", "a\tb\n c", "{braces} <tag>"):
@@ -127,7 +128,7 @@ def test_training_example_masks_the_prompt(tokenizer_dir):
     from training.data import IGNORE, Encoder
 
     enc = Encoder(tokenizer_dir / "tokenizer.json")
-    sample = synth.make_sample(synth.split_seed("train", 3), defect="scratch")
+    sample = synth.make_sample(split_seed("train", 3), defect="scratch")
     ex = enc.sample(sample)
     assert (ex.input_ids == enc.tokens["image_pad"]).sum() == 64  # 224x224 -> 8x8 merged tokens
     assert ex.pixel_values.shape == (256, 1176) and ex.grid_thw == (1, 16, 16)

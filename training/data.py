@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from omniad_edge import synth
+
+from .splits import split_seed
 from omniad_edge.preprocess import preprocess_image
 from omniad_edge.prompt import PromptBuilder
 from omniad_edge.tokenizer import Tokenizer
@@ -89,7 +91,7 @@ class Encoder:
 def training_frame(split: str, index: int, size: int = 224, vary: bool = True):
     """(sample, RGB frame) of a split. With vary, a quarter of the frames get another size (160..320 px a side,
     so the runtime's resize is trained on) and a tenth are shown in grey, both decided by the frame's seed."""
-    seed = synth.split_seed(split, index)
+    seed = split_seed(split, index)
     shape: int | tuple[int, int] = size
     grey = False
     if vary:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from omniad_edge import synth
 from omniad_edge.frame import to_rgb
 
 from . import spec as S
+from .splits import generate
 
 
 # ------------------------------------------------------------------ metrics
@@ -192,7 +192,7 @@ class EdgeRunner:
 def frames(n: int, start: int = 0, size=224, modes=("rgb",)):
     """Test frames; with several modes, frame i is stored in modes[i % len(modes)] and converted back by
     omniad_edge.frame (grey, RGBA, 16-bit), as a device would receive it."""
-    for i, sample in enumerate(synth.generate("test", n, start=start, size=size)):
+    for i, sample in enumerate(generate("test", n, start=start, size=size)):
         yield sample, to_rgb(_as_mode(sample.image, modes[i % len(modes)]))
 
 

@@ -20,9 +20,8 @@ CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja")
 
 def corpus(spec: dict, n_samples: int = 3000) -> list[str]:
     """Texts the model reads and writes: prompts, targets of real training frames, every explanation variant."""
-    from omniad_edge import synth
-
     from . import spec as S
+    from .splits import generate
 
     p = spec["prompt"]
     # prompts repeated so BPE merges their words (min_frequency) and a prompt costs few tokens
@@ -38,7 +37,7 @@ def corpus(spec: dict, n_samples: int = 3000) -> list[str]:
     texts.append(e["normal"])
     texts.extend(" ".join(labels) for _ in range(5))
     texts.extend(" ".join(str(i) for i in range(100)) for _ in range(3))
-    for i, sample in enumerate(synth.generate("train", n_samples)):
+    for i, sample in enumerate(generate("train", n_samples)):
         texts.append(S.target_text(spec, S.sample_grid(spec, sample)))
     return texts
 
