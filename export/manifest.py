@@ -11,15 +11,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from omniad_edge.contract import BUNDLE_FORMAT as FORMAT
+from omniad_edge.contract import BUNDLE_FORMAT_VERSION as FORMAT_VERSION
+from omniad_edge.contract import OUTPUT_SECTIONS as _SECTIONS
 from omniad_edge.errors import ExportError
 
 from .checkpoint import read_json_object
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "DEFAULT_PROMPT", "DEFAULT_OUTPUT", "load_output_spec", "model_section",
            "preprocess_section", "file_entries", "sha256_file", "build_manifest", "write_manifest"]
-
-FORMAT = "omniad-edge-bundle"
-FORMAT_VERSION = 1
 
 DEFAULT_PROMPT = {
     "template": "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n"
@@ -43,7 +43,6 @@ DEFAULT_OUTPUT = {
 # the placeholders each template must accept (str.format fields)
 _PROMPT_FIELDS = {"template": {"system", "content"}, "image": {"image_pads"}, "system": set(), "detect": set(),
                   "reference_intro": {"n"}, "query_intro": set()}
-_SECTIONS = ("mask", "explanation", "answer")
 
 
 def _merge(base: dict, override: dict) -> dict:

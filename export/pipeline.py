@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omniad_edge.contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, decoder_input_names,
+                                  decoder_output_names)
 from omniad_edge.errors import ExportError
 
 from .checkpoint import inspect_checkpoint, load_model
@@ -89,9 +91,8 @@ def _sample_vision_inputs(model_cfg: dict):
     idx = vision_indices(grids, m, v["window_size"], v["patch_size"])
     n = sum(t * h * w for t, h, w in grids)
     dim = 3 * v["temporal_patch_size"] * v["patch_size"] ** 2
-    names = ["rotary_pos_ids", "window_index", "reverse_window_index", "window_segments", "image_segments"]
     pixels = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
-    return (pixels, *[torch.from_numpy(idx[k]) for k in names]), ["pixel_values", *names]
+    return (pixels, *[torch.from_numpy(idx[k]) for k in VISION_INPUTS[1:]]), list(VISION_INPUTS)
 
 
 def _export_vision(model, model_cfg, dtype, opts, log):
@@ -100,10 +101,9 @@ def _export_vision(model, model_cfg, dtype, opts, log):
 
     graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks).eval()
     args, names = _sample_vision_inputs(model_cfg)
-    dims = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"}, "window_index": {0: "tokens"},
-            "reverse_window_index": {0: "tokens"}, "window_segments": {0: "patches"},
-            "image_segments": {0: "patches"}, "image_embeds": {0: "tokens"}}
-    return export_graph(graph, args, names, ["image_embeds"], dims, opts.prefer_dynamo, log)
+    per_token = {"window_index", "reverse_window_index", VISION_OUTPUT}  # one entry per merged token
+    dims = {n: {0: "tokens" if n in per_token else "patches"} for n in [*names, VISION_OUTPUT]}
+    return export_graph(graph, args, names, [VISION_OUTPUT], dims, opts.prefer_dynamo, log)
 
 
 def _export_decoder(model, model_cfg, dtype, opts, log):
@@ -120,14 +120,13 @@ def _export_decoder(model, model_cfg, dtype, opts, log):
     args = (torch.randn(b, s, model_cfg["hidden_size"], generator=gen),
             (torch.arange(s) + p).view(1, 1, s).expand(3, b, s).contiguous(),
             torch.ones(b, p + s, dtype=torch.long), past)
-    kv_names = [f"past_{t}.{i}" for i in range(layers) for t in ("key", "value")]
-    out_names = ["logits"] + [f"new_{t}.{i}" for i in range(layers) for t in ("key", "value")]
-    dims = {"inputs_embeds": {0: "batch", 1: "seq"}, "position_ids": {1: "batch", 2: "seq"},
-            "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch"}}
-    dims.update({n: {0: "batch", 1: "past"} for n in kv_names})
+    in_names, out_names = decoder_input_names(layers), decoder_output_names(layers)
+    embeds, positions, mask = DECODER_INPUTS
+    dims = {embeds: {0: "batch", 1: "seq"}, positions: {1: "batch", 2: "seq"}, mask: {0: "batch", 1: "total"},
+            LOGITS: {0: "batch"}}
+    dims.update({n: {0: "batch", 1: "past"} for n in in_names[len(DECODER_INPUTS):]})
     dims.update({n: {0: "batch", 1: "seq"} for n in out_names[1:]})
-    return export_graph(graph, args, ["inputs_embeds", "position_ids", "attention_mask", *kv_names], out_names,
-                        dims, opts.prefer_dynamo, log)
+    return export_graph(graph, args, in_names, out_names, dims, opts.prefer_dynamo, log)
 
 
 def _quantized(source, precision: str, opts: ExportOptions, log):

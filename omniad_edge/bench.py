@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .contract import output_blocks
 from .errors import OmniADError
 
 __all__ = ["BenchError", "summarize", "percentile", "markdown_table", "machine_info", "library_versions",
@@ -172,54 +173,26 @@ def device_memory_mib() -> float | None:
 
 # -- measurement -----------------------------------------------------------------------------------------------
 class ForwardTimer:
-    """Splits the decode loop's time into the decoder session run and everything else (the host loop overhead).
+    """Splits the decode loop's time into the decoder graph run and everything else (the host loop overhead).
 
-    Wraps the backend's forward (to see how many new tokens each call feeds) and, for ONNX Runtime, the decoder
-    session's run_with_iobinding (the time inside the graph). Single-token calls are decode steps."""
+    Attach it as the backend's documented `on_forward` hook (omniad_edge/backends/__init__.py), which reports the
+    tokens, wall time and graph time of every forward. Single-token calls are decode steps."""
 
-    def __init__(self, backend):
-        self.backend = backend
-        self.calls: list[tuple[int, float, float]] = []  # (new tokens, forward ms, session ms)
-        self._inside = 0.0
-        self._forward = backend.forward
-        backend.forward = self._timed_forward
-        session = getattr(backend, "decoder", None)
-        self._run = getattr(session, "run_with_iobinding", None)
-        if self._run is not None:
-            session.run_with_iobinding = self._timed_run
+    def __init__(self, backend=None):
+        self.calls: list[tuple[int, float, float]] = []  # (new tokens, forward ms, graph ms)
+        if backend is not None:
+            backend.on_forward = self
 
-    def _timed_run(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self._run(*args, **kwargs)
-        finally:
-            self._inside += time.perf_counter() - start
-
-    def _timed_forward(self, embeds, *args, **kwargs):
-        self._inside = 0.0
-        start = time.perf_counter()
-        try:
-            return self._forward(embeds, *args, **kwargs)
-        finally:
-            wall = (time.perf_counter() - start) * 1e3
-            inside = self._inside * 1e3 if self._run is not None else wall
-            self.calls.append((int(embeds.shape[1]), wall, inside))
+    def __call__(self, new_tokens: int, forward_s: float, graph_s: float) -> None:
+        self.calls.append((int(new_tokens), forward_s * 1e3, graph_s * 1e3))
 
     def reset(self) -> None:
         self.calls.clear()
 
     def decode_session_ms(self) -> tuple[float, int]:
-        """(ms inside the session over single-token calls, number of such calls) since the last reset."""
+        """(ms inside the graph run over single-token calls, number of such calls) since the last reset."""
         steps = [c for c in self.calls if c[0] == 1]
         return sum(c[2] for c in steps), len(steps)
-
-
-def _mask_text(text: str, tags: Sequence[str]) -> str | None:
-    start = text.find(tags[0])
-    if start < 0:
-        return None
-    end = text.find(tags[1], start)
-    return text[start:] if end < 0 else text[start:end + len(tags[1])]
 
 
 def _tam_decode_ms(codec, text: str, repeats: int = 20) -> float:
@@ -274,7 +247,7 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
                           reference=refs or None, **(inspector_options or {}))
     load_ms = (time.perf_counter() - start) * 1e3
     timer = ForwardTimer(inspector.backend)
-    codec, tags = inspector.codec, inspector.tags["mask"]
+    codec = inspector.codec
 
     per_stage = {k: [] for k in STAGES}
     tokens_per_s, overhead, generated, prompt_tokens, finish, tam_sources = [], [], [], [], {}, set()
@@ -293,9 +266,9 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
         inside, steps = timer.decode_session_ms()
         if steps and t["decode"] > 0:
             overhead.append(100.0 * max(0.0, t["decode"] - inside) / t["decode"])
-        mask_text = _mask_text(result.text, tags)
+        mask_text = output_blocks(result.text, inspector.tags).get("mask")  # what the Inspector decodes
         if mask_text is None:  # the model wrote no mask (e.g. random weights): time the frame's true mask instead
-            mask_text = tags[0] + codec.encode_mask(sample.mask) + tags[1]
+            mask_text = codec.encode_mask(sample.mask)
             tam_sources.add("ground-truth mask of the frame (the model wrote none)")
         else:
             tam_sources.add("generated mask text")

@@ -14,28 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from .contract import BUNDLE_FORMAT as FORMAT
+from .contract import MANIFEST, MANIFEST_KEYS
 from .errors import BundleError
 
-FORMAT = "omniad-edge-bundle"
 FORMAT_VERSIONS = (1,)
-MANIFEST = "manifest.json"
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent / "models" / "default"
 
-# Top-level keys and the keys inside them that the runtime relies on.
-_REQUIRED = {
-    "format": None,
-    "format_version": None,
-    "name": None,
-    "model": ("hidden_size", "num_layers", "num_key_value_heads", "head_dim", "vocab_size", "vision"),
-    "tokens": ("image_pad", "vision_start", "vision_end", "eos", "pad"),
-    "preprocess": ("patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels", "mean", "std"),
-    "prompt": ("template", "image", "system", "detect", "reference_intro", "query_intro"),
-    "output": ("order", "tags", "mask"),
-    "graphs": ("vision", "decoder"),
-    "files": None,
-    "embed_tokens": ("path", "dtype", "shape"),
-    "tokenizer": ("path",),
-}
 _CHUNK = 1 << 20
 
 
@@ -154,7 +139,7 @@ def _check_schema(root: Path, manifest: Any) -> None:
             f"bundle {root}: format_version {version!r} is not supported by this runtime "
             f"(supported: {list(FORMAT_VERSIONS)}); upgrade omniad-edge or re-export the bundle"
         )
-    for key, subkeys in _REQUIRED.items():
+    for key, subkeys in MANIFEST_KEYS.items():
         if key not in manifest:
             raise BundleError(f"bundle {root}: manifest is missing required key {key}")
         if subkeys:

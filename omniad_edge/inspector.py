@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .contract import output_blocks
 from .errors import OmniADError
 from .frame import to_rgb
 from .generate import Generation, Generator, Request
@@ -189,28 +190,16 @@ class Inspector:
         image = self._encode(to_rgb(frame, color=self.color))
         request = self._request(image, ask_text(question, options), answers=letters)
         generation, = self._generate([request], max_new_tokens=max_new_tokens, stop_on_mask_close=False)
-        blocks = self._blocks(generation.text)
+        blocks = output_blocks(generation.text, self.tags)
         return parse_choice(blocks.get("answer") or generation.text, options)
 
     # -- postprocessing -----------------------------------------------------------------------------------------
-    def _blocks(self, text: str) -> dict[str, str]:
-        """Contents of each tagged block (an unterminated block runs to the end of the text)."""
-        out = {}
-        for name, (open_tag, close_tag) in self.tags.items():
-            start = text.find(open_tag)
-            if start < 0:
-                continue
-            start += len(open_tag)
-            end = text.find(close_tag, start)
-            out[name] = text[start:] if end < 0 else text[start:end]
-        return out
-
     def _inspection(self, image: _Image, generation: Generation, t0: float) -> Inspection:
         from . import tam
 
         t_post = time.perf_counter()
         text = generation.text
-        blocks = self._blocks(text)
+        blocks = output_blocks(text, self.tags)
         h, w = image.rgb_shape
         repaired = False
         if "mask" in blocks:

@@ -56,6 +56,19 @@ def test_logits_buffer_reused_and_cache_not_reallocated(backend):
     assert [k.ctypes.data for k in cache.keys] == buffers
 
 
+def test_on_forward_hook_reports_tokens_and_times(toy):
+    backend = OnnxRuntimeBackend(toy, threads=1)
+    calls = []
+    backend.on_forward = lambda *args: calls.append(args)
+    rng = np.random.default_rng(5)
+    embeds, positions = _random_sequence(rng, 1, 4)
+    cache = backend.new_cache(1, 8)
+    backend.forward(embeds[:, :3], positions[:, :, :3], np.ones((1, 3), np.int64), cache, 0)
+    backend.forward(embeds[:, 3:], positions[:, :, 3:], np.ones((1, 4), np.int64), cache, 3)
+    assert [c[0] for c in calls] == [3, 1]
+    assert all(0.0 < graph <= wall for _, wall, graph in calls)  # the session run is part of the forward
+
+
 def test_batch_with_left_padding_matches_rows(backend):
     rng = np.random.default_rng(2)
     lengths = [5, 3]

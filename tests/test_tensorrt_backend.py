@@ -97,6 +97,18 @@ def test_stepwise_forward_matches_onnxruntime(toy_dir, fake, cuda_graph):
     assert gpu.cuda_graph == cuda_graph
 
 
+def test_on_forward_hook_counts_the_whole_forward_as_graph_time(toy_dir, fake):
+    gpu, _ = _backends(toy_dir, fake)
+    calls = []
+    gpu.on_forward = lambda *args: calls.append(args)
+    embeds, positions = _sequence(np.random.default_rng(3), 1, 4)
+    cache = gpu.new_cache(1, 32)
+    gpu.forward(embeds[:, :3], positions[:, :, :3], np.ones((1, 3), np.int64), cache, 0)
+    gpu.forward(embeds[:, 3:], positions[:, :, 3:], np.ones((1, 4), np.int64), cache, 3)
+    assert [c[0] for c in calls] == [3, 1]
+    assert all(wall > 0 and graph == wall for _, wall, graph in calls)  # asynchronous run: no split inside
+
+
 def test_batch_with_left_padding_matches_onnxruntime(toy_dir, fake):
     gpu, cpu = _backends(toy_dir, fake, cuda_graph=True)
     rng = np.random.default_rng(2)

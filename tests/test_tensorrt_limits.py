@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.tensorrt_cases import qwen3b_manifest, small_manifest
+from omniad_edge.contract import VISION_INPUTS
 from omniad_edge.tensorrt import limits as lim
 from omniad_edge.tensorrt.limits import BuildOptions, Limits
 
@@ -52,7 +53,7 @@ def test_vision_profile_counts_patches_as_four_per_token():
     assert p["rotary_pos_ids"] == ((4, 2), (5120, 2), (10240, 2))
     assert p["window_index"] == p["reverse_window_index"] == ((1,), (1280,), (2560,))
     assert p["window_segments"] == p["image_segments"] == ((4,), (5120,), (10240,))
-    assert tuple(p) == lim.VISION_INPUTS
+    assert tuple(p) == VISION_INPUTS
 
 
 def test_decoder_profiles_prefill_and_decode():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omniad_edge.contract import output_blocks
 from omniad_edge.frame import to_rgb
 
 from . import spec as S
@@ -85,16 +86,6 @@ class Prediction:
     extra: dict = field(default_factory=dict)
 
 
-def _section(text: str, tags) -> str | None:
-    open_tag, close_tag = tags
-    start = text.find(open_tag)
-    if start < 0:
-        return None
-    start += len(open_tag)
-    end = text.find(close_tag, start)
-    return text[start:] if end < 0 else text[start:end]
-
-
 class TorchRunner:
     """The PyTorch model (Hugging Face folder written by training.train), greedy decoding."""
 
@@ -153,13 +144,14 @@ class TorchRunner:
 def _from_text(spec: dict, codec, text: str, score: float, tokens: int, ms: float) -> Prediction:
     out = spec["output"]
     labels = out["mask"]["labels"]
-    mask_text = _section(text, out["tags"]["mask"])
+    blocks = output_blocks(text, out["tags"])
+    mask_text = blocks.get("mask")
     g = out["mask"]["grid"]
     if mask_text is None:
         grid = np.full((g, g), out["mask"]["background"], np.uint8)
     else:
         grid = np.asarray(codec.decode(mask_text).grid, np.uint8).reshape(g, g)
-    answer = _section(text, out["tags"]["answer"])
+    answer = blocks.get("answer")
     if answer is not None and answer.strip() in out["answers"].values():
         verdict = answer.strip() == out["answers"]["anomalous"]
     else:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names  # noqa: F401
 from ..errors import BackendError
 from . import KVCache
 
@@ -35,8 +37,7 @@ ALIASES = {
     "trt": "TensorrtExecutionProvider",
 }
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
-VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
-                 "image_segments")
+_EMBEDS, _POSITIONS, _MASK = DECODER_INPUTS
 
 
 _FLOAT, _INT64 = 1, 7  # ONNX TensorProto element types
@@ -91,6 +92,7 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    on_forward = None  # instrumentation hook (backends/__init__.py); the graph time is the session run
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
@@ -159,11 +161,10 @@ class OnnxRuntimeBackend:
     def _check_decoder_io(self) -> None:
         inputs = {i.name for i in self.decoder.get_inputs()}
         outputs = {o.name for o in self.decoder.get_outputs()}
-        need_in = {"inputs_embeds", "position_ids", "attention_mask"}
-        need_out = {"logits"}
+        need_in, need_out = set(DECODER_INPUTS), {LOGITS}
         for i in range(self.num_layers):
-            need_in |= {f"past_key.{i}", f"past_value.{i}"}
-            need_out |= {f"new_key.{i}", f"new_value.{i}"}
+            need_in |= set(past_names(i))
+            need_out |= set(new_names(i))
         missing = sorted(need_in - inputs) + sorted(need_out - outputs)
         if missing:
             raise BackendError(f"decoder graph does not match the manifest ({self.num_layers} layers): "
@@ -179,13 +180,15 @@ class OnnxRuntimeBackend:
         if missing:
             raise BackendError(f"vision inputs missing {missing}")
         feeds = {n: vision_inputs[n] for n in self._vision_inputs}
-        return self.vision.run(["image_embeds"], feeds)[0]
+        return self.vision.run([VISION_OUTPUT], feeds)[0]
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.num_layers, batch, max_len, self.kv_heads, self.head_dim)
 
     def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
                 past_len: int) -> np.ndarray:
+        hook = self.on_forward
+        started = time.perf_counter() if hook is not None else 0.0
         b, s, _ = embeds.shape
         if past_len + s > cache.max_len:
             raise BackendError(f"KV cache full: {past_len} + {s} tokens > max_len {cache.max_len}")
@@ -204,10 +207,10 @@ class OnnxRuntimeBackend:
         io.clear_binding_inputs()
         io.clear_binding_outputs()
         bind_in, bind_out, dev = self._bind_input, self._bind_output, self._device
-        bind_in("inputs_embeds", dev, _FLOAT, list(embeds.shape), embeds.ctypes.data)
-        bind_in("position_ids", dev, _INT64, list(position_ids.shape), position_ids.ctypes.data)
-        bind_in("attention_mask", dev, _INT64, list(attention_mask.shape), attention_mask.ctypes.data)
-        bind_out("logits", dev, _FLOAT, [b, self.vocab_size], logits_address)
+        bind_in(_EMBEDS, dev, _FLOAT, list(embeds.shape), embeds.ctypes.data)
+        bind_in(_POSITIONS, dev, _INT64, list(position_ids.shape), position_ids.ctypes.data)
+        bind_in(_MASK, dev, _INT64, list(attention_mask.shape), attention_mask.ctypes.data)
+        bind_out(LOGITS, dev, _FLOAT, [b, self.vocab_size], logits_address)
         keep = [embeds, position_ids, attention_mask]  # arrays must outlive the run
         scratch = []
         if b == 1:
@@ -221,21 +224,24 @@ class OnnxRuntimeBackend:
             # batch > 1: the strided past is gathered, the new entries land in scratch and are copied in below
             kv_shape = [b, s, self.kv_heads, self.head_dim]
             for i in range(self.num_layers):
-                for prefix, buffers in (("key", cache.keys), ("value", cache.values)):
-                    buf = buffers[i]
+                for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
                     past = np.ascontiguousarray(buf[:, :past_len], dtype=np.float32)
                     out = np.empty(kv_shape, np.float32)
                     keep.append(past)
                     scratch.append((buf[:, past_len:past_len + s], out))
-                    bind_in(f"past_{prefix}.{i}", dev, _FLOAT, list(past.shape), past.ctypes.data)
-                    bind_out(f"new_{prefix}.{i}", dev, _FLOAT, kv_shape, out.ctypes.data)
+                    bind_in(past_name, dev, _FLOAT, list(past.shape), past.ctypes.data)
+                    bind_out(new_name, dev, _FLOAT, kv_shape, out.ctypes.data)
         try:
+            run_started = time.perf_counter() if hook is not None else 0.0
             self.decoder.run_with_iobinding(io)
+            run_s = time.perf_counter() - run_started if hook is not None else 0.0
         except Exception as exc:
             raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
         for slot, out in scratch:
             slot[...] = out
         del keep
+        if hook is not None:
+            hook(s, time.perf_counter() - started, run_s)
         return logits
 
     def _layout(self, cache: KVCache) -> list[tuple[str, str, int, int]]:
@@ -245,10 +251,10 @@ class OnnxRuntimeBackend:
         if layout is None:
             layout = []
             for i in range(self.num_layers):
-                for prefix, buf in (("key", cache.keys[i]), ("value", cache.values[i])):
+                for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
                     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
                         raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
-                    layout.append((f"past_{prefix}.{i}", f"new_{prefix}.{i}", buf.ctypes.data, buf.strides[1]))
+                    layout.append((past_name, new_name, buf.ctypes.data, buf.strides[1]))
             self._layouts[cache] = layout
         return layout
 
@@ -268,7 +274,7 @@ def _binders(ort, io, fast: bool = True):
             raw = io._iobinding
             device = ort.OrtDevice.make("cpu", 0)._get_c_device()
             probe = np.zeros(1, np.int64)
-            raw.bind_input("attention_mask", device, _INT64, [1, 1], probe.ctypes.data)
+            raw.bind_input(_MASK, device, _INT64, [1, 1], probe.ctypes.data)
             io.clear_binding_inputs()
             return raw.bind_input, raw.bind_output, device
         except Exception as exc:  # whatever the private layer raises now: use the public one

@@ -20,8 +20,8 @@ from __future__ import annotations
 from .backend import DeviceKVCache, StepPlan, TensorRTBackend, create_backend, expand_mask, plan_step
 from .build import build_engines, plan
 from .cuda import CudaRuntime, DeviceInfo, import_tensorrt, load_cuda
-from .limits import (VISION_INPUTS, VISION_OUTPUT, BuildOptions, Limits, decoder_input_names, decoder_output_names,
-                     decoder_profiles, io_buffer_plan, resolve_limits, vision_profile)
+from .limits import (BuildOptions, Limits, decoder_input_names, decoder_output_names, decoder_profiles,
+                     io_buffer_plan, resolve_limits, vision_profile)
 from .memory import MemoryEstimate, check_memory, estimate_memory
 from .precision import check_bundle_precision, check_precision, check_quantization, strongly_typed
 from .record import ENGINE_DIR, check_record, make_record, read_record, record_limits
@@ -29,6 +29,6 @@ from .record import ENGINE_DIR, check_record, make_record, read_record, record_l
 __all__ = ["TensorRTBackend", "DeviceKVCache", "create_backend", "StepPlan", "plan_step", "expand_mask",
            "build_engines", "plan", "CudaRuntime", "DeviceInfo", "load_cuda", "import_tensorrt", "BuildOptions",
            "Limits", "resolve_limits", "vision_profile", "decoder_profiles", "decoder_input_names",
-           "decoder_output_names", "io_buffer_plan", "VISION_INPUTS", "VISION_OUTPUT", "MemoryEstimate",
+           "decoder_output_names", "io_buffer_plan", "MemoryEstimate",
            "estimate_memory", "check_memory", "check_precision", "check_bundle_precision", "check_quantization",
            "strongly_typed", "ENGINE_DIR", "make_record", "read_record", "check_record", "record_limits"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import mmap
+import time
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,12 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import sha256_file
+from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names
 from ..errors import BackendError
 from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda
-from .limits import VISION_INPUTS, VISION_OUTPUT, Limits, decoder_input_names, io_buffer_plan, merge_unit
+from .limits import Limits, decoder_input_names, decoder_output_names, io_buffer_plan, merge_unit
 from .record import ENGINE_DIR, check_record, manifest_sha256, read_record, record_limits
 
 log = logging.getLogger("omniad_edge")
+_PIXELS = VISION_INPUTS[0]
+_EMBEDS, _POSITIONS, _MASK = DECODER_INPUTS
 
 __all__ = ["TensorRTBackend", "DeviceKVCache", "create_backend", "plan_step", "StepPlan", "expand_mask"]
 
@@ -129,6 +133,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    on_forward = None  # instrumentation hook (backends/__init__.py); the run is asynchronous, so graph = forward
 
     def __init__(self, bundle, *, device: int = 0, cuda_graph: bool = False, verify: bool = True, providers=None,
                  threads: int | None = None, allow_fallback: bool = False, optimization: str | None = None,
@@ -200,14 +205,12 @@ class TensorRTBackend:
     def _check_io(self) -> None:
         trt = self._trt
         want = {
-            "vision": {**{n: np.float32 if n == "pixel_values" else np.int64 for n in VISION_INPUTS},
+            "vision": {**{n: np.float32 if n == _PIXELS else np.int64 for n in VISION_INPUTS},
                        VISION_OUTPUT: np.float32},
-            "decoder": {n: np.float32 if n == "inputs_embeds" or n.startswith("past_") else np.int64
-                        for n in decoder_input_names(self.bundle.manifest)},
+            "decoder": {n: np.int64 if n in (_POSITIONS, _MASK) else np.float32  # embeds, K/V and logits: float32
+                        for n in [*decoder_input_names(self.bundle.manifest),
+                                  *decoder_output_names(self.bundle.manifest)]},
         }
-        want["decoder"]["logits"] = np.float32
-        for i in range(self.num_layers):
-            want["decoder"][f"new_key.{i}"] = want["decoder"][f"new_value.{i}"] = np.float32
         for graph, engine in (("vision", self.vision_engine), ("decoder", self.decoder_engine)):
             names = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
             expected = want[graph]
@@ -249,10 +252,10 @@ class TensorRTBackend:
         self._vision = {n: self._alloc(plan[f"vision.{n}"]) for n in VISION_INPUTS}
         self._vision_out = self._alloc(plan[f"vision.{VISION_OUTPUT}"])
         b, s = lim.batch, lim.max_prefill
-        self._embeds = self._alloc(plan["decoder.inputs_embeds"])
-        self._positions = self._alloc(plan["decoder.position_ids"])
-        self._mask = self._alloc(plan["decoder.attention_mask"])
-        self._logits = self._alloc(plan["decoder.logits"])
+        self._embeds = self._alloc(plan[f"decoder.{_EMBEDS}"])
+        self._positions = self._alloc(plan[f"decoder.{_POSITIONS}"])
+        self._mask = self._alloc(plan[f"decoder.{_MASK}"])
+        self._logits = self._alloc(plan[f"decoder.{LOGITS}"])
         # New K/V for batches and graph decode: (B, S, kv_heads, head_dim) per layer and kind.
         scratch_seq = s if b > 1 else (1 if self.cuda_graph else 0)
         self._scratch = [self._alloc(b * scratch_seq * self._row, host=False).device
@@ -296,9 +299,9 @@ class TensorRTBackend:
         missing = [n for n in VISION_INPUTS if n not in vision_inputs]
         if missing:
             raise BackendError(f"vision inputs missing {missing}")
-        arrays = {n: np.ascontiguousarray(vision_inputs[n], np.float32 if n == "pixel_values" else np.int64)
+        arrays = {n: np.ascontiguousarray(vision_inputs[n], np.float32 if n == _PIXELS else np.int64)
                   for n in VISION_INPUTS}
-        n = arrays["pixel_values"].shape[0]
+        n = arrays[_PIXELS].shape[0]
         n_max = self.unit * self.limits.max_image_tokens * self.limits.max_images
         if n > n_max or n % self.unit:
             raise BackendError(f"vision call of {n} patches: the engine takes multiples of {self.unit} up to {n_max} "
@@ -320,6 +323,8 @@ class TensorRTBackend:
 
     def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
                 cache: DeviceKVCache, past_len: int) -> np.ndarray:
+        hook = self.on_forward
+        started = time.perf_counter() if hook is not None else 0.0
         if not isinstance(cache, DeviceKVCache) or cache._backend is not self:
             raise BackendError("cache must come from this backend's new_cache()")
         b, s, hidden = embeds.shape
@@ -362,21 +367,25 @@ class TensorRTBackend:
         logits = self._logits.host((b, self.vocab_size), np.float32)
         cuda.memcpy_async(self._logits.host_ptr, self._logits.device, logits.nbytes, D2H, stream)
         cuda.stream_synchronize(stream)
+        if hook is not None:
+            elapsed = time.perf_counter() - started
+            hook(s, elapsed, elapsed)
         return logits  # pinned buffer reused by the next forward (the interface allows it)
 
     def _bind_decoder(self, ctx, cache: DeviceKVCache, b: int, s: int, past_len: int, plan: StepPlan,
                       mask_shape) -> None:
-        self._set(ctx, "inputs_embeds", (b, s, self.hidden_size), self._embeds.device)
-        self._set(ctx, "position_ids", (3, b, s), self._positions.device)
-        self._set(ctx, "attention_mask", tuple(mask_shape), self._mask.device)
+        self._set(ctx, _EMBEDS, (b, s, self.hidden_size), self._embeds.device)
+        self._set(ctx, _POSITIONS, (3, b, s), self._positions.device)
+        self._set(ctx, _MASK, tuple(mask_shape), self._mask.device)
         past_shape = (b, plan.past_bound, self.kv_heads, self.head_dim)
         for i in range(self.num_layers):
-            for j, (kind, pointers) in enumerate((("key", cache.keys), ("value", cache.values))):
+            names = zip(past_names(i), new_names(i), (cache.keys, cache.values))
+            for j, (past_name, new_name, pointers) in enumerate(names):
                 base = pointers[i]
-                self._set(ctx, f"past_{kind}.{i}", past_shape, base)
+                self._set(ctx, past_name, past_shape, base)
                 out = base + past_len * self._row if plan.direct else self._scratch[j * self.num_layers + i]
-                self._address(ctx, f"new_{kind}.{i}", out)
-        self._address(ctx, "logits", self._logits.device)
+                self._address(ctx, new_name, out)
+        self._address(ctx, LOGITS, self._logits.device)
 
     def _capture(self, ctx, key) -> None:
         """Run once (TensorRT finishes shape-dependent setup), then capture the same enqueue as a CUDA graph."""

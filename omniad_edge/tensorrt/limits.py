@@ -7,13 +7,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .. import contract
+from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT
+
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
            "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
-           "kv_cache_bytes", "kv_scratch_bytes", "io_buffer_plan", "VISION_INPUTS", "VISION_OUTPUT"]
+           "kv_cache_bytes", "kv_scratch_bytes", "io_buffer_plan"]
 
-VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
-                 "image_segments")
-VISION_OUTPUT = "image_embeds"
+_PIXELS = VISION_INPUTS[0]
+_EMBEDS, _POSITIONS, _MASK = DECODER_INPUTS
 FP32, INT64 = 4, 8  # bytes; graph I/O is float32 and int64 for every bundle precision (DESIGN.md)
 # Qwen2.5-VL-3B's last vision block MLP overflows fp16; pin the tail blocks' MLP to fp32 under --fp16.
 DEFAULT_VISION_FP32_BLOCKS = 2
@@ -129,7 +131,7 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
     unit = merge_unit(manifest)
     n = (unit, unit * limits.max_image_tokens, unit * limits.max_image_tokens * limits.max_images)
     merged = tuple(x // unit for x in n)
-    per_patch = {"pixel_values": (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": ()}
+    per_patch = {_PIXELS: (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": ()}
     profile: Profile = {}
     for name in VISION_INPUTS:
         if name in per_patch:
@@ -140,18 +142,11 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
 
 
 def decoder_input_names(manifest: dict) -> list[str]:
-    layers = int(_model(manifest)["num_layers"])
-    names = ["inputs_embeds", "position_ids", "attention_mask"]
-    for i in range(layers):
-        names += [f"past_key.{i}", f"past_value.{i}"]
-    return names
+    return contract.decoder_input_names(int(_model(manifest)["num_layers"]))
 
 
 def decoder_output_names(manifest: dict) -> list[str]:
-    names = ["logits"]
-    for i in range(int(_model(manifest)["num_layers"])):
-        names += [f"new_key.{i}", f"new_value.{i}"]
-    return names
+    return contract.decoder_output_names(int(_model(manifest)["num_layers"]))
 
 
 def decoder_profiles(manifest: dict, limits: Limits) -> list[Profile]:
@@ -169,14 +164,14 @@ def decoder_profiles(manifest: dict, limits: Limits) -> list[Profile]:
     for dims in (prefill, decode):
         s, p, m = dims["s"], dims["p"], dims["m"]
         profile: Profile = {
-            "inputs_embeds": tuple((b[k], s[k], hidden) for k in range(3)),
-            "position_ids": tuple((3, b[k], s[k]) for k in range(3)),
-            "attention_mask": tuple((b[k], m[k]) for k in range(3)),
+            _EMBEDS: tuple((b[k], s[k], hidden) for k in range(3)),
+            _POSITIONS: tuple((3, b[k], s[k]) for k in range(3)),
+            _MASK: tuple((b[k], m[k]) for k in range(3)),
         }
         for i in range(int(model["num_layers"])):
             kv = tuple((b[k], p[k], kvh, hd) for k in range(3))
-            profile[f"past_key.{i}"] = kv
-            profile[f"past_value.{i}"] = kv
+            for name in contract.past_names(i):
+                profile[name] = kv
         profiles.append(profile)
     return profiles
 
@@ -211,12 +206,12 @@ def io_buffer_plan(manifest: dict, limits: Limits) -> dict[str, int]:
     vis = vision_profile(manifest, limits)
     plan = {}
     for name, (_, _, high) in vis.items():
-        plan[f"vision.{name}"] = _volume(high) * (FP32 if name == "pixel_values" else INT64)
-    n_max = vis["pixel_values"][2][0]
+        plan[f"vision.{name}"] = _volume(high) * (FP32 if name == _PIXELS else INT64)
+    n_max = vis[_PIXELS][2][0]
     out_hidden = int(model["vision"].get("out_hidden_size", model["hidden_size"]))
     plan[f"vision.{VISION_OUTPUT}"] = n_max // merge_unit(manifest) * out_hidden * FP32
     prefill = decoder_profiles(manifest, limits)[0]
-    for name in ("inputs_embeds", "position_ids", "attention_mask"):
-        plan[f"decoder.{name}"] = _volume(prefill[name][2]) * (FP32 if name == "inputs_embeds" else INT64)
-    plan["decoder.logits"] = limits.batch * int(model["vocab_size"]) * FP32
+    for name in DECODER_INPUTS:
+        plan[f"decoder.{name}"] = _volume(prefill[name][2]) * (FP32 if name == _EMBEDS else INT64)
+    plan[f"decoder.{LOGITS}"] = limits.batch * int(model["vocab_size"]) * FP32
     return plan

@@ -7,11 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-from .qwen_tokenizer import cache_dir
-
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OMNIAD_TEST_CACHE", Path(tempfile.gettempdir()) / "omniad_edge_test_cache"))
 
 
 def source_key(*extra: str, bundle: bool = True) -> str:
@@ -25,7 +28,8 @@ def source_key(*extra: str, bundle: bool = True) -> str:
     # what the checkpoints and bundles are built from (not the test helpers that only read them)
     sources = [ROOT / "tests" / "helpers" / "tiny_models.py"]
     if bundle:
-        sources += [ROOT / "omniad_edge" / "preprocess.py", *sorted((ROOT / "export").glob("*.py"))]
+        sources += [ROOT / "omniad_edge" / "preprocess.py", ROOT / "omniad_edge" / "contract.py",
+                    *sorted((ROOT / "export").glob("*.py"))]
     for path in sources:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -1,0 +1,89 @@
+"""What export/, the runtime, the TensorRT package and training/ agree on (docs/DESIGN.md spells it out):
+
+- the bundle format and the manifest keys the runtime relies on;
+- the graph I/O names of the vision and decoder graphs;
+- the output's tagged blocks (`<seg>...</seg><think>...</think><answer>...</answer>` in the reference model) and the
+  one function that splits generated text into them.
+
+Constants and pure functions only; this module imports nothing from the package, so anything may import it.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS", "VISION_OUTPUT",
+           "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
+           "OUTPUT_SECTIONS", "output_blocks"]
+
+# -- the bundle -------------------------------------------------------------------------------------------------
+BUNDLE_FORMAT = "omniad-edge-bundle"
+BUNDLE_FORMAT_VERSION = 1  # what export writes; the runtime reads every version in bundle.FORMAT_VERSIONS
+MANIFEST = "manifest.json"
+
+# Top-level manifest keys and, inside each, the keys the runtime relies on (None: any value).
+MANIFEST_KEYS: Mapping[str, tuple[str, ...] | None] = {
+    "format": None,
+    "format_version": None,
+    "name": None,
+    "model": ("hidden_size", "num_layers", "num_key_value_heads", "head_dim", "vocab_size", "vision"),
+    "tokens": ("image_pad", "vision_start", "vision_end", "eos", "pad"),
+    "preprocess": ("patch_size", "merge_size", "temporal_patch_size", "min_pixels", "max_pixels", "mean", "std"),
+    "prompt": ("template", "image", "system", "detect", "reference_intro", "query_intro"),
+    "output": ("order", "tags", "mask"),
+    "graphs": ("vision", "decoder"),
+    "files": None,
+    "embed_tokens": ("path", "dtype", "shape"),
+    "tokenizer": ("path",),
+}
+
+# -- graph I/O ----------------------------------------------------------------------------------------------------
+# Vision: every index array is computed on the host (preprocess.vision_indices), so one graph serves every size.
+VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
+                 "image_segments")
+VISION_OUTPUT = "image_embeds"
+
+# Decoder: inputs_embeds, 3-D mrope position_ids, attention_mask, then the past K/V per layer (BSHD); outputs the
+# last position's logits and only the new K/V entries.
+DECODER_INPUTS = ("inputs_embeds", "position_ids", "attention_mask")
+LOGITS = "logits"
+
+
+def past_names(layer: int) -> tuple[str, str]:
+    """(past key, past value) input names of one decoder layer."""
+    return f"past_key.{layer}", f"past_value.{layer}"
+
+
+def new_names(layer: int) -> tuple[str, str]:
+    """(new key, new value) output names of one decoder layer."""
+    return f"new_key.{layer}", f"new_value.{layer}"
+
+
+def decoder_input_names(num_layers: int) -> list[str]:
+    """All decoder inputs in graph order: DECODER_INPUTS, then past key and value of layer 0, 1, ..."""
+    return [*DECODER_INPUTS, *(name for i in range(num_layers) for name in past_names(i))]
+
+
+def decoder_output_names(num_layers: int) -> list[str]:
+    """All decoder outputs in graph order: logits, then new key and value of layer 0, 1, ..."""
+    return [LOGITS, *(name for i in range(num_layers) for name in new_names(i))]
+
+
+# -- the output's tagged blocks ------------------------------------------------------------------------------------
+OUTPUT_SECTIONS = ("mask", "explanation", "answer")  # the blocks a manifest's output.order may list
+
+
+def output_blocks(text: str, tags: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Contents of each tagged block of generated text, by block name (tags: the manifest's output.tags).
+
+    A block is found by its first opening tag; an unterminated block runs to the end of the text (generation may
+    stop inside it), and a block whose opening tag never appears is absent from the result.
+    """
+    out = {}
+    for name, (open_tag, close_tag) in tags.items():
+        start = text.find(open_tag)
+        if start < 0:
+            continue
+        start += len(open_tag)
+        end = text.find(close_tag, start)
+        out[name] = text[start:] if end < 0 else text[start:end]
+    return out
