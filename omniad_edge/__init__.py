@@ -12,17 +12,24 @@ _LAZY = {
     "Inspector": ("inspector", "Inspector"),
     "Inspection": ("inspection", "Inspection"),
     "load_bundle": ("bundle", "load_bundle"),
+    "overlay": ("visualize", "overlay"),
 }
+# Public modules reachable as attributes (omniad_edge.visualize.overlay) without importing them first.
+_MODULES = ("visualize", "synth", "contract")
 
-__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError", *_LAZY]
+__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError", *_LAZY,
+           *_MODULES]
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'omniad_edge' has no attribute {name!r}")
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'omniad_edge' has no attribute {name!r}")
+    globals()[name] = value
+    return value

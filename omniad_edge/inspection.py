@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 STAGES = ("preprocess", "vision", "prefill", "decode", "postprocess", "total")
+UNKNOWN_DEFECT = "unknown"  # defect_type of an anomalous verdict whose mask names no defect
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class Inspection:
 
     score is continuous in [0, 1] (1 - probability of the empty mask text; see generate.py), so AUROC needs no
     threshold; is_anomalous is the model's own decision (answer if present, otherwise a non-empty mask).
+
+    defect_type is the most frequent defect label of the mask grid. An anomalous verdict always has one: when the
+    answer says anomalous but the mask is empty, it is UNKNOWN_DEFECT ("unknown"). It is None only when the mask is
+    empty and the verdict normal (a normal answer next to a non-empty mask keeps the mask's label, as the mask and
+    boxes are kept too).
     """
 
     is_anomalous: bool
@@ -100,6 +106,12 @@ class Inspection:
 
     def to_json(self, *, mask: str = "rle", indent: int | None = None) -> str:
         return json.dumps(self.to_dict(mask=mask), indent=indent)
+
+    def overlay(self, frame, **options):
+        """The frame with this result drawn on it (PIL RGB image): omniad_edge.visualize.overlay(frame, self)."""
+        from .visualize import overlay
+
+        return overlay(frame, self, **options)
 
 
 def _jsonable(value: Any) -> Any:

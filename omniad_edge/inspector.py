@@ -21,7 +21,7 @@ from .contract import output_blocks
 from .errors import OmniADError
 from .frame import to_rgb
 from .generate import Generation, Generator, Request
-from .inspection import Box, Inspection
+from .inspection import UNKNOWN_DEFECT, Box, Inspection
 from .preprocess import concat_images, preprocess_image
 from .prompt import PromptBuilder, parse_choice
 from .tokenizer import Tokenizer
@@ -228,6 +228,8 @@ class Inspector:
             is_anomalous = False
         else:
             is_anomalous = bool(grid.any())
+        if is_anomalous and defect_type is None:  # the answer says anomalous, the mask names nothing
+            defect_type = UNKNOWN_DEFECT
         score = generation.score
         if score is None:  # no empty-mask reference (mask not first): fall back to the decision
             score = 1.0 if is_anomalous else 0.0

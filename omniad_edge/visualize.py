@@ -1,4 +1,11 @@
-"""Pure functions: an overlay image from a frame and its Inspection (mask tint, boxes, verdict banner)."""
+"""Pure functions: an overlay image from a frame and its Inspection (mask tint, boxes, verdict banner).
+
+    from omniad_edge import visualize
+    visualize.overlay(frame, inspection).save("overlay.png")   # or inspection.overlay(frame)
+
+Public and stable; needs only Pillow (a core dependency). Reads an Inspection's fields and nothing else, so it
+imports no other part of the runtime but the frame reader.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,12 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from .frame import to_rgb
-from .inspection import Inspection
+
+__all__ = ["overlay", "save_overlay"]
 
 
-def overlay(frame, inspection: Inspection, *, color: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.45,
+def overlay(frame, inspection, *, color: tuple[int, int, int] = (255, 40, 40), alpha: float = 0.45,
             boxes: bool = True, banner: bool = True, frame_color: str = "rgb"):
-    """Return a new PIL RGB image: the frame with the defect mask tinted, boxes outlined and a verdict banner."""
+    """Return a new PIL RGB image: the frame with the defect mask tinted, boxes outlined and a verdict banner.
+
+    inspection: an omniad_edge.Inspection (only its mask, boxes, is_anomalous, score and defect_type are read).
+    """
     from PIL import Image, ImageDraw
 
     if not 0.0 <= alpha <= 1.0:
@@ -41,7 +52,7 @@ def overlay(frame, inspection: Inspection, *, color: tuple[int, int, int] = (255
     return image
 
 
-def save_overlay(path: str | Path, frame, inspection: Inspection, **kwargs) -> Path:
+def save_overlay(path: str | Path, frame, inspection, **kwargs) -> Path:
     """Write `overlay(frame, inspection, **kwargs)` to `path` (format from the suffix); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

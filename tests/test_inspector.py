@@ -74,6 +74,24 @@ def test_malformed_model_output_never_crashes(tiny_bundle, monkeypatch, text, re
         assert not result.is_anomalous and not result.mask.any() and result.boxes == []
 
 
+@pytest.mark.parametrize("text, anomalous, defect_type", [
+    ("<seg>b cd</seg><think>A spot.</think><answer>yes</answer>", True, "anomaly"),  # the mask's label
+    ("<seg>none</seg><think>A spot.</think><answer>yes</answer>", True, "unknown"),  # anomalous, mask names nothing
+    ("<seg>none</seg><think>Clean.</think><answer>no</answer>", False, None),
+    ("<seg>b cd</seg><think>Clean.</think><answer>no</answer>", False, "anomaly"),  # the answer overrules the mask
+    ("<seg>none</seg><think>A sp", False, None),  # no answer: the empty mask decides
+])
+def test_defect_type_is_never_none_for_an_anomalous_verdict(tiny_bundle, monkeypatch, text, anomalous, defect_type):
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=4)
+    monkeypatch.setattr(ins.generator, "generate", lambda requests, **_: [
+        Generation(ids=[], text=text, finish_reason="eos", score=0.5, prompt_tokens=1,
+                   timings={"prefill": 0.0, "decode": 0.0}) for _ in requests])
+    result = ins.run(make_frame(64, 80, seed=2))
+    assert (result.is_anomalous, result.defect_type) == (anomalous, defect_type)
+
+
 def test_detect_mode_stops_when_the_mask_closes(tiny_bundle):
     pytest.importorskip("llguidance", reason="constrained output needs llguidance (extra `grammar`)")
     from omniad_edge import Inspector

@@ -53,3 +53,23 @@ def test_no_mask_gives_the_frame(tmp_path):
     path = save_overlay(tmp_path / "out" / "o.png", frame, normal)
     with Image.open(path) as saved:
         assert saved.size == (80, 60)
+
+
+def test_inspection_overlay_is_the_visualize_overlay():
+    frame, inspection = _case()
+    np.testing.assert_array_equal(np.asarray(inspection.overlay(frame, alpha=0.3)),
+                                  np.asarray(overlay(frame, inspection, alpha=0.3)))
+
+
+def test_visualize_is_public_without_importing_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import omniad_edge; import numpy as np; "
+            "r = omniad_edge.Inspection(is_anomalous=False, score=0.0, mask=np.zeros((16, 16), bool)); "
+            "print(omniad_edge.visualize.overlay(np.zeros((16, 16, 3), np.uint8), r).size, "
+            "omniad_edge.overlay is omniad_edge.visualize.overlay)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    assert out.stdout.split() == ["(16,", "16)", "True"]
