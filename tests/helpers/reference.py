@@ -34,7 +34,7 @@ def ort_session(path, threads: int = 2):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared 2-core machines (FACTS.md)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared 2-core machines
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
