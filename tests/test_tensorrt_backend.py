@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.tensorrt_cases import load_sibling
+from helpers.tensorrt_cases import fake_tensorrt, load_sibling
 from omniad_edge.tensorrt.backend import StepPlan, expand_mask, plan_step
 from omniad_edge.tensorrt.build import build_engines
 from omniad_edge.tensorrt.limits import BuildOptions
@@ -50,10 +50,7 @@ def test_expand_mask_places_past_and_new_columns():
 
 @pytest.fixture
 def fake():
-    pytest.importorskip("onnx", reason="the toy graphs and the fake TensorRT parser need the onnx package")
-    mod = load_sibling("fake_tensorrt")
-    cuda = mod.FakeCuda()
-    return mod.make_fake_tensorrt(cuda), cuda
+    return fake_tensorrt()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers.tensorrt_cases import load_sibling
+from helpers.tensorrt_cases import fake_tensorrt, load_sibling
 from omniad_edge.errors import BackendError, BundleError
 from omniad_edge.tensorrt import build
 from omniad_edge.tensorrt.cuda import DeviceInfo
@@ -24,10 +24,7 @@ def toy_bundle_dir(tmp_path):
 
 @pytest.fixture
 def fake():
-    pytest.importorskip("onnx", reason="the fake TensorRT parser reads graphs with the onnx package")
-    mod = load_sibling("fake_tensorrt")
-    cuda = mod.FakeCuda()
-    return mod.make_fake_tensorrt(cuda), cuda
+    return fake_tensorrt()
 
 
 def test_build_writes_engines_and_record(toy_bundle_dir, fake, tmp_path):

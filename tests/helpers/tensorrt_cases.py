@@ -21,6 +21,16 @@ def load_sibling(name):
     return module
 
 
+def fake_tensorrt():
+    """(a fake tensorrt module, its fake CUDA runtime): see tests/fake_tensorrt.py. Needs the onnx package."""
+    import pytest
+
+    pytest.importorskip("onnx", reason="the toy graphs and the fake TensorRT parser need the onnx package")
+    mod = load_sibling("fake_tensorrt")
+    cuda = mod.FakeCuda()
+    return mod.make_fake_tensorrt(cuda), cuda
+
+
 def qwen3b_manifest(**overrides) -> dict:
     """Qwen2.5-VL-3B's published shapes (config.json), as the exporter would write them."""
     manifest = {
