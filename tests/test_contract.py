@@ -1,4 +1,4 @@
-"""omniad_edge.contract: the graph I/O names, manifest keys and output blocks that export, runtime and training share."""
+"""omniad_edge.contract: the graph I/O names, manifest keys and output blocks shared by export, runtime, training."""
 from __future__ import annotations
 
 import pytest
