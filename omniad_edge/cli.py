@@ -100,6 +100,19 @@ def _watch_source(args) -> int:
     return 2 if summary.failed else 0
 
 
+def _serve(args) -> int:
+    from .serve import serve_forever
+
+    actor = {"num_cpus": args.cpus_per_replica, **({"num_gpus": args.gpus_per_replica} if args.gpus_per_replica
+                                                     else {})}
+    options = {"mode": args.mode, **({"threads": args.threads} if args.threads else {}),
+               **({"providers": args.providers} if args.providers else {})}
+    serve_forever(args.engine, replicas=args.replicas, port=args.port, host=args.host, address=args.address,
+                  inspector_options=options, ray_actor_options=actor, max_batch_size=args.max_batch_size,
+                  ready=lambda url: print(f"serving at {url} (POST an image; Ctrl+C stops)", flush=True))
+    return 0
+
+
 def _demo(args) -> int:
     try:
         from .demo import run_demo
@@ -180,6 +193,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own)")
     p.set_defaults(run=_watch)
+
+    p = sub.add_parser("serve", help="serve Inspector replicas over HTTP on Ray Serve (extra `serve`)")
+    p.add_argument("engine", nargs="?", default=None, help="bundle directory, readable on every node "
+                   "(default: the embedded bundle)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto); default: start a local one")
+    p.add_argument("--mode", choices=["detect", "explain"], default="detect")
+    p.add_argument("--max-batch-size", type=int, default=8, help="concurrent requests batched onto one run_batch")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 1 (with --providers cuda)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per replica (default: its CPUs)")
+    p.add_argument("--providers", nargs="*", default=None, help="cpu, cuda, tensorrt (default: cpu)")
+    p.set_defaults(run=_serve)
 
     p = sub.add_parser("demo", help="inspect synthetic frames and save overlays")
     p.add_argument("--out", default="omniad_demo", help="output directory")

@@ -153,3 +153,17 @@ def test_watch_missing_source_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["watch", str(tmp_path / "empty")]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_serve_without_ray_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["serve", "--replicas", "2"]) == 2
+    assert "pip install omniad-edge[serve]" in capsys.readouterr().err
+
+
+def test_watch_without_opencv_names_the_extra(tmp_path, monkeypatch, capsys):
+    video = tmp_path / "a.avi"
+    video.write_bytes(b"RIFF")
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    assert cli.main(["watch", str(video)]) == 2
+    assert "pip install omniad-edge[camera]" in capsys.readouterr().err
