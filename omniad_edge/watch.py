@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 from .errors import FrameError
 from .inspection import Inspection
-from .sources import SourceFrame
+from .sources import FolderSource, SourceFrame
 
 
 @dataclass
@@ -60,6 +60,7 @@ def watch(inspector, source, emit: Callable[[dict], None], *, overlay_dir=None) 
     from .visualize import save_overlay
 
     summary = WatchSummary()
+    from_files = isinstance(source, FolderSource)  # overlays named after the image file, else the frame number
     try:
         for frame, result in inspect_source(inspector, source):
             line = record(frame, result)
@@ -70,7 +71,7 @@ def watch(inspector, source, emit: Callable[[dict], None], *, overlay_dir=None) 
                 summary.anomalous += bool(result.is_anomalous)
                 summary.total_ms.append(result.timings["total"])
                 if overlay_dir is not None:
-                    stem = Path(frame.name).stem if frame.name != f"frame {frame.index}" else f"frame_{frame.index:06d}"
+                    stem = Path(frame.name).stem if from_files else f"frame_{frame.index:06d}"
                     line["overlay"] = str(save_overlay(Path(overlay_dir) / f"{stem}_overlay.png", frame.image,
                                                        result))
             summary.dropped = source.dropped

@@ -140,6 +140,27 @@ def test_latest_policy_counts_the_frames_a_slow_consumer_missed(tmp_path):
     assert source.dropped >= 10
 
 
+def test_two_cameras_read_at_once_never_mix_frames(tmp_path):
+    sources = [VideoSource(write_video(tmp_path / f"cam{k}.avi", 20, fps=100.0, value=lambda i, k=k: 40 + 160 * k),
+                           policy="latest") for k in range(2)]
+    seen = [[], []]
+
+    def consume(k):
+        for frame in sources[k]:
+            seen[k].append((frame.index, round(grey(frame))))
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=consume, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        assert seen[k] and all(abs(value - (40 + 160 * k)) <= 3 for _, value in seen[k])
+        assert [i for i, _ in seen[k]] == sorted({i for i, _ in seen[k]}) and seen[k][-1][0] == 19
+        assert len(seen[k]) + sources[k].dropped == 20
+
+
 class FakeCapture:
     """A cv2.VideoCapture stand-in: delivers `values` as frames, then fails like a camera that went away."""
 
