@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 CAMERA_HINT = "video, camera and stream sources need OpenCV: pip install omniad-edge[camera]"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 POLICIES = ("every", "latest")
+# cv2.CAP_PROP_* values (fixed across OpenCV versions), so injected captures need no cv2
+_CAP_PROP_POS_MSEC, _CAP_PROP_FPS, _CAP_PROP_FRAME_COUNT = 0, 5, 7
 _STREAM_URL = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp|srt)://", re.IGNORECASE)
 
 
@@ -134,9 +136,8 @@ class VideoSource(_Source):
         self._capture = self._open()
         if self._capture is None:
             raise SourceError(f"cannot open {self.describe()}{self._open_hint()}")
-        self._frame_count = int(self._get(7) or 0)  # cv2.CAP_PROP_FRAME_COUNT
-        self._video_fps = float(self._get(5) or 0.0)  # cv2.CAP_PROP_FPS
-        self._lock = threading.Lock()
+        self._frame_count = int(self._get(_CAP_PROP_FRAME_COUNT) or 0)
+        self._video_fps = self._get(_CAP_PROP_FPS)
         self._reader: threading.Thread | None = None
 
     def describe(self) -> str:
@@ -218,7 +219,7 @@ class VideoSource(_Source):
                                 self._frame_count)
                 return
             if self.kind == "file" and not self.live:
-                timestamp = index / self._video_fps if self._video_fps > 0 else self._get(0) / 1e3
+                timestamp = index / self._video_fps if self._video_fps > 0 else self._get(_CAP_PROP_POS_MSEC) / 1e3
             else:
                 timestamp = time.time()
             yield SourceFrame(_to_rgb(bgr), index, f"frame {index}", timestamp)
