@@ -56,59 +56,53 @@ def _inspect(args) -> int:
 def _watch(args) -> int:
     import logging
 
+    from .inspector import Inspector
+    from .sources import open_source
+    from .watch import watch
+
     # the library logs reconnects and skipped files; the command shows them on stderr
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("omniad-edge: %(message)s"))
     library_log = logging.getLogger("omniad_edge")
     library_log.addHandler(handler)
+    source = None
     try:
-        return _watch_source(args)
+        # the source first: a wrong camera or path is reported before a model is loaded
+        with open_source(args.source, policy=args.policy, fps=args.fps, follow=args.follow,
+                         idle_timeout=args.idle_timeout) as source:
+            inspector = Inspector(args.engine, mode=args.mode, threads=args.threads,
+                                  max_new_tokens=args.max_new_tokens)
+            summary = watch(inspector, source, lambda line: _print_watch_line(line, args.json_lines),
+                            overlay_dir=args.overlay_dir)
+    except KeyboardInterrupt:
+        print(f"watch: stopped by user; {source.dropped if source else 0} frames dropped", file=sys.stderr)
+        return 130
     finally:
         library_log.removeHandler(handler)
-
-
-def _watch_source(args) -> int:
-    from .inspector import Inspector
-    from .sources import open_source
-    from .watch import watch
-
-    source = open_source(args.source, policy=args.policy, fps=args.fps, follow=args.follow,
-                         idle_timeout=args.idle_timeout)
-    try:
-        inspector = Inspector(args.engine, mode=args.mode, threads=args.threads,
-                              max_new_tokens=args.max_new_tokens)
-    except BaseException:
-        source.close()
-        raise
-
-    def emit(line: dict) -> None:
-        if args.json_lines:
-            print(json.dumps(line), flush=True)
-        elif "error" in line:
-            print(f"{line['name']}: error: {line['error']}", flush=True)
-        else:
-            kind = f" {line['defect_type']}" if line["defect_type"] else ""
-            print(f"{line['name']}: {'ANOMALY' if line['is_anomalous'] else 'ok'}{kind} score={line['score']:.4f} "
-                  f"({line['timings']['total']:.0f} ms)", flush=True)
-
-    try:
-        summary = watch(inspector, source, emit, overlay_dir=args.overlay_dir)
-    except KeyboardInterrupt:
-        print(f"watch: stopped by user; {source.dropped} frames dropped", file=sys.stderr)
-        return 130
     print(f"watch: {summary.text()}", file=sys.stderr)
     return 2 if summary.failed else 0
+
+
+def _print_watch_line(line: dict, json_lines: bool) -> None:
+    if json_lines:
+        print(json.dumps(line), flush=True)
+    elif "error" in line:
+        print(f"{line['name']}: error: {line['error']}", flush=True)
+    else:
+        kind = f" {line['defect_type']}" if line["defect_type"] else ""
+        print(f"{line['name']}: {'ANOMALY' if line['is_anomalous'] else 'ok'}{kind} score={line['score']:.4f} "
+              f"({line['timings']['total']:.0f} ms)", flush=True)
 
 
 def _serve(args) -> int:
     from .serve import serve_forever
 
-    actor = {"num_cpus": args.cpus_per_replica, **({"num_gpus": args.gpus_per_replica} if args.gpus_per_replica
-                                                     else {})}
-    options = {"mode": args.mode, **({"threads": args.threads} if args.threads else {}),
-               **({"providers": args.providers} if args.providers else {})}
+    actor = {"num_cpus": args.cpus_per_replica}
+    if args.gpus_per_replica:
+        actor["num_gpus"] = args.gpus_per_replica
     serve_forever(args.engine, replicas=args.replicas, port=args.port, host=args.host, address=args.address,
-                  inspector_options=options, ray_actor_options=actor, max_batch_size=args.max_batch_size,
+                  inspector_options={"mode": args.mode, "threads": args.threads, "providers": args.providers},
+                  ray_actor_options=actor, max_batch_size=args.max_batch_size,
                   ready=lambda url: print(f"serving at {url} (POST an image; Ctrl+C stops)", flush=True))
     return 0
 

@@ -149,7 +149,9 @@ def build_app(engine=None, *, replicas: int = 1, inspector_options: dict | None 
         raise ServeError(f"replicas must be a positive int, got {replicas!r}")
     engine = str(Path(engine).resolve()) if engine is not None else None
     actor_options = {"num_cpus": 1, **(ray_actor_options or {})}
-    options = {"threads": max(1, int(actor_options["num_cpus"])), **(inspector_options or {})}
+    options = dict(inspector_options or {})
+    if options.get("threads") is None:
+        options["threads"] = max(1, int(actor_options["num_cpus"]))
     limits = {"max_bytes": max_body_bytes, "max_pixels": max_pixels}
 
     def error(status: int, message: str):
