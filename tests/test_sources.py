@@ -120,7 +120,7 @@ def test_folder_follow_takes_new_files_but_never_half_written_ones(tmp_path, cap
     thread = threading.Thread(target=writer)
     thread.start()
     with caplog.at_level(logging.WARNING, "omniad_edge.sources"):
-        with FolderSource(tmp_path, follow=True, poll=0.05, settle=0.2, idle_timeout=1.5) as source:
+        with FolderSource(tmp_path, follow=True, poll=0.05, settle=0.2, idle_timeout=3.0) as source:
             frames = list(source)
     thread.join()
     assert "001.png" in caplog.text  # the half file was seen (settled, unreadable) and left for later
