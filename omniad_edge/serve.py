@@ -20,6 +20,7 @@ called from two threads. Ray is imported on first use; its absence raises ServeE
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -142,7 +143,7 @@ def build_app(engine=None, *, replicas: int = 1, inspector_options: dict | None 
     inspector_options: Inspector keyword arguments (mode, threads, providers, ...); threads defaults to the
     replica's CPUs. ray_actor_options: per replica, e.g. {"num_cpus": 2} or {"num_gpus": 1} for GPU replicas.
     """
-    ray, serve = _ray()
+    _, serve = _ray()
     from starlette.responses import JSONResponse
 
     if not isinstance(replicas, int) or replicas < 1:
@@ -167,8 +168,6 @@ def build_app(engine=None, *, replicas: int = 1, inspector_options: dict | None 
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
         async def infer(self, frames: list) -> list:
-            import asyncio
-
             # in a worker thread, so the replica keeps accepting (and validating) requests meanwhile
             results = await asyncio.to_thread(self.inspector.run_batch, frames)
             return [(result, len(frames)) for result in results]
@@ -187,8 +186,8 @@ def build_app(engine=None, *, replicas: int = 1, inspector_options: dict | None 
             if declared is not None and declared.isdigit() and int(declared) > limits["max_bytes"]:
                 return error(413, f"request body is {declared} bytes, above the server's limit of "
                                   f"{limits['max_bytes']}")
-            try:
-                frame = decode_request(await request.body(), **limits)
+            try:  # decoding a big image in a thread keeps the replica's event loop answering
+                frame = await asyncio.to_thread(decode_request, await request.body(), **limits)
             except RequestError as exc:
                 return error(exc.status, str(exc))
             try:
