@@ -44,7 +44,8 @@ BAD_REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize("body,status,message", BAD_REQUESTS)
+@pytest.mark.parametrize("body,status,message", BAD_REQUESTS,
+                         ids=["empty", "garbage", "48-megapixels", "bomb", "4x4"])
 def test_bad_requests_are_refused_with_a_status_and_the_reason(body, status, message):
     with pytest.raises(RequestError, match=message) as exc:
         decode_request(body)
