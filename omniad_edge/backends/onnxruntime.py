@@ -8,6 +8,11 @@ Binding is by address: per cache the base address of each buffer is computed onc
 IOBinding with an OrtDevice built once (see `_binders`), which cuts the Python cost of a step's 4 x layers + 4 binds
 several times over.
 
+Threads: the sessions are shared (ONNX Runtime allows concurrent runs of one session); everything a run mutates,
+the IO binding, the logits buffer and the buffer addresses, is kept per KV cache (`_CacheState`), so forwards on
+different caches may run at once. A cache must not be used by two threads at once (the Generator checks its
+working caches out of a pool).
+
 Providers: CPU by default. "cuda" and "tensorrt" need onnxruntime-gpu; a requested provider that is missing or that
 ONNX Runtime silently drops at session creation raises BackendError unless allow_fallback=True (then a warning is
 logged and the effective provider is what `provider` reports). With CUDA/TensorRT the cache still lives on the host
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -89,8 +93,21 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
     return resolved
 
 
+class _CacheState:
+    """What forward keeps per KV cache: its IO binding with the binders, logits buffers, buffer addresses."""
+
+    def __init__(self, ort, session, fast: bool):
+        self.binding = session.io_binding()
+        self.bind_input, self.bind_output, self.device = _binders(ort, self.binding, fast=fast)
+        self.logits: dict[int, tuple[np.ndarray, int]] = {}  # batch -> (buffer reused by every forward, address)
+        self.layout: list[tuple[str, str, int, int]] | None = None
+
+
 class OnnxRuntimeBackend:
+    """Vision + decoder sessions. Safe to share between threads (`concurrent`); see the module docstring."""
+
     name = "onnxruntime"
+    concurrent = True
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
@@ -136,10 +153,7 @@ class OnnxRuntimeBackend:
                  self.vision.get_providers()[0])
         self._check_decoder_io()
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
-        self._binding = self.decoder.io_binding()
-        self._bind_input, self._bind_output, self._device = _binders(ort, self._binding)
-        self._layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KVCache -> _layout(cache)
-        self._logits: dict[int, tuple[np.ndarray, int]] = {}  # batch -> (buffer reused by every forward, address)
+        self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
     def _session(self, path: Path, what: str):
         ort = _ort()
@@ -174,6 +188,10 @@ class OnnxRuntimeBackend:
                                f"{extra[:3]}")
 
     # -- interface ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Drops the sessions (their memory goes with the last reference); the backend is unusable afterwards."""
+        self.vision = self.decoder = None
+
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
         missing = [n for n in self._vision_inputs if n not in vision_inputs]
         if missing:
@@ -194,16 +212,19 @@ class OnnxRuntimeBackend:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        held = self._logits.get(b)
+        state = cache.backend_state
+        if state is None:
+            state = cache.backend_state = _CacheState(_ort(), self.decoder, self._fast_binding)
+        held = state.logits.get(b)
         if held is None:
             logits = np.empty((b, self.vocab_size), np.float32)
-            held = self._logits[b] = (logits, logits.ctypes.data)
+            held = state.logits[b] = (logits, logits.ctypes.data)
         logits, logits_address = held
 
-        io = self._binding
+        io = state.binding
         io.clear_binding_inputs()
         io.clear_binding_outputs()
-        bind_in, bind_out, dev = self._bind_input, self._bind_output, self._device
+        bind_in, bind_out, dev = state.bind_input, state.bind_output, state.device
         bind_in("inputs_embeds", dev, _FLOAT, list(embeds.shape), embeds.ctypes.data)
         bind_in("position_ids", dev, _INT64, list(position_ids.shape), position_ids.ctypes.data)
         bind_in("attention_mask", dev, _INT64, list(attention_mask.shape), attention_mask.ctypes.data)
@@ -214,7 +235,7 @@ class OnnxRuntimeBackend:
             # batch 1: past = cache[:, :P] and slot = cache[:, P:P+S] are contiguous; bind by address arithmetic
             past_shape = [1, past_len, self.kv_heads, self.head_dim]
             new_shape = [1, s, self.kv_heads, self.head_dim]
-            for past_name, new_name, base, row_bytes in self._layout(cache):
+            for past_name, new_name, base, row_bytes in self._layout(cache, state):
                 bind_in(past_name, dev, _FLOAT, past_shape, base)
                 bind_out(new_name, dev, _FLOAT, new_shape, base + past_len * row_bytes)
         else:
@@ -238,10 +259,10 @@ class OnnxRuntimeBackend:
         del keep
         return logits
 
-    def _layout(self, cache: KVCache) -> list[tuple[str, str, int, int]]:
+    def _layout(self, cache: KVCache, state: _CacheState) -> list[tuple[str, str, int, int]]:
         """Per cache buffer of a batch-1 cache: (past input name, new output name, base address, bytes per slot).
         Computed once per cache: its buffers are allocated once and never replaced."""
-        layout = self._layouts.get(cache)
+        layout = state.layout
         if layout is None:
             layout = []
             for i in range(self.num_layers):
@@ -249,7 +270,7 @@ class OnnxRuntimeBackend:
                     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
                         raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
                     layout.append((f"past_{prefix}.{i}", f"new_{prefix}.{i}", buf.ctypes.data, buf.strides[1]))
-            self._layouts[cache] = layout
+            state.layout = layout
         return layout
 
     def describe(self) -> dict:
