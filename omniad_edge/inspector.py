@@ -7,23 +7,35 @@
 
 Any bad frame raises FrameError and leaves the Inspector usable for the next frame; malformed model output never
 raises (the mask is repaired and `mask_repaired` set).
+
+Threads: one Inspector may be shared by any number of threads; every call gives exactly the result it gives alone.
+Shared: the bundle, the backend's sessions and weights, the embedding table, the references and their prefilled
+prefix KV. Per call: the working KV cache with the backend's IO binding and logits buffer (from a pool, so one thread
+allocates nothing per step), the sampler's generator (seeded per call), the step buffers. With the ONNX Runtime
+backend calls run concurrently; a backend that is not `concurrent` (TensorRT) runs them one at a time.
+`set_reference` while other threads run: each call uses the references it started with or the new ones, whole.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import OmniADError
+from .errors import InspectorClosedError, OmniADError
 from .frame import to_rgb
 from .generate import Generation, Generator, Request
 from .inspection import Box, Inspection
 from .preprocess import concat_images, preprocess_image
 from .prompt import PromptBuilder, parse_choice
 from .tokenizer import Tokenizer
+
+log = logging.getLogger("omniad_edge")
 
 MODES = ("detect", "explain")
 DEFAULT_MAX_NEW_TOKENS = {"detect": 160, "explain": 320}
@@ -42,6 +54,14 @@ class _Image:
     vision_ms: float
 
 
+@dataclass(frozen=True)
+class _References:
+    """The reference images in use and their version (the prefix cache key); replaced whole, never changed."""
+
+    version: int
+    images: tuple[_Image, ...]
+
+
 class Inspector:
     """Loads a bundle once and inspects frames with it.
 
@@ -50,7 +70,12 @@ class Inspector:
     reference: normal sample images (any frame type) shown before every query; their prefix is prefilled once.
     constrain: restrict the output to the manifest's grammar (llguidance) and feed forced tokens in one forward.
     providers / threads / allow_fallback / optimization: passed to the ONNX Runtime backend.
-    temperature / top_k / top_p / min_p / repetition_penalty / seed: the sampler (greedy by default).
+    temperature / top_k / top_p / min_p / repetition_penalty / seed: the sampler (greedy by default). Each call
+        draws from a generator started at `seed`, so a frame's result does not depend on earlier calls or threads.
+    warmup: run one small frame at construction (first-call costs: graph optimisation, allocations) (`warmup()`).
+
+    Lifecycle: `close()` (or `with Inspector(...) as inspector:`) waits for calls in flight, then releases the
+    backend; any later call raises InspectorClosedError. Thread-safe: see the module docstring.
     """
 
     def __init__(self, engine=None, *, mode: str = "detect", providers=None, reference=None,
@@ -58,7 +83,7 @@ class Inspector:
                  seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, backend: str = "onnxruntime", allow_fallback: bool = False,
                  optimization: str = "all", prefix_cache: bool = True, verify: bool = True, color: str = "rgb",
-                 smooth_mask: bool = False, backend_options: dict | None = None):
+                 smooth_mask: bool = False, backend_options: dict | None = None, warmup: bool = False):
         if mode not in MODES:
             raise InspectorError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
@@ -103,10 +128,69 @@ class Inspector:
                         "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                         "repetition_penalty": repetition_penalty, "seed": seed, "threads": threads,
                         "backend": backend, "prefix_cache": prefix_cache, "bundle": self.bundle.name}
-        self._references: list[_Image] = []
-        self._reference_version = 0
+        self._references = _References(0, ())
+        self._state = threading.Condition()  # guards _closed and _busy (calls in flight)
+        self._closed = False
+        self._busy = 0
         if reference is not None:
             self.set_reference(reference)
+        if warmup:
+            self.warmup()
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def _call(self):
+        """Marks a public call in flight; refused once closed."""
+        with self._state:
+            if self._closed:
+                raise InspectorClosedError(f"this Inspector ({self.bundle.name}) is closed; create a new one")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._busy -= 1
+                if not self._busy:
+                    self._state.notify_all()
+
+    def close(self) -> None:
+        """Waits for the calls in flight, then releases the backend (sessions, device memory). Idempotent.
+        Not from inside a call of this Inspector (a stream callback): that call would wait for itself."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            while self._busy:
+                self._state.wait()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+        log.debug("inspector for %s closed", self.bundle.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Inspector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def warmup(self) -> float:
+        """Runs one small synthetic frame end to end (vision, prefill, a few decode steps); -> milliseconds.
+        The first call of a session pays for graph optimisation and allocations; this moves it out of the first
+        real frame."""
+        with self._call():
+            t0 = time.perf_counter()
+            frame = np.full((224, 224, 3), 128, np.uint8)
+            image = self._encode(frame)
+            refs = self._references
+            self._generate(refs, [self._request(refs, image, None)], max_new_tokens=min(8, self.max_new_tokens),
+                           stop_on_mask_close=False)
+            ms = (time.perf_counter() - t0) * 1e3
+        log.info("warm-up of %s on %s: %.1f ms", self.bundle.name, self.backend.provider, ms)
+        return ms
 
     # -- setup --------------------------------------------------------------------------------------------------
     def _empty_mask_ids(self, output) -> list[int]:
@@ -122,9 +206,12 @@ class Inspector:
             images = []
         if not isinstance(images, (list, tuple)):
             images = [images]
-        self._references = [self._encode(to_rgb(image, color=self.color)) for image in images]
-        self._reference_version += 1
-        self.options["references"] = len(self._references)
+        with self._call():
+            encoded = [self._encode(to_rgb(image, color=self.color)) for image in images]
+            with self._state:
+                # one assignment: a call in another thread uses the old or the new references, never a mix
+                self._references = _References(self._references.version + 1, tuple(encoded))
+            self.options["references"] = len(encoded)
 
     def _encode(self, rgb: np.ndarray) -> _Image:
         t0 = time.perf_counter()
@@ -134,61 +221,73 @@ class Inspector:
         inputs = concat_images([pre], int(vision["spatial_merge_size"]), int(vision["window_size"]),
                                int(vision["patch_size"]))
         t1 = time.perf_counter()
-        embeds = self.backend.encode_image(inputs)
+        with self.generator.exclusive:
+            embeds = self.backend.encode_image(inputs)
         t2 = time.perf_counter()
         return _Image(rgb.shape[:2], np.asarray(embeds, np.float32), tuple(pre.grid_thw), (t1 - t0) * 1e3,
                       (t2 - t1) * 1e3)
 
-    def _request(self, image: _Image, task: str | None, answers=None) -> Request:
-        counts = [r.embeds.shape[0] for r in self._references] + [image.embeds.shape[0]]
-        n_ref = len(self._references)
+    def _request(self, refs: "_References", image: _Image, task: str | None, answers=None) -> Request:
+        counts = [r.embeds.shape[0] for r in refs.images] + [image.embeds.shape[0]]
+        n_ref = len(refs.images)
         prompt = (self.prompts.detect(counts, n_ref) if task is None
                   else self.prompts.render(task, counts, n_ref))
         constraint = self.grammar.constraint(answers) if self.grammar is not None else None
-        return Request(prompt=prompt, image_embeds=[r.embeds for r in self._references] + [image.embeds],
-                       grids=[r.grid for r in self._references] + [image.grid], constraint=constraint)
+        return Request(prompt=prompt, image_embeds=[r.embeds for r in refs.images] + [image.embeds],
+                       grids=[r.grid for r in refs.images] + [image.grid], constraint=constraint)
 
-    def _generate(self, requests, *, max_new_tokens, stop_on_mask_close, stream=None) -> list[Generation]:
+    def _generate(self, refs: "_References", requests, *, max_new_tokens, stop_on_mask_close,
+                  stream=None) -> list[Generation]:
         return self.generator.generate(requests, max_new_tokens=max_new_tokens,
                                        stop_on_mask_close=stop_on_mask_close, stream=stream,
-                                       prefix_key=("references", self._reference_version))
+                                       prefix_key=("references", refs.version))
+
+    def _detect(self, images: Sequence[_Image], stream=None) -> list[Generation]:
+        """The inspection generation of already encoded frames, in one batch."""
+        refs = self._references
+        return self._generate(refs, [self._request(refs, image, None) for image in images],
+                              max_new_tokens=self.max_new_tokens, stop_on_mask_close=self.mode == "detect",
+                              stream=stream)
 
     # -- public API ---------------------------------------------------------------------------------------------
     def run(self, frame, *, stream: Callable[[str], None] | None = None) -> Inspection:
         """Inspect one frame. stream(chunk) receives the generated text as it arrives."""
-        t0 = time.perf_counter()
-        image = self._encode(to_rgb(frame, color=self.color))
-        generation, = self._generate([self._request(image, None)], max_new_tokens=self.max_new_tokens,
-                                     stop_on_mask_close=self.mode == "detect", stream=stream)
-        return self._inspection(image, generation, t0)
+        with self._call():
+            t0 = time.perf_counter()
+            image = self._encode(to_rgb(frame, color=self.color))
+            generation, = self._detect([image], stream=stream)
+            return self._inspection(image, generation, t0)
 
     def run_batch(self, frames: Sequence) -> list[Inspection]:
         """Inspect several frames in one left-padded batch (same results as one by one, greedy)."""
         if not isinstance(frames, (list, tuple)) or not frames:
             raise InspectorError("frames must be a non-empty list of frames")
-        t0 = time.perf_counter()
-        images = [self._encode(to_rgb(frame, color=self.color)) for frame in frames]
-        generations = self._generate([self._request(image, None) for image in images],
-                                     max_new_tokens=self.max_new_tokens,
-                                     stop_on_mask_close=self.mode == "detect")
-        return [self._inspection(image, generation, t0) for image, generation in zip(images, generations)]
+        with self._call():
+            t0 = time.perf_counter()
+            images = [self._encode(to_rgb(frame, color=self.color)) for frame in frames]
+            generations = self._detect(images)
+            return [self._inspection(image, generation, t0) for image, generation in zip(images, generations)]
 
     def generate(self, frame, prompt: str, max_new_tokens: int | None = None) -> tuple[list[int], str]:
         """Free generation: the frame (after any references) and `prompt` as the task text; (token ids, text)."""
-        image = self._encode(to_rgb(frame, color=self.color))
-        generation, = self._generate([self._request(image, prompt)],
-                                     max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                     stop_on_mask_close=False)
-        return generation.ids, generation.text
+        with self._call():
+            refs = self._references
+            image = self._encode(to_rgb(frame, color=self.color))
+            generation, = self._generate(refs, [self._request(refs, image, prompt)],
+                                         max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                         stop_on_mask_close=False)
+            return generation.ids, generation.text
 
     def ask(self, frame, question: str, options, max_new_tokens: int = 128) -> str | None:
         """MMAD-style multiple choice: the chosen letter (last standalone A-E in the answer), or None."""
         from .prompt import ask_text, format_options
 
         letters = [k for k, _ in format_options(options)]
-        image = self._encode(to_rgb(frame, color=self.color))
-        request = self._request(image, ask_text(question, options), answers=letters)
-        generation, = self._generate([request], max_new_tokens=max_new_tokens, stop_on_mask_close=False)
+        with self._call():
+            refs = self._references
+            image = self._encode(to_rgb(frame, color=self.color))
+            request = self._request(refs, image, ask_text(question, options), answers=letters)
+            generation, = self._generate(refs, [request], max_new_tokens=max_new_tokens, stop_on_mask_close=False)
         blocks = self._blocks(generation.text)
         return parse_choice(blocks.get("answer") or generation.text, options)
 
@@ -263,4 +362,4 @@ class Inspector:
 
     def __repr__(self) -> str:
         return (f"Inspector({self.bundle.name!r}, mode={self.mode!r}, provider={self.backend.provider!r}, "
-                f"references={len(self._references)})")
+                f"references={len(self._references.images)}{', closed' if self._closed else ''})")
