@@ -36,7 +36,9 @@ setup(
     include_package_data=True,
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
-    install_requires=["numpy", "onnxruntime", "tokenizers", "pillow"],
+    # onnxruntime 1.20 is the first whose IOBinding takes ONNX element types as ints (backends/onnxruntime.py binds
+    # int64 and float32 buffers that way, on its fast path and on the public-API fallback); 1.19 refuses them.
+    install_requires=["numpy", "onnxruntime>=1.20", "tokenizers", "pillow"],
     extras_require={
         "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
         "test": ["pytest", "hypothesis", "scikit-image"],

@@ -268,6 +268,15 @@ class Inspector:
             generations = self._detect(images)
             return [self._inspection(image, generation, t0) for image, generation in zip(images, generations)]
 
+    def stream(self, sources, *, batch: bool = True, prefetch: int = 2):
+        """Pipelined inspection of several cameras: one iterable of frames per camera -> StreamResult per frame,
+        in order per camera; vision of upcoming frames overlaps the decode (omniad_edge.stream)."""
+        from .stream import stream
+
+        if self._closed:
+            raise InspectorClosedError(f"this Inspector ({self.bundle.name}) is closed; create a new one")
+        return stream(self, sources, batch=batch, prefetch=prefetch)
+
     def generate(self, frame, prompt: str, max_new_tokens: int | None = None) -> tuple[list[int], str]:
         """Free generation: the frame (after any references) and `prompt` as the task text; (token ids, text)."""
         with self._call():

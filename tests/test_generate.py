@@ -55,7 +55,7 @@ def _prompt_ids(inspector, frame, task=None):
     from omniad_edge.frame import to_rgb
 
     image = inspector._encode(to_rgb(frame))
-    return inspector._request(image, task).prompt.ids
+    return inspector._request(inspector._references, image, task).prompt.ids
 
 
 def _hf_tokens(tiny_checkpoint, manifest, prompts, frames, n):

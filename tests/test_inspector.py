@@ -124,3 +124,63 @@ def test_sampling_is_seeded(tiny_bundle):
     a = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
     b = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
     assert a.text == b.text
+
+
+def test_close_and_context_manager_refuse_later_calls(tiny_bundle):
+    from omniad_edge import Inspector, InspectorClosedError
+
+    frame = make_frame(64, 64, seed=2)
+    with Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=8) as ins:
+        closed_backend = []
+        inner = ins.backend.close
+        ins.backend.close = lambda: (closed_backend.append(True), inner())
+        ins.run(frame)
+    assert ins.closed and closed_backend == [True]
+    for call in (lambda: ins.run(frame), lambda: ins.run_batch([frame]), lambda: ins.generate(frame, "x"),
+                 lambda: ins.ask(frame, "q?", ["a", "b"]), lambda: ins.set_reference([frame]), ins.warmup):
+        with pytest.raises(InspectorClosedError, match="closed"):
+            call()
+    ins.close()  # idempotent
+    assert closed_backend == [True] and "closed" in repr(ins)
+
+
+def test_close_waits_for_calls_in_flight(tiny_bundle):
+    import threading
+
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=16)
+    frame = make_frame(64, 64, seed=4)
+    want = ins.run(frame).text
+    started, release = threading.Event(), threading.Event()
+
+    def slow_chunk(chunk):
+        started.set()
+        release.wait(10)
+
+    got = []
+    worker = threading.Thread(target=lambda: got.append(ins.run(frame, stream=slow_chunk).text))
+    worker.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=ins.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # still waiting for the run in flight
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert got == [want] and ins.closed
+
+
+def test_warmup_at_construction_and_on_demand(tiny_bundle, caplog):
+    import logging
+
+    from omniad_edge import Inspector
+
+    frame = make_frame(64, 64, seed=6)
+    cold = Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=12)
+    with caplog.at_level(logging.INFO, logger="omniad_edge"):
+        warm = Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=12, warmup=True)
+    assert any("warm-up" in r.message for r in caplog.records)
+    assert warm.warmup() > 0
+    assert warm.run(frame).text == cold.run(frame).text  # warming up leaves no trace in the results
