@@ -38,6 +38,8 @@ from .tokenizer import Tokenizer
 log = logging.getLogger("omniad_edge")
 
 MODES = ("detect", "explain")
+_DEFAULT = object()  # run(tiles=...) not given: the Inspector's own setting
+_TILE_BATCH = 8  # tiles decoded per batch
 DEFAULT_MAX_NEW_TOKENS = {"detect": 160, "explain": 320}
 
 
@@ -73,6 +75,8 @@ class Inspector:
     temperature / top_k / top_p / min_p / repetition_penalty / seed: the sampler (greedy by default). Each call
         draws from a generator started at `seed`, so a frame's result does not depend on earlier calls or threads.
     warmup: run one small frame at construction (first-call costs: graph optimisation, allocations) (`warmup()`).
+    tiles / tile_overlap: opt-in tiling of large frames in run(): "auto", n or (rows, cols) overlapping tiles
+        inspected in batches and merged into frame coordinates (omniad_edge.tiling); None (default): no tiling.
 
     Lifecycle: `close()` (or `with Inspector(...) as inspector:`) waits for calls in flight, then releases the
     backend; any later call raises InspectorClosedError. Thread-safe: see the module docstring.
@@ -83,7 +87,8 @@ class Inspector:
                  seed: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                  repetition_penalty: float = 1.0, backend: str = "onnxruntime", allow_fallback: bool = False,
                  optimization: str = "all", prefix_cache: bool = True, verify: bool = True, color: str = "rgb",
-                 smooth_mask: bool = False, backend_options: dict | None = None, warmup: bool = False):
+                 smooth_mask: bool = False, backend_options: dict | None = None, warmup: bool = False,
+                 tiles=None, tile_overlap: float = 0.125):
         if mode not in MODES:
             raise InspectorError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
@@ -95,6 +100,8 @@ class Inspector:
         from .sampling import Sampler
 
         self.bundle: Bundle = load_bundle(engine, verify=verify)
+        self.tiles, self.tile_overlap = tiles, tile_overlap
+        self._tiling(tiles, 1, 1)  # checks the options before anything heavy loads
         self.mode = mode
         self.color = color
         self.smooth_mask = smooth_mask
@@ -249,12 +256,39 @@ class Inspector:
                               max_new_tokens=self.max_new_tokens, stop_on_mask_close=self.mode == "detect",
                               stream=stream)
 
+    def _tiling(self, tiles, height: int, width: int) -> tuple[int, int]:
+        from .tiling import resolve_tiles
+
+        if tiles is None:
+            return 1, 1
+        try:
+            return resolve_tiles(tiles, height, width, int(self.bundle.preprocess["max_pixels"]), self.tile_overlap)
+        except ValueError as exc:
+            raise InspectorError(str(exc)) from None
+
+    def _run_tiled(self, rgb: np.ndarray, rows: int, cols: int, t0: float) -> Inspection:
+        from .tiling import merge, plan_tiles
+
+        rects = plan_tiles(rgb.shape[0], rgb.shape[1], rows, cols, self.tile_overlap)
+        tiles = []
+        for start in range(0, len(rects), _TILE_BATCH):
+            images = [self._encode(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+                      for x0, y0, x1, y1 in rects[start:start + _TILE_BATCH]]
+            tiles += [self._inspection(image, generation, t0)
+                      for image, generation in zip(images, self._detect(images))]
+        return merge(self, rgb.shape[:2], rects, tiles, self.tile_overlap, t0)
+
     # -- public API ---------------------------------------------------------------------------------------------
-    def run(self, frame, *, stream: Callable[[str], None] | None = None) -> Inspection:
-        """Inspect one frame. stream(chunk) receives the generated text as it arrives."""
+    def run(self, frame, *, stream: Callable[[str], None] | None = None, tiles=_DEFAULT) -> Inspection:
+        """Inspect one frame. stream(chunk) receives the generated text as it arrives (not with tiling).
+        tiles: override the Inspector's tiling for this frame (None: whole frame)."""
         with self._call():
             t0 = time.perf_counter()
-            image = self._encode(to_rgb(frame, color=self.color))
+            rgb = to_rgb(frame, color=self.color)
+            rows, cols = self._tiling(self.tiles if tiles is _DEFAULT else tiles, rgb.shape[0], rgb.shape[1])
+            if rows * cols > 1:
+                return self._run_tiled(rgb, rows, cols, t0)
+            image = self._encode(rgb)
             generation, = self._detect([image], stream=stream)
             return self._inspection(image, generation, t0)
 
