@@ -6,6 +6,7 @@ Embedded default engine. Every camera gets --frames synthetic parts (omniad_edge
 inspects the same frames one by one with Inspector.run. Per round and camera count: serial, stream(batch=False)
 (pipelining only: vision of the next frames overlaps the decode) and stream(batch=True) (the cameras' frames also
 share one decode batch). Prints the median frames/s over rounds, the ratio to serial, and the load average.
+First, the question behind stream's batch=True default: per frame, run_batch of n frames against n run() calls.
 """
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ def main(argv=None) -> None:
     lines = [f"bench_stream: mode {args.mode}, {args.frames} frames per camera, onnxruntime threads {args.threads}, "
              f"{args.rounds} rounds, {os.cpu_count()} CPUs ({platform.machine()}), provider {ins.backend.provider}",
              f"load average before: {tuple(round(x, 2) for x in os.getloadavg())}"]
+    batch_ratio: dict[int, list[float]] = {}
+    for r in range(args.rounds):
+        for n in [c for c in counts if c > 1]:
+            t0 = time.perf_counter()
+            for f in frames[:n]:
+                ins.run(f)
+            t1 = time.perf_counter()
+            ins.run_batch(frames[:n])
+            batch_ratio.setdefault(n, []).append((time.perf_counter() - t1) / (t1 - t0))
+    lines.append("run_batch(n) time / n x run() time (median over rounds): " + ", ".join(
+        f"n={n}: {statistics.median(v):.2f}" for n, v in batch_ratio.items()))
     rates: dict[tuple[int, str], list[float]] = {}
     anomalous: dict[tuple[int, str], int] = {}
     for r in range(args.rounds):

@@ -2,8 +2,12 @@
 
 Prefill gathers token embeddings from the bundle's embed_tokens table (memory-mapped), writes the image embeddings
 over the image-pad rows and runs the prompt in one forward. A prefix that does not depend on the query frame
-(system prompt + reference images) is prefilled once per key and its KV kept in a working cache, so each frame only
-prefills its own suffix.
+(system prompt + reference images) is prefilled once per key into a shared, read-only cache; each call's working
+cache copies it (only when it last held another prefix), so each frame only prefills its own suffix.
+
+Structure: `_prefill` (the prompts, left-padded, one forward) and `_decode` (sample, accept, feed back) share two
+helpers: `_accept` appends one token to a row, sampled or grammar-forced (score, grammar, text, stop conditions),
+and `_feed_tokens` runs token ids through the decoder at each row's next positions.
 
 Score: the probability that the model writes the empty mask, P(E) with E = tokens of open_tag + encode(empty
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output

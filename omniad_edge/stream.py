@@ -21,7 +21,8 @@ A source item is anything `Inspector.run` takes (ndarray, PIL image, path) or an
 RGB) and optionally `.index`, `.name`, `.timestamp`, `.dropped` (frames skipped before it). A bad frame yields a
 result with `error` (a FrameError) and the camera goes on; an exception raised by the source itself yields one
 result with `error` and ends that camera only. Closing the generator (or leaving the loop, or an exception in the
-consumer) stops the readers: sources with a `close()` are closed and the threads joined.
+consumer) stops the readers: sources with a `close()` are closed and the threads joined. `Inspector.close()` during
+a stream waits for the batch being decoded; the stream then raises InspectorClosedError.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
-from .errors import OmniADError
+from .errors import InspectorClosedError, OmniADError
 from .frame import to_rgb
 from .inspection import Inspection
 
@@ -88,6 +89,7 @@ class _Reader(threading.Thread):
         self.inspector, self.camera, self.source = inspector, camera, source
         self.stop, self.arrived = stop, arrived
         self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.refused = False  # the Inspector was closed under this reader
 
     def _put(self, record) -> bool:
         while not self.stop.is_set():
@@ -113,7 +115,11 @@ class _Reader(threading.Thread):
                                       dropped=int(getattr(item, "dropped", 0) or 0))
                 position += 1
                 try:
-                    image = self.inspector._encode(to_rgb(frame, color=self.inspector.color))
+                    with self.inspector._call():
+                        image = self.inspector._encode(to_rgb(frame, color=self.inspector.color))
+                except InspectorClosedError:
+                    self.refused = True  # the decode loop reports it
+                    return
                 except Exception as exc:  # a bad frame: reported for this frame, the camera goes on
                     result.error = exc
                     image = None
@@ -145,37 +151,42 @@ def stream(inspector, sources: Sequence[Iterable], *, batch: bool = True, prefet
 def _run(inspector, sources, batch, prefetch, join_timeout) -> Iterator[StreamResult]:
     stop, arrived = threading.Event(), threading.Event()
     readers = [_Reader(inspector, camera, source, prefetch, stop, arrived) for camera, source in enumerate(sources)]
-    with inspector._call():  # close() waits for the stream to end
+    with inspector._call():  # a closed Inspector refuses the stream before any thread starts
         for reader in readers:
             reader.start()
-        live = list(readers)
-        try:
-            while live:
-                ready, errors = _take(live, arrived)
-                for record in errors:
-                    yield record.result
-                if not ready:
-                    continue
+    live = list(readers)
+    try:
+        while live:
+            ready, errors = _take(live, arrived)
+            for record in errors:
+                yield record.result
+            if not ready:
+                continue
+            # each batch is one call: close() waits for it, not for the consumer; the next batch then raises
+            with inspector._call():
                 images = [r.image for r in ready]
                 generations = inspector._detect(images) if batch else [g for image in images
                                                                        for g in inspector._detect([image])]
                 for record, generation in zip(ready, generations):
                     record.result.inspection = inspector._inspection(record.image, generation, record.t0)
-                    yield record.result
-        finally:
-            stop.set()
-            for source in sources:
-                close = getattr(source, "close", None)
-                if callable(close):
-                    try:
-                        close()
-                    except Exception as exc:  # closing is best effort: the stream is ending anyway
-                        log.warning("stream: closing a source failed: %s", exc)
-            for reader in readers:
-                reader.join(join_timeout)
-                if reader.is_alive():
-                    log.warning("stream camera %d: its source did not return within %.1f s; left running",
-                                reader.camera, join_timeout)
+            for record in ready:
+                yield record.result
+        if any(reader.refused for reader in readers):  # close() ended cameras early: say so
+            raise InspectorClosedError(f"this Inspector ({inspector.bundle.name}) was closed during the stream")
+    finally:
+        stop.set()
+        for source in sources:
+            close = getattr(source, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:  # closing is best effort: the stream is ending anyway
+                    log.warning("stream: closing a source failed: %s", exc)
+        for reader in (r for r in readers if r.ident is not None):
+            reader.join(join_timeout)
+            if reader.is_alive():
+                log.warning("stream camera %d: its source did not return within %.1f s; left running",
+                            reader.camera, join_timeout)
 
 
 def _take(live: list, arrived: threading.Event) -> tuple[list[_Encoded], list[_Encoded]]:

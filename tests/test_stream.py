@@ -130,3 +130,16 @@ def test_bad_arguments_and_a_closed_inspector(tiny_bundle):
     ins.close()
     with pytest.raises(InspectorClosedError):
         ins.stream([[make_frame(64, 64)]])
+
+
+def test_close_during_a_stream_ends_it_with_a_typed_error(tiny_bundle):
+    from omniad_edge import Inspector, InspectorClosedError
+
+    ins = Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=8)
+    stream = ins.stream([Endless(1), Endless(2)])
+    assert next(stream).ok
+    ins.close()  # from the consumer's own thread, between two results: must not wait for the whole stream
+    with pytest.raises(InspectorClosedError):
+        for _ in stream:
+            pass
+    assert not _readers()
