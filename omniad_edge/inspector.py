@@ -134,7 +134,8 @@ class Inspector:
         self.options = {"mode": mode, "constrain": bool(constrain), "max_new_tokens": self.max_new_tokens,
                         "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                         "repetition_penalty": repetition_penalty, "seed": seed, "threads": threads,
-                        "backend": backend, "prefix_cache": prefix_cache, "bundle": self.bundle.name}
+                        "backend": backend, "prefix_cache": prefix_cache, "bundle": self.bundle.name,
+                        "tiles": list(tiles) if isinstance(tiles, tuple) else tiles}
         self._references = _References(0, ())
         self._state = threading.Condition()  # guards _closed and _busy (calls in flight)
         self._closed = False
@@ -162,7 +163,7 @@ class Inspector:
 
     def close(self) -> None:
         """Waits for the calls in flight, then releases the backend (sessions, device memory). Idempotent.
-        Not from inside a call of this Inspector (a stream callback): that call would wait for itself."""
+        Not from inside a call of this Inspector (a run(stream=...) callback): it would wait for itself."""
         with self._state:
             if self._closed:
                 return

@@ -8,9 +8,9 @@ Per camera, a reader thread pulls frames from its source, converts and preproces
 encoder, and puts the encoded frames in a bounded queue (`prefetch` deep): when decoding falls behind, the reader
 blocks, so a live source applies its own drop policy ("newest frame wins") and memory stays bounded. The decode loop
 (in the thread iterating the stream) takes the oldest waiting frame of every camera that has one and decodes them in
-one left-padded batch (`batch=True`, the default: on CPU a batch of 2-4 frames costs 0.72-0.93x the sequential time
-per frame, benchmarks/results/stream.txt) or one by one. So vision of upcoming frames overlaps the decode of the
-current batch.
+one left-padded batch (`batch=True`, the default) or one by one (`batch=False`). So vision of upcoming frames
+overlaps the decode of the current batch. On a 2-core CPU a batch of 4 costs ~0.8x the time of 4 single decodes and
+a batch of 2 about the same as 2 (benchmarks/results/stream.txt).
 
 Order and identity: results of one camera come in the order of its frames; cameras interleave. Each `StreamResult`
 names its camera (position in `sources`) and the frame (`index`, `name`, `timestamp`, `dropped` from the source item

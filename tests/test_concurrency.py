@@ -142,3 +142,35 @@ def test_native_sampler_shared_by_threads_with_the_gil_released():
         for (ids_a, lp_a), (ids_b, lp_b) in zip(want, got):
             np.testing.assert_array_equal(ids_a, ids_b)
             np.testing.assert_array_equal(lp_a, lp_b)
+
+
+def test_a_backend_that_is_not_concurrent_gets_one_call_at_a_time(tiny_bundle, monkeypatch):
+    # TensorRT-like: one execution context. Every vision and generate call is serialised, results still serial.
+    import threading
+
+    from omniad_edge import Inspector
+    from omniad_edge.backends.onnxruntime import OnnxRuntimeBackend
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "concurrent", False)
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=16)
+    inside, most, guard = [0], [0], threading.Lock()
+
+    def counted(method):
+        def wrapper(*args, **kwargs):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with guard:
+                    inside[0] -= 1
+        return wrapper
+
+    ins.backend.forward = counted(ins.backend.forward)
+    ins.backend.encode_image = counted(ins.backend.encode_image)
+    frames = [make_frame(64 + 8 * i, 64, seed=i) for i in range(6)]
+    serial = [_key(ins.run(f)) for f in frames]
+    with ThreadPoolExecutor(THREADS) as pool:
+        got = list(pool.map(lambda f: _key(ins.run(f)), frames * 2))
+    assert got == serial * 2 and most[0] == 1
