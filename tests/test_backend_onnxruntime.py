@@ -157,8 +157,15 @@ def test_forwards_on_separate_caches_run_concurrently_with_serial_results(backen
 
 def test_close_releases_the_sessions(toy):
     backend = OnnxRuntimeBackend(toy, threads=1)
+    cache = backend.new_cache(1, 4)
+    backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 1), np.int64), cache, 0)
     backend.close()
     assert backend.decoder is None and backend.vision is None
+    with pytest.raises(BackendError, match="closed"):  # also on a cache bound before the close
+        backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 2), np.int64),
+                        cache, 1)
+    with pytest.raises(BackendError, match="closed"):
+        backend.encode_image({})
 
 
 def test_cache_overflow_and_batch_mismatch_are_typed(backend):

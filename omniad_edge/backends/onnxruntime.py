@@ -94,12 +94,13 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
 
 
 class _CacheState:
-    """What forward keeps per KV cache: its IO binding with the binders, logits buffers, buffer addresses."""
+    """What forward keeps per KV cache: its IO binding with the binders, the logits buffer, buffer addresses."""
 
-    def __init__(self, ort, session, fast: bool):
+    def __init__(self, ort, session, fast: bool, batch: int, vocab_size: int):
         self.binding = session.io_binding()
         self.bind_input, self.bind_output, self.device = _binders(ort, self.binding, fast=fast)
-        self.logits: dict[int, tuple[np.ndarray, int]] = {}  # batch -> (buffer reused by every forward, address)
+        self.logits = np.empty((batch, vocab_size), np.float32)  # reused by every forward on this cache
+        self.logits_address = self.logits.ctypes.data
         self.layout: list[tuple[str, str, int, int]] | None = None
 
 
@@ -193,6 +194,8 @@ class OnnxRuntimeBackend:
         self.vision = self.decoder = None
 
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
+        if self.vision is None:
+            raise BackendError("this onnxruntime backend is closed")
         missing = [n for n in self._vision_inputs if n not in vision_inputs]
         if missing:
             raise BackendError(f"vision inputs missing {missing}")
@@ -212,14 +215,13 @@ class OnnxRuntimeBackend:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        decoder = self.decoder
+        if decoder is None:
+            raise BackendError("this onnxruntime backend is closed")
         state = cache.backend_state
         if state is None:
-            state = cache.backend_state = _CacheState(_ort(), self.decoder, self._fast_binding)
-        held = state.logits.get(b)
-        if held is None:
-            logits = np.empty((b, self.vocab_size), np.float32)
-            held = state.logits[b] = (logits, logits.ctypes.data)
-        logits, logits_address = held
+            state = cache.backend_state = _CacheState(_ort(), decoder, self._fast_binding, b, self.vocab_size)
+        logits, logits_address = state.logits, state.logits_address
 
         io = state.binding
         io.clear_binding_inputs()
@@ -251,7 +253,7 @@ class OnnxRuntimeBackend:
                     bind_in(f"past_{prefix}.{i}", dev, _FLOAT, list(past.shape), past.ctypes.data)
                     bind_out(f"new_{prefix}.{i}", dev, _FLOAT, kv_shape, out.ctypes.data)
         try:
-            self.decoder.run_with_iobinding(io)
+            decoder.run_with_iobinding(io)
         except Exception as exc:
             raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
         for slot, out in scratch:
