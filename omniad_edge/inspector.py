@@ -258,10 +258,10 @@ class Inspector:
                               stream=stream)
 
     def _tiling(self, tiles, height: int, width: int) -> tuple[int, int]:
-        from .tiling import resolve_tiles
-
         if tiles is None:
             return 1, 1
+        from .tiling import resolve_tiles
+
         try:
             return resolve_tiles(tiles, height, width, int(self.bundle.preprocess["max_pixels"]), self.tile_overlap)
         except ValueError as exc:

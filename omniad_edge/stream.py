@@ -18,7 +18,8 @@ when it has them, else the position in the iterable); frames of two cameras are 
 frame travels with its own record.
 
 A source item is anything `Inspector.run` takes (ndarray, PIL image, path) or an object with `.image` (HxWx3 uint8
-RGB) and optionally `.index`, `.name`, `.timestamp`, `.dropped` (frames skipped before it). A bad frame yields a
+RGB) and optionally `.index`, `.name`, `.timestamp`, `.dropped` (frames skipped before it); a path item is named by
+its path. A bad frame yields a
 result with `error` (a FrameError) and the camera goes on; an exception raised by the source itself yields one
 result with `error` and ends that camera only. Closing the generator (or leaving the loop, or an exception in the
 consumer) stops the readers: sources with a `close()` are closed and the threads joined. `Inspector.close()` during
@@ -27,6 +28,7 @@ a stream waits for the batch being decoded; the stream then raises InspectorClos
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -108,11 +110,7 @@ class _Reader(threading.Thread):
                 if self.stop.is_set():
                     return
                 t0 = time.perf_counter()
-                frame = getattr(item, "image", item)
-                result = StreamResult(self.camera, int(getattr(item, "index", position)), None,
-                                      name=getattr(item, "name", None),
-                                      timestamp=float(getattr(item, "timestamp", None) or time.time()),
-                                      dropped=int(getattr(item, "dropped", 0) or 0))
+                frame, result = _unpack(item, self.camera, position)
                 position += 1
                 try:
                     with self.inspector._call():
@@ -132,6 +130,18 @@ class _Reader(threading.Thread):
                                None, time.perf_counter()))
         finally:
             self._put(_END)
+
+
+def _unpack(item, camera: int, position: int) -> tuple[object, StreamResult]:
+    """(frame, its result record) of a source item: a frame record (`.image` + identity) or a plain frame."""
+    if hasattr(item, "image"):
+        timestamp = getattr(item, "timestamp", None)
+        return item.image, StreamResult(camera, int(getattr(item, "index", position)), None,
+                                        name=getattr(item, "name", None),
+                                        timestamp=float(timestamp) if timestamp is not None else time.time(),
+                                        dropped=int(getattr(item, "dropped", 0) or 0))
+    name = os.fspath(item) if isinstance(item, (str, os.PathLike)) else None  # a path names its frame
+    return item, StreamResult(camera, position, None, name=name, timestamp=time.time())
 
 
 def stream(inspector, sources: Sequence[Iterable], *, batch: bool = True, prefetch: int = 2,

@@ -143,3 +143,16 @@ def test_close_during_a_stream_ends_it_with_a_typed_error(tiny_bundle):
         for _ in stream:
             pass
     assert not _readers()
+
+
+def test_paths_and_pil_images_are_frames_too(inspector, tmp_path):
+    from PIL import Image
+
+    frame = make_frame(64, 64, seed=9)
+    path = tmp_path / "part.png"
+    Image.fromarray(frame).save(path)
+    results = list(inspector.stream([[str(path), path], [Image.fromarray(frame)]]))
+    assert all(r.ok for r in results), [r.error for r in results]
+    paths = [r for r in results if r.camera == 0]
+    assert [(r.index, r.name) for r in paths] == [(0, str(path)), (1, str(path))]
+    assert len({r.inspection.text for r in results}) == 1  # one frame, three spellings
