@@ -156,3 +156,26 @@ def test_paths_and_pil_images_are_frames_too(inspector, tmp_path):
     paths = [r for r in results if r.camera == 0]
     assert [(r.index, r.name) for r in paths] == [(0, str(path)), (1, str(path))]
     assert len({r.inspection.text for r in results}) == 1  # one frame, three spellings
+
+
+def test_frame_sources_from_sources_py_plug_in(inspector, tmp_path):
+    # the contract with omniad_edge.sources: SourceFrame records and a close() the stream calls at the end
+    from PIL import Image
+
+    from omniad_edge.sources import open_source
+
+    folders = []
+    for c in range(2):
+        folder = tmp_path / f"cam{c}"
+        folder.mkdir()
+        for i in range(3):
+            Image.fromarray(make_frame(64, 64 + 8 * c, seed=10 * c + i)).save(folder / f"f{i}.png")
+        folders.append(folder)
+    sources = [open_source(folder) for folder in folders]
+    results = list(inspector.stream(sources))
+    assert all(r.ok for r in results)
+    for c, folder in enumerate(folders):
+        mine = [r for r in results if r.camera == c]
+        assert [(r.index, r.name) for r in mine] == [(i, f"f{i}.png") for i in range(3)]
+        for r in mine:
+            assert r.inspection.text == inspector.run(folder / r.name).text
