@@ -27,6 +27,10 @@ from omniad_edge.errors import BackendError
     (dict(batch=1, seq=1, past_len=0, capacity=64, graph=True), StepPlan(64, 65, False)),
     (dict(batch=2, seq=7, past_len=0, capacity=64), StepPlan(0, 7, False)),
     (dict(batch=2, seq=1, past_len=7, capacity=64), StepPlan(64, 65, False)),
+    # 128-byte rows (the tiny test model): odd past lengths put new_key off the 256-byte alignment -> scratch
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=128), StepPlan(9, 10, False)),
+    (dict(batch=1, seq=1, past_len=10, capacity=64, row_bytes=128), StepPlan(10, 11, True)),
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=1024), StepPlan(9, 10, True)),  # 3B: always aligned
 ])
 
 
@@ -95,6 +99,10 @@ def test_stepwise_forward_matches_onnxruntime(toy_dir, fake, cuda_graph):
     _, cuda = fake
     assert (cuda.counts["launch"] > 0) == cuda_graph  # graph replays served the later decode steps
     assert gpu.cuda_graph == cuda_graph
+    for i, event in enumerate(cuda.events):  # the warm-up run has finished before capture begins
+        if event == "begin_capture":
+            assert cuda.events[i - 2:i] == ["enqueue", "synchronize"]
+    assert ("begin_capture" in cuda.events) == cuda_graph
 
 
 def test_new_keys_land_at_every_offset_with_aligned_addresses(toy_dir, fake):

@@ -144,3 +144,40 @@ def test_fp16_pins_the_tail_mlp_compute_layers_of_a_real_export(tiny_bundle, tmp
     assert "FP16" in vision["flags"] and "OBEY_PRECISION_CONSTRAINTS" in vision["flags"]
     reported = record["flags"]["vision_fp32_layers"]
     assert sorted(reported["layers"]) == sorted(pinned)  # build.json reports what was really pinned
+    assert reported["mlp_blocks"] == [depth - 2, depth - 1]
+    # weak typing elsewhere too: the decoder's rotary angles (cos/sin) and RMSNorm reductions stay fp32
+    decoder = next(details for what, details in trt.log if what == "build" and details["onnx"].endswith("decoder.onnx"))
+    nodes = onnx.load(str(root / "decoder.onnx"), load_external_data=False).graph.node
+    must = {n.name for n in nodes if n.op_type in ("Cos", "Sin", "ReduceMean")}
+    assert len(must) >= 4 and must <= {name for name, _ in decoder["pinned"]}
+    assert record["flags"]["decoder_fp32_layers"]["counts"]["rotary"] >= 2
+
+
+@pytest.mark.slow
+def test_int4_qdq_bundle_builds_and_matches_onnxruntime(tiny_checkpoint, tmp_path, fake):
+    """--int4-format qdq (DequantizeLinear INT4 + MatMul) is TensorRT-parsable: built strongly typed, it runs."""
+    import shutil
+
+    import numpy as np
+    from export import export_bundle
+    from helpers.cache import cached_dir, source_key
+    from omniad_edge.backends.onnxruntime import OnnxRuntimeBackend
+    from omniad_edge.bundle import load_bundle
+    from omniad_edge.tensorrt.backend import TensorRTBackend
+
+    options = {"int4_format": "qdq"}  # the same cached bundle as tests/test_export.py
+    source = cached_dir("-".join(["tiny-bundle-custom", "int4", "qdq"]), source_key("int4", repr(sorted(options.items()))),
+                        lambda p: export_bundle(tiny_checkpoint, p, quiet=True, precision="int4", **options))
+    root = shutil.copytree(source, tmp_path / "int4")
+    trt, cuda = fake
+    record = build.build_engines(root, BuildOptions(max_image_tokens=16, max_seq_len=64), log=lambda _: None, trt=trt,
+                                 cuda=cuda)
+    assert record["flags"]["decoder_strongly_typed"]
+    bundle = load_bundle(root)
+    gpu, cpu = TensorRTBackend(bundle, _trt=trt, _cuda=cuda), OnnxRuntimeBackend(bundle, threads=1)
+    table = np.asarray(bundle.embed_tokens())
+    ids = np.arange(10, 19)
+    embeds, positions = table[ids][None], np.broadcast_to(np.arange(9), (3, 1, 9)).copy()
+    got = gpu.forward(embeds, positions, np.ones((1, 9), np.int64), gpu.new_cache(1, 16), 0).copy()
+    want = cpu.forward(embeds, positions, np.ones((1, 9), np.int64), cpu.new_cache(1, 16), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
