@@ -195,7 +195,7 @@ def _timing_cache(builder, path: Path, log):
             return cache
     else:
         log(f"timing cache {path} (new)")
-    with tensorrt_step("vision", "create a timing cache"):
+    with tensorrt_step(None, "create a timing cache"):
         cache = probe.create_timing_cache(b"")
     if cache is None:
         raise BackendError("TensorRT could not create an empty timing cache")
@@ -255,7 +255,7 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
 
     out = bundle.root / ENGINE_DIR
     out.mkdir(exist_ok=True)
-    with tensorrt_step("vision", "create the builder"):
+    with tensorrt_step(None, "create the builder"):
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else None
@@ -281,7 +281,7 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
 
     if cache is not None and cache_path is not None:
         tmp_cache = cache_path.with_name(f".{cache_path.name}.{pid}.tmp")
-        with tensorrt_step("decoder", "serialize the timing cache"):
+        with tensorrt_step(None, "serialize the timing cache"):
             data = cache.serialize()
         tmp_cache.write_bytes(memoryview(data))
         os.replace(tmp_cache, cache_path)

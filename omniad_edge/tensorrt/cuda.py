@@ -209,12 +209,13 @@ def import_tensorrt():
 
 
 @contextmanager
-def tensorrt_step(engine: str, step: str):
+def tensorrt_step(engine: str | None, step: str):
     """TensorRT's Python bindings raise RuntimeError where the C++ API returns false or null; inside this block it
-    becomes a BackendError naming the engine and the step."""
+    becomes a BackendError naming the engine (None: no engine yet) and the step."""
     try:
         yield
     except BackendError:
         raise
     except RuntimeError as exc:
-        raise BackendError(f"the {engine} engine: TensorRT failed to {step}: {exc}") from None
+        where = f"the {engine} engine: " if engine else ""
+        raise BackendError(f"{where}TensorRT failed to {step}: {exc}") from None
