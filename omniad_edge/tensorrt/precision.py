@@ -177,17 +177,17 @@ class _Graph:
     def weights_of(self, i: int) -> list[str]:
         return [w for w in (self.weight(t) for t in self.layers[i].inputs) if w]
 
-    def forward(self, seeds, through=None, stop=frozenset()) -> set[int]:
+    def next_layers(self, indices) -> set[int]:
+        return {j for i in indices for t in self.layers[i].outputs for j in self.consumers.get(t, ())}
+
+    def forward(self, seeds, stop=frozenset()) -> set[int]:
+        """The seeds and every layer downstream of them, not going past layers of a kind in `stop`."""
         seen, todo = set(seeds), list(seeds)
         while todo:
-            for t in self.layers[todo.pop()].outputs:
-                for j in self.consumers.get(t, ()):
-                    kind = self.layers[j].kind
-                    if j in seen or kind == "CONSTANT" or (through is not None and kind not in through):
-                        continue
-                    seen.add(j)
-                    if kind not in stop:
-                        todo.append(j)
+            for j in self.next_layers([todo.pop()]) - seen:
+                seen.add(j)
+                if self.layers[j].kind not in stop:
+                    todo.append(j)
         return seen
 
     def backward(self, seeds) -> set[int]:
@@ -226,7 +226,8 @@ def vision_fp32_layers(layers: list[LayerInfo], depth: int, tail_blocks: int) ->
 
 def rotary_fp32_layers(layers: list[LayerInfo]) -> list[int]:
     """Rotary angles: positions x inv_freq (a MatMul, or Mul + ReduceSum over the mrope sections) and everything up
-    to the cos/sin (UNARY) layers, plus the casts and reshapes that bring the positions in. fp16 cannot hold positions above 2048 exactly, nor their angles."""
+    to the cos/sin (UNARY) layers, plus the casts and reshapes that bring the positions in. fp16 cannot hold
+    positions above 2048 exactly, nor their angles."""
     graph = _Graph(layers)
     seeds = {i for i in range(len(layers)) if layers[i].kind not in _WEIGHT_PATH | {"CONSTANT"}
              and any(_ROTARY_WEIGHT.search(w) for w in graph.weights_of(i))}
@@ -254,8 +255,6 @@ def norm_fp32_layers(layers: list[LayerInfo], hops: int = 6) -> list[int]:
             picked.add(j)
         frontier = {i}
         for _ in range(hops):
-            frontier = graph.forward(frontier, through=_NORM_CHAIN, stop=_NORM_CHAIN) - picked - frontier
-            if not frontier:
-                break
+            frontier = {j for j in graph.next_layers(frontier) - picked if layers[j].kind in _NORM_CHAIN}
             picked |= frontier
     return graph.pinnable(picked)
