@@ -11,9 +11,9 @@ named after it; compute layers named after their node), and `network.get_layer` 
 (`to_type`, `op` only after the documented `layer.__class__ = trt.IQuantizeLayer` downcast). Version 11.x has no
 weak typing: no FP16/INT8/FP8/OBEY_PRECISION_CONSTRAINTS flags, no `layer.precision`, every network strongly typed.
 `trt.faults` names calls to fail on purpose, for the error paths no valid input reaches. Engines "execute" by running
-the ONNX graph with ONNX Runtime on the bytes at the bound addresses; "device" memory is host memory filled with 0xFF (NaN as float32) like uninitialised memory.
-CUDA graph capture records the enqueued work with the shapes and addresses of capture time and replays it on
-launch. It proves the code's wiring, not TensorRT's kernels: the GPU test does that where a GPU exists.
+the ONNX graph with ONNX Runtime on the bytes at the bound addresses; "device" memory is host memory filled with 0xFF
+(NaN as float32) like uninitialised memory, 256-byte aligned like cudaMalloc's. CUDA graph capture records the
+enqueued work with the shapes and addresses of capture time and replays it on launch. It proves the code's wiring, not TensorRT's kernels: the GPU test does that where a GPU exists.
 """
 from __future__ import annotations
 
