@@ -13,7 +13,8 @@ weak typing: no FP16/INT8/FP8/OBEY_PRECISION_CONSTRAINTS flags, no `layer.precis
 `trt.faults` names calls to fail on purpose, for the error paths no valid input reaches. Engines "execute" by running
 the ONNX graph with ONNX Runtime on the bytes at the bound addresses; "device" memory is host memory filled with 0xFF
 (NaN as float32) like uninitialised memory, 256-byte aligned like cudaMalloc's. CUDA graph capture records the
-enqueued work with the shapes and addresses of capture time and replays it on launch. It proves the code's wiring, not TensorRT's kernels: the GPU test does that where a GPU exists.
+enqueued work with the shapes and addresses of capture time and replays it on launch. It proves the code's wiring,
+not TensorRT's kernels: the GPU test does that where a GPU exists.
 """
 from __future__ import annotations
 
