@@ -170,8 +170,9 @@ class TensorRTBackend:
         self._host_allocations: list[int] = []
         self._graphs: dict[tuple[int, int], int] = {}
 
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        with tensorrt_step(None, "create the runtime"):
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
         self.vision_engine = self._load_engine("vision", verify)
         self.decoder_engine = self._load_engine("decoder", verify)
         self._check_io()

@@ -106,9 +106,9 @@ def _build_one(trt, builder, logger, *, graph: str, onnx_path: Path, profiles: l
         )
     check_quantization(opts, *_count_quantize_layers(trt, network), graph)
 
-    config = builder.create_builder_config()
     notes: dict[str, Any] = {f"{graph}_strongly_typed": strong}
     with tensorrt_step(graph, "configure the build"):
+        config = builder.create_builder_config()
         if opts.workspace_gb:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
         if not opts.tf32:
@@ -125,7 +125,8 @@ def _build_one(trt, builder, logger, *, graph: str, onnx_path: Path, profiles: l
         if monitor is not None:
             config.progress_monitor = monitor
     for k, profile in enumerate(profiles):
-        trt_profile = builder.create_optimization_profile()
+        with tensorrt_step(graph, f"create optimization profile {k}"):
+            trt_profile = builder.create_optimization_profile()
         for name, (low, opt, high) in profile.items():
             with tensorrt_step(graph, f"set optimization profile {k} for {name} ({low} / {opt} / {high})"):
                 trt_profile.set_shape(name, low, opt, high)
