@@ -51,9 +51,11 @@ def onnxruntime_packages(distributions=None) -> list[tuple[str, str]]:
 
     found = set()
     for dist in importlib.metadata.distributions() if distributions is None else distributions:
+        name = dist.metadata["Name"]
         top = (dist.read_text("top_level.txt") or "").split()
-        if "onnxruntime" in top or (not top and any(str(f).startswith("onnxruntime/") for f in dist.files or ())):
-            found.add((re.sub(r"[-_.]+", "-", dist.metadata["Name"]).lower(), dist.version))
+        if name and ("onnxruntime" in top or
+                     (not top and any(str(f).startswith("onnxruntime/") for f in dist.files or ()))):
+            found.add((re.sub(r"[-_.]+", "-", name).lower(), dist.version))
     return sorted(found)
 
 
