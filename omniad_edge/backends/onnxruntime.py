@@ -77,8 +77,8 @@ def _ort():
         import onnxruntime
     except ImportError as exc:
         raise BackendError(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime for the CPU, or "
-                           "onnxruntime-gpu for CUDA/TensorRT (on Jetson: JetPack's onnxruntime-gpu wheel; see the "
-                           "README, 'Installing on a GPU device')") from None
+                           "onnxruntime-gpu for CUDA/TensorRT (on Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack; "
+                           "README, Quick start)") from None
     return onnxruntime
 
 
@@ -106,8 +106,10 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
         elif full == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)
         if full not in available:
+            hint = ("check that the CUDA/cuDNN/TensorRT versions match this build" if "gpu" in package else
+                    "CUDA/TensorRT need onnxruntime-gpu in its place")
             message = (f"execution provider {full} is not available in the installed {package} "
-                       f"(available: {list(available)}); CUDA/TensorRT need onnxruntime-gpu in its place")
+                       f"(available: {list(available)}); {hint}")
             if not allow_fallback:
                 raise BackendError(message + ", or pass allow_fallback=True")
             log.warning("%s; falling back", message)
