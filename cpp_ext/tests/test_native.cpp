@@ -56,6 +56,21 @@ static void test_compact() {
     CHECK(d.repaired && d.grid == std::vector<uint8_t>(16, 0));
 }
 
+static void test_coords() {
+    auto s = spec(tam::CodecKind::Coords, 4);
+    std::vector<uint8_t> g(16, 0);
+    CHECK(tam::encode(s, g.data()) == "None");
+    // row 1: cols 1-3; row 3: col 0 -> 1-indexed "(2,2)-(2,4), (4,1)"
+    g[1 * 4 + 1] = g[1 * 4 + 2] = g[1 * 4 + 3] = 1;
+    g[3 * 4 + 0] = 1;
+    CHECK(tam::encode(s, g.data()) == "(2,2)-(2,4), (4,1)");
+    auto d = tam::decode(s, "<seg>(2,2)-(2,4), (4,1)</seg>");
+    CHECK(d.grid == g && !d.repaired && d.complete);
+    d = tam::decode(s, "(5,1), (1,1)");  // row 5 is outside a 4-grid: dropped, the rest kept
+    CHECK(d.repaired && d.grid[0] == 1);
+    CHECK(throws([] { tam::validate(spec(tam::CodecKind::Coords, 4, {"others", "a", "b"})); }));
+}
+
 static void test_rle() {
     auto s = spec(tam::CodecKind::Rle, 4);
     std::vector<uint8_t> g(16, 0);
@@ -242,6 +257,7 @@ static void test_sampler() {
 
 int main() {
     test_compact();
+    test_coords();
     test_rle();
     test_stream();
     test_garbage_bounded();
