@@ -77,6 +77,10 @@ setup(
         "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
         "test": ["pytest", "hypothesis", "scikit-image"],
         "grammar": ["llguidance>=1.0"],
+        # frame sources (video files, cameras, streams); headless: a station has no display
+        "camera": ["opencv-python-headless>=4.8"],
+        # HTTP serving: Ray Serve brings starlette and uvicorn
+        "serve": ["ray[serve]>=2.40"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
     zip_safe=False,
