@@ -215,13 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("export_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_export)
 
-    try:
-        from . import engine_build
-    except ImportError:  # pragma: no cover - the module is part of the package
-        engine_build = None
-    if engine_build is not None and hasattr(engine_build, "add_parser"):
-        p = engine_build.add_parser(sub)
-        p.set_defaults(run=lambda a: int(engine_build.main(a) or 0))
+    from .tensorrt import cli as build_engine
+
+    p = build_engine.add_parser(sub)
+    p.set_defaults(run=lambda a: int(build_engine.main(a) or 0))
 
     # bench owns its options (a REMAINDER argument would not capture leading options such as --frames)
     from . import bench

@@ -235,3 +235,14 @@ def test_bad_options_are_typed(toy):
         OnnxRuntimeBackend(toy, optimization="max")
     with pytest.raises(BackendError, match="backend must be"):
         create_backend(toy, backend="openvino")
+
+
+def test_onnxruntime_older_than_the_floor_is_refused():
+    from omniad_edge.backends.onnxruntime import MIN_ONNXRUNTIME, check_version
+
+    assert MIN_ONNXRUNTIME == (1, 20)
+    for ok in ("1.20.0", "1.20.1", "1.32.0", "2.0.0", "1.21.0.dev20250101"):
+        check_version(ok)
+    for old in ("1.19.2", "1.9.0", "0.5"):
+        with pytest.raises(BackendError, match=r"too old.*>= 1\.20"):
+            check_version(old)

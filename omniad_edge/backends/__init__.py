@@ -64,7 +64,7 @@ def create_backend(bundle, backend: str = "onnxruntime", **options):
         return OnnxRuntimeBackend(bundle, **options)
     if backend == "tensorrt":
         try:
-            from .tensorrt import TensorRTBackend
+            from ..tensorrt.backend import TensorRTBackend
         except ImportError as exc:
             raise BackendError(f"the TensorRT backend is not available here: {exc}") from None
         return TensorRTBackend(bundle, **options)

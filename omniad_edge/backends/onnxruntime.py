@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -44,18 +45,61 @@ VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_wind
 
 
 _FLOAT, _INT64 = 1, 7  # ONNX TensorProto element types
+# IOBinding takes element types as ONNX type numbers (above) from 1.20 on; 1.19 refuses them ("Not a valid numpy
+# type"). setup.py requires the same floor when it installs ONNX Runtime; a build found installed is checked here.
+MIN_ONNXRUNTIME = (1, 20)
+
+
+def check_version(version: str) -> None:
+    """BackendError when `version` (onnxruntime.__version__) is older than MIN_ONNXRUNTIME."""
+    parts = re.match(r"(\d+)\.(\d+)", str(version))
+    if parts and (int(parts.group(1)), int(parts.group(2))) < MIN_ONNXRUNTIME:
+        floor = ".".join(map(str, MIN_ONNXRUNTIME))
+        raise BackendError(f"onnxruntime {version} is too old: omniad_edge needs >= {floor} (IOBinding with ONNX "
+                           f"element types); pip install -U onnxruntime (or onnxruntime-gpu)")
+
+
+def onnxruntime_packages(distributions=None) -> list[tuple[str, str]]:
+    """(name, version) of each installed distribution providing the `onnxruntime` module: onnxruntime (CPU),
+    onnxruntime-gpu (CUDA/TensorRT, also JetPack's wheels), onnxruntime-directml, ... They install the same module, so
+    more than one means one build overwrote the other. `distributions` replaces importlib.metadata.distributions()."""
+    import importlib.metadata
+
+    found = set()
+    for dist in importlib.metadata.distributions() if distributions is None else distributions:
+        name = dist.metadata["Name"]
+        top = (dist.read_text("top_level.txt") or "").split()
+        if name and ("onnxruntime" in top or
+                     (not top and any(str(f).startswith("onnxruntime/") for f in dist.files or ()))):
+            found.add((re.sub(r"[-_.]+", "-", name).lower(), dist.version))
+    return sorted(found)
+
+
+def onnxruntime_build(ort, distributions=None) -> dict:
+    """Which ONNX Runtime build is in use: package, version and the execution providers it offers."""
+    found = onnxruntime_packages(distributions)
+    providers = list(ort.get_available_providers())
+    if len(found) > 1:
+        log.warning("several ONNX Runtime builds are installed (%s) and share one `onnxruntime` module: the one "
+                    "installed last is in use (providers %s). Keep one: pip uninstall -y %s, then install "
+                    "onnxruntime (CPU) or onnxruntime-gpu", ", ".join(f"{n} {v}" for n, v in found), providers,
+                    " ".join(n for n, _ in found))
+    package = " + ".join(n for n, _ in found) or "onnxruntime (no package metadata)"
+    return {"package": package, "version": ort.__version__, "providers": providers}
 
 
 def _ort():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
+        raise BackendError(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime for the CPU, or "
+                           "onnxruntime-gpu for CUDA/TensorRT (on Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack; "
+                           "README, Quick start)") from None
     return onnxruntime
 
 
 def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bool, cache_dir=None,
-                      fp16: bool = False, device_id: int = 0) -> list[tuple[str, dict]]:
+                      fp16: bool = False, device_id: int = 0, package: str = "onnxruntime") -> list[tuple[str, dict]]:
     """Requested providers (short or full names, optionally (name, options) pairs) -> ORT provider list."""
     if providers is None:
         providers = ["cpu"]
@@ -78,8 +122,10 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
         elif full == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)
         if full not in available:
-            message = (f"execution provider {full} is not available in this onnxruntime "
-                       f"(available: {list(available)}); install onnxruntime-gpu for CUDA/TensorRT")
+            hint = ("check that the CUDA/cuDNN/TensorRT versions match this build" if "gpu" in package else
+                    "CUDA/TensorRT need onnxruntime-gpu in its place")
+            message = (f"execution provider {full} is not available in the installed {package} "
+                       f"(available: {list(available)}); {hint}")
             if not allow_fallback:
                 raise BackendError(message + ", or pass allow_fallback=True")
             log.warning("%s; falling back", message)
@@ -114,6 +160,7 @@ class OnnxRuntimeBackend:
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
                  device_id: int = 0):
         ort = _ort()
+        check_version(ort.__version__)
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise BackendError(f"threads must be a non-negative int (0 = onnxruntime's default), got {threads!r}")
         if optimization not in _OPT_LEVELS:
@@ -126,9 +173,10 @@ class OnnxRuntimeBackend:
         self.hidden_size = int(model["hidden_size"])
         self.vocab_size = int(model["vocab_size"])
         self.threads = threads
-        self.requested = resolve_providers(providers, available=ort.get_available_providers(),
+        self.runtime = onnxruntime_build(ort)
+        self.requested = resolve_providers(providers, available=self.runtime["providers"],
                                            allow_fallback=allow_fallback, cache_dir=cache_dir, fp16=fp16,
-                                           device_id=device_id)
+                                           device_id=device_id, package=self.runtime["package"])
         self._allow_fallback = allow_fallback
 
         opts = ort.SessionOptions()
@@ -150,7 +198,7 @@ class OnnxRuntimeBackend:
         self.vision = self._session(bundle.vision_path, "vision")
         self.decoder = self._session(bundle.decoder_path, "decoder")
         self.provider = self.decoder.get_providers()[0]
-        log.info("onnxruntime %s: decoder on %s, vision on %s", ort.__version__, self.provider,
+        log.info("%s %s: decoder on %s, vision on %s", self.runtime["package"], ort.__version__, self.provider,
                  self.vision.get_providers()[0])
         self._check_decoder_io()
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
@@ -277,7 +325,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "threads": self.threads,
-                "providers": [p for p, _ in self.requested]}
+                "providers": [p for p, _ in self.requested], "onnxruntime": self.runtime}
 
 
 def _binders(ort, io, fast: bool = True):
