@@ -14,6 +14,10 @@ grid), accumulated from the same logits the decoder samples from while the outpu
 leaves E at step j, the score uses P(E[:j+1]) (the model's probability of staying on the empty text there), an upper
 bound of P(E) that needs no extra forward; when the output is E, it is P(E) exactly. score = 1 - that probability,
 continuous in [0, 1], so AUROC needs no threshold on the text.
+
+Answer-only models (think + answer, no mask) have no empty-mask text; their score is the model's own
+P(anomalous answer) / P(any answer) at the token where the answer starts (`AnswerProbe`), read from the logits the
+decoder samples from there: no extra forward.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Request:
     image_embeds: Sequence[np.ndarray]
     grids: Sequence[tuple[int, int, int]]
     constraint: object | None = None  # grammar.Constraint for this row
+    answer_lead_in_prompt: bool = False  # the prompt ends with the AnswerProbe's lead: the answer starts at once
 
 
 @dataclass
@@ -50,6 +55,7 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)  # ms: prefill, decode
     forwards: int = 0  # decoder runs after the prefill (forced-token runs count once)
     forced_tokens: int = 0
+    answer_score: float | None = None  # answer-only models: P(anomalous answer) where the answer starts
 
 
 class EmptyMaskScore:
@@ -85,6 +91,46 @@ class EmptyMaskScore:
 
 
 @dataclass(frozen=True)
+class AnswerProbe:
+    """Where an answer-only model states its verdict: right after `lead` (the token ids that open the answer, as
+    the tokenizer writes them before any answer), the first token of each spelling of the anomalous and the normal
+    answer."""
+
+    lead: tuple[int, ...]
+    anomalous: tuple[int, ...]
+    normal: tuple[int, ...]
+
+
+class AnswerScore:
+    """P(anomalous) / (P(anomalous) + P(normal)) over the answers' first tokens, once, where the answer starts."""
+
+    def __init__(self, probe: AnswerProbe, lead_in_prompt: bool):
+        self.probe = probe
+        self.lead_in_prompt = lead_in_prompt
+        self.score: float | None = None
+        self.done = False
+        self._ids = np.array(probe.anomalous + probe.normal, np.int64)
+
+    def due(self, generated: list[int]) -> bool:
+        """The next token starts the answer: the lead ended the prompt, or the output just wrote it."""
+        if self.done:
+            return False
+        if self.lead_in_prompt:
+            return not generated
+        n = len(self.probe.lead)
+        return n > 0 and len(generated) >= n and tuple(generated[-n:]) == self.probe.lead
+
+    def observe(self, logits_row: np.ndarray) -> None:
+        self.done = True
+        picked = logits_row[self._ids].astype(np.float64)
+        if not np.isfinite(picked).all():  # a broken step gives no score, never a made-up one
+            return
+        p = np.exp(picked - picked.max())
+        k = len(self.probe.anomalous)
+        self.score = float(p[:k].sum() / p.sum())
+
+
+@dataclass(frozen=True)
 class _Prefix:
     """The prefilled KV of a prefix (system prompt + references): shared, read-only once built."""
 
@@ -109,6 +155,7 @@ class _Row:
     constraint: object | None
     mask_stream: object | None  # Text-as-Mask stream decoder: the row stops when the mask block closes
     detok: object | None  # incremental detokenizer, only when text is needed per token
+    answer: AnswerScore | None = None  # answer-only models
     generated: list[int] = field(default_factory=list)
     finish: str = ""
 
@@ -143,7 +190,7 @@ class Generator:
 
     def __init__(self, backend, bundle, tokenizer, sampler, *, empty_mask_ids: Sequence[int] = (),
                  mask_stream_factory: Callable[[], object] | None = None, prefix_cache: bool = True,
-                 needs_previous: bool = False):
+                 needs_previous: bool = False, answer_probe: AnswerProbe | None = None):
         from .sampling import log_softmax_at
 
         self.backend = backend
@@ -160,6 +207,7 @@ class Generator:
         self.merge = int(bundle.model["vision"]["spatial_merge_size"])
         self.max_position = int(bundle.model.get("max_position", 1 << 30))
         self.empty_mask_ids = list(empty_mask_ids)
+        self.answer_probe = answer_probe
         self.mask_stream_factory = mask_stream_factory
         self.prefix_cache = prefix_cache
         self.needs_previous = needs_previous  # repetition penalty: the sampler needs the generated ids
@@ -260,6 +308,7 @@ class Generator:
         total_ms = (time.perf_counter() - t0) * 1e3
         return [Generation(ids=row.generated, text=text, finish_reason=row.finish or "length",
                            score=row.score.score, prompt_tokens=n,
+                           answer_score=None if row.answer is None else row.answer.score,
                            timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
                                     "prefix": prefix_ms, "prefix_len": float(prefix_len)},
                            forwards=call.forwards, forced_tokens=call.forced)
@@ -299,7 +348,8 @@ class Generator:
             mask_stream = self.mask_stream_factory() if streaming else None
             # Text is needed per token only to stream it; otherwise one decode at the end gives the same text.
             detok = self.tokenizer.detokenizer() if (mask_stream is not None or emit is not None) else None
-            rows.append(_Row(EmptyMaskScore(self.empty_mask_ids), r.constraint, mask_stream, detok))
+            answer = None if self.answer_probe is None else AnswerScore(self.answer_probe, r.answer_lead_in_prompt)
+            rows.append(_Row(EmptyMaskScore(self.empty_mask_ids), r.constraint, mask_stream, detok, answer))
         mask = np.zeros((batch, total), np.int64)
         mask[:, :prefix_len] = 1
         rng = None if self.sampler.greedy else self.sampler.new_rng()
@@ -347,6 +397,9 @@ class Generator:
                 lps = self._log_softmax_at(logits, np.array([t or 0 for t in targets], np.int64))
             next_ids.fill(self.pad_id)
             for b in active:
+                answer = rows[b].answer
+                if answer is not None and answer.due(rows[b].generated):
+                    answer.observe(logits[b])
                 token = int(ids[b])
                 if self._accept(call, rows[b], token, float(lps[b]) if targets[b] is not None else None, True):
                     next_ids[b] = token

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,6 +41,7 @@ MODES = ("detect", "explain")
 _DEFAULT = object()  # run(tiles=...) not given: the Inspector's own setting
 _TILE_BATCH = 8  # tiles decoded per batch
 DEFAULT_MAX_NEW_TOKENS = {"detect": 160, "explain": 320}
+ANSWER_ONLY_DETECT_TOKENS = 16  # detect on an answer-only model writes just the answer and its close tag
 
 
 class InspectorError(OmniADError, ValueError):
@@ -105,14 +106,24 @@ class Inspector:
         self.mode = mode
         self.color = color
         self.smooth_mask = smooth_mask
-        self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[mode]
+        output = self.bundle.output
+        # answer-only models (IAD-R1, AnomalyR1: think + answer) write no mask
+        self.has_mask = "mask" in output["order"]
+        if tiles is not None and not self.has_mask:
+            raise InspectorError(f"tiling merges the tiles' masks; {self.bundle.name} writes no mask "
+                                 f"(output order {output['order']})")
+        default_tokens = DEFAULT_MAX_NEW_TOKENS[mode] if self.has_mask or mode == "explain" \
+            else ANSWER_ONLY_DETECT_TOKENS
+        self.max_new_tokens = max_new_tokens or default_tokens
         self.tokenizer = Tokenizer.from_bundle(self.bundle)
         self.prompts = PromptBuilder(self.bundle.prompt, self.bundle.tokens, self.tokenizer)
-        output = self.bundle.output
         self.tags = output["tags"]
-        self.codec = tam.codec_from_spec(output["mask"], tags=tuple(self.tags["mask"]))
-        self.labels = list(output["mask"]["labels"])
+        self.codec = tam.codec_from_spec(output["mask"], tags=tuple(self.tags["mask"])) if self.has_mask else None
+        self.labels = list(output["mask"]["labels"]) if self.has_mask else []
         self.answers = dict(output.get("answers", {}))
+        self.answer_probe = None if self.has_mask else self._answer_probe()
+        # detect on an answer-only model skips the reasoning: the assistant turn starts at the answer's open tag
+        self._answer_first = self.answer_probe is not None and mode == "detect"
         self.backend = create_backend(self.bundle, backend, providers=providers, threads=threads,
                                       allow_fallback=allow_fallback, optimization=optimization,
                                       **(backend_options or {}))
@@ -123,8 +134,9 @@ class Inspector:
             raise InspectorError(f"sampler settings: {exc}") from None
         self.generator = Generator(self.backend, self.bundle, self.tokenizer, self.sampler,
                                    empty_mask_ids=self._empty_mask_ids(output),
-                                   mask_stream_factory=self.codec.stream, prefix_cache=prefix_cache,
-                                   needs_previous=repetition_penalty != 1.0)
+                                   mask_stream_factory=self.codec.stream if self.codec else None,
+                                   prefix_cache=prefix_cache, needs_previous=repetition_penalty != 1.0,
+                                   answer_probe=self.answer_probe)
         self.grammar = None
         if constrain:
             from .grammar import OutputGrammar
@@ -208,6 +220,30 @@ class Inspector:
         empty = self.codec.encode(np.zeros((self.codec.grid, self.codec.grid), np.uint8))
         return self.tokenizer.encode(self.tags["mask"][0] + empty)
 
+    def _answer_probe(self):
+        """Token ids after which an answer-only model writes its answer, and the first token of each spelling of
+        the two answers ("yes", "Yes", "YES", ...); None when the answers cannot be told apart by one token."""
+        from .generate import AnswerProbe
+
+        if "answer" not in self.tags or set(self.answers) != {"anomalous", "normal"}:
+            return None
+        open_tag = self.tags["answer"][0]
+        spelled = {key: [self.tokenizer.encode(open_tag + form)
+                         for form in sorted({text, text.lower(), text.capitalize(), text.upper()})]
+                   for key, text in self.answers.items()}
+        every = [ids for forms in spelled.values() for ids in forms]
+        lead = 0  # tokens shared by every spelling: the tag may merge with the answer's first letters
+        while all(len(ids) > lead and ids[lead] == every[0][lead] for ids in every):
+            lead += 1
+        first = {key: {ids[lead] for ids in forms} for key, forms in spelled.items()}
+        both = first["anomalous"] & first["normal"]
+        anomalous, normal = sorted(first["anomalous"] - both), sorted(first["normal"] - both)
+        if not anomalous or not normal or lead == 0:
+            log.warning("%s: the answers %s share their first token; score falls back to the verdict",
+                        self.bundle.name, self.answers)
+            return None
+        return AnswerProbe(tuple(every[0][:lead]), tuple(anomalous), tuple(normal))
+
     def set_reference(self, images) -> None:
         """Normal sample images shown before every query (MMAD-style templates); [] or None removes them."""
         if images is None:
@@ -241,8 +277,14 @@ class Inspector:
         prompt = (self.prompts.detect(counts, n_ref) if task is None
                   else self.prompts.render(task, counts, n_ref))
         constraint = self.grammar.constraint(answers) if self.grammar is not None else None
+        lead_in_prompt = task is None and self._answer_first
+        if lead_in_prompt:
+            # the grammar starts at the first block, which this prompt skips: the answer runs unconstrained
+            prompt = replace(prompt, ids=np.concatenate([prompt.ids, np.asarray(self.answer_probe.lead, np.int64)]))
+            constraint = None
         return Request(prompt=prompt, image_embeds=[r.embeds for r in refs.images] + [image.embeds],
-                       grids=[r.grid for r in refs.images] + [image.grid], constraint=constraint)
+                       grids=[r.grid for r in refs.images] + [image.grid], constraint=constraint,
+                       answer_lead_in_prompt=lead_in_prompt)
 
     def _generate(self, refs: "_References", requests, *, max_new_tokens, stop_on_mask_close,
                   stream=None) -> list[Generation]:
@@ -353,37 +395,43 @@ class Inspector:
 
         t_post = time.perf_counter()
         text = generation.text
+        if self._answer_first:  # the answer's open tag was written into the prompt
+            text = self.tokenizer.decode(list(self.answer_probe.lead)) + text
         blocks = self._blocks(text)
         h, w = image.rgb_shape
-        repaired = False
-        if "mask" in blocks:
-            decoded = self.codec.decode(blocks["mask"])
-            grid = np.asarray(decoded.grid, np.uint8)
-            repaired = bool(decoded.repaired) or not decoded.complete
-        else:
-            grid = np.zeros((self.codec.grid, self.codec.grid), np.uint8)
-            repaired = True  # no mask block at all: treated as empty, flagged
-        mask = tam.grid_to_mask(grid, (h, w), smooth=self.smooth_mask)
+        grid = mask = defect_type = None
         boxes = []
-        for comp in tam.components(grid, (h, w)):
-            label = self.labels[comp.label] if comp.label < len(self.labels) else str(comp.label)
-            x0, y0, x1, y1 = comp.box
-            boxes.append(Box(x0, y0, x1, y1, label, comp.area))
-        defect_type = None
-        if grid.any():
-            values, counts = np.unique(grid[grid > 0], return_counts=True)
-            top = int(values[np.argmax(counts)])
-            defect_type = self.labels[top] if top < len(self.labels) else str(top)
+        repaired = False
+        if self.has_mask:
+            if "mask" in blocks:
+                decoded = self.codec.decode(blocks["mask"])
+                grid = np.asarray(decoded.grid, np.uint8)
+                repaired = bool(decoded.repaired) or not decoded.complete
+            else:
+                grid = np.zeros((self.codec.grid, self.codec.grid), np.uint8)
+                repaired = True  # no mask block at all: treated as empty, flagged
+            mask = tam.grid_to_mask(grid, (h, w), smooth=self.smooth_mask)
+            for comp in tam.components(grid, (h, w)):
+                label = self.labels[comp.label] if comp.label < len(self.labels) else str(comp.label)
+                x0, y0, x1, y1 = comp.box
+                boxes.append(Box(x0, y0, x1, y1, label, comp.area))
+            if grid.any():
+                values, counts = np.unique(grid[grid > 0], return_counts=True)
+                top = int(values[np.argmax(counts)])
+                defect_type = self.labels[top] if top < len(self.labels) else str(top)
         answer = blocks.get("answer")
         answer = answer.strip() if answer is not None else None
-        if answer is not None and answer.lower() == str(self.answers.get("anomalous", "")).lower():
+        said = answer.rstrip(".!").strip().lower() if answer is not None else None
+        if said is not None and said == str(self.answers.get("anomalous", "")).lower():
             is_anomalous = True
-        elif answer is not None and answer.lower() == str(self.answers.get("normal", "")).lower():
+        elif said is not None and said == str(self.answers.get("normal", "")).lower():
             is_anomalous = False
-        else:
+        elif grid is not None:
             is_anomalous = bool(grid.any())
-        score = generation.score
-        if score is None:  # no empty-mask reference (mask not first): fall back to the decision
+        else:  # an answer-only model whose answer is unreadable: its own probability decides
+            is_anomalous = generation.answer_score is not None and generation.answer_score >= 0.5
+        score = generation.score if generation.score is not None else generation.answer_score
+        if score is None:  # neither an empty-mask nor an answer probability: fall back to the decision
             score = 1.0 if is_anomalous else 0.0
         explanation = blocks.get("explanation")
         t_end = time.perf_counter()

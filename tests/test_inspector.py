@@ -184,3 +184,73 @@ def test_warmup_at_construction_and_on_demand(tiny_bundle, caplog):
     assert any("warm-up" in r.message for r in caplog.records)
     assert warm.warmup() > 0
     assert warm.run(frame).text == cold.run(frame).text  # warming up leaves no trace in the results
+
+
+# -- answer-only models (think + answer, no mask: the iad-r1 preset) -----------------------------------------------
+@pytest.fixture(scope="module")
+def answer_only_bundle(tiny_bundle, tmp_path_factory):
+    import json
+    import shutil
+
+    from export.manifest import load_output_spec
+
+    out = tmp_path_factory.mktemp("answer-only") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = load_output_spec(preset="iad-r1")
+    spec["prompt"]["query_intro"] = ""  # no references here: keeps the prompt the reference runner renders
+    manifest["prompt"], manifest["output"] = spec["prompt"], spec["output"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_answer_only_detect_scores_the_answer_tokens_in_one_step(answer_only_bundle):
+    """Detect skips the reasoning: the prompt ends with the answer's open tag, and score is the model's
+    P(yes-spellings) / P(yes- or no-spellings) at the next token, checked against a plain onnxruntime loop."""
+    from helpers.reference import BundleRunner
+    from omniad_edge import Inspector
+
+    ins = Inspector(answer_only_bundle, mode="detect", threads=1)
+    probe = ins.answer_probe
+    assert ins.tokenizer.decode(list(probe.lead)) == "<answer>" and ins.max_new_tokens == 16
+    assert {ins.tokenizer.decode([t]) for t in probe.anomalous} == {"y", "Y"}
+    assert {ins.tokenizer.decode([t]) for t in probe.normal} == {"n", "N"}
+    frame = make_frame(64, 96, seed=7)
+    result = ins.run(frame)
+    runner = BundleRunner(answer_only_bundle)
+    prompt = runner.prompt([frame])
+    prompt.input_ids = np.concatenate([prompt.input_ids, np.asarray(probe.lead, np.int64)])
+    logits = runner.generate([prompt], 1).logits[0][0].astype(np.float64)
+    p = np.exp(logits - logits.max())
+    expected = p[list(probe.anomalous)].sum() / (p[list(probe.anomalous)].sum() + p[list(probe.normal)].sum())
+    assert result.score == pytest.approx(expected, abs=1e-5)
+    assert result.text.startswith("<answer>") and result.mask is None and result.grid is None
+    assert result.boxes == [] and not result.mask_repaired and result.generated_tokens <= 16
+
+
+@pytest.mark.parametrize("text, anomalous, score", [
+    ("yes</answer>", True, 0.8),
+    ("No.</answer>", False, 0.3),
+    ("maybe</answer>", True, 0.8),  # unreadable answer: the model's own probability decides
+    ("maybe</answer>", False, 0.4),
+])
+def test_answer_only_verdict_comes_from_the_answer(answer_only_bundle, monkeypatch, text, anomalous, score):
+    from omniad_edge import Inspector
+
+    ins = Inspector(answer_only_bundle, mode="detect", threads=1)
+
+    def fake_generate(requests, **_):
+        return [Generation(ids=[], text=text, finish_reason="eos", score=None, prompt_tokens=len(r.prompt),
+                           timings={"prefill": 0.0, "decode": 0.0}, answer_score=score) for r in requests]
+
+    monkeypatch.setattr(ins.generator, "generate", fake_generate)
+    result = ins.run(make_frame(64, 96, seed=2))
+    assert result.is_anomalous is anomalous and result.score == score and result.mask is None
+
+
+def test_answer_only_bundles_refuse_tiling(answer_only_bundle):
+    from omniad_edge import Inspector
+    from omniad_edge.inspector import InspectorError
+
+    with pytest.raises(InspectorError, match="writes no mask"):
+        Inspector(answer_only_bundle, tiles=(2, 2))
