@@ -5,8 +5,10 @@
 
 Heavy parts (onnxruntime, the inspector) load on first use, so `import omniad_edge` stays cheap.
 """
+import logging
+
 from ._version import __version__
-from .errors import BackendError, BundleError, ExportError, FrameError, OmniADError
+from .errors import BackendError, BundleError, ExportError, FrameError, InspectorClosedError, OmniADError
 
 _LAZY = {
     "Inspector": ("inspector", "Inspector"),
@@ -17,8 +19,11 @@ _LAZY = {
 # Public modules reachable as attributes (omniad_edge.visualize.overlay) without importing them first.
 _MODULES = ("visualize", "synth", "contract")
 
-__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError", *_LAZY,
-           *_MODULES]
+__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError",
+           "InspectorClosedError", *_LAZY, *_MODULES]
+
+# The library reports through the "omniad_edge" logger only; the application decides where it goes.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name):

@@ -56,9 +56,9 @@ class Inspection:
     threshold; is_anomalous is the model's own decision (answer if present, otherwise a non-empty mask).
 
     defect_type is the most frequent defect label of the mask grid. An anomalous verdict always has one: when the
-    answer says anomalous but the mask is empty, it is UNKNOWN_DEFECT ("unknown"). It is None only when the mask is
-    empty and the verdict normal (a normal answer next to a non-empty mask keeps the mask's label, as the mask and
-    boxes are kept too).
+    mask is empty (or the model writes none, as answer-only models) it is UNKNOWN_DEFECT ("unknown"). It is None only
+    for a normal verdict with an empty or absent mask (a normal answer next to a non-empty mask keeps the mask's
+    label, as the mask and boxes are kept too).
     """
 
     is_anomalous: bool

@@ -27,6 +27,10 @@ from omniad_edge.errors import BackendError
     (dict(batch=1, seq=1, past_len=0, capacity=64, graph=True), StepPlan(64, 65, False)),
     (dict(batch=2, seq=7, past_len=0, capacity=64), StepPlan(0, 7, False)),
     (dict(batch=2, seq=1, past_len=7, capacity=64), StepPlan(64, 65, False)),
+    # 128-byte rows (the tiny test model): odd past lengths put new_key off the 256-byte alignment -> scratch
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=128), StepPlan(9, 10, False)),
+    (dict(batch=1, seq=1, past_len=10, capacity=64, row_bytes=128), StepPlan(10, 11, True)),
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=1024), StepPlan(9, 10, True)),  # 3B: always aligned
 ])
 
 
@@ -92,6 +96,43 @@ def test_stepwise_forward_matches_onnxruntime(toy_dir, fake, cuda_graph):
     _, cuda = fake
     assert (cuda.counts["launch"] > 0) == cuda_graph  # graph replays served the later decode steps
     assert gpu.cuda_graph == cuda_graph
+    for i, event in enumerate(cuda.events):  # the warm-up run has finished before capture begins
+        if event == "begin_capture":
+            assert cuda.events[i - 2:i] == ["enqueue", "synchronize"]
+    assert ("begin_capture" in cuda.events) == cuda_graph
+
+
+def test_new_keys_land_at_every_offset_with_aligned_addresses(toy_dir, fake):
+    """The toy cache row is 16 bytes: most past lengths put new_key off TensorRT's 256-byte alignment."""
+    gpu, cpu = _backends(toy_dir, fake)
+    rng = np.random.default_rng(11)
+    embeds, positions = _sequence(rng, 1, 20)
+    mask = np.ones((1, 20), np.int64)
+    caches = gpu.new_cache(1, 32), cpu.new_cache(1, 32)
+    steps = [(0, 3)] + [(p, 1) for p in range(3, 20)]
+    for past, s in steps:
+        args = embeds[:, past:past + s], positions[:, :, past:past + s], mask[:, :past + s]
+        np.testing.assert_allclose(gpu.forward(*args, caches[0], past).copy(), cpu.forward(*args, caches[1], past),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_tensorrt_runtime_errors_become_typed_errors(toy_dir, fake):
+    """The bindings raise RuntimeError (set_optimization_profile_async, set_input_shape); callers get
+    BackendError naming the engine and the step."""
+    trt, cuda = fake
+    trt.faults.add("set_optimization_profile_async")
+    with pytest.raises(BackendError, match="decoder engine.*optimization profile 1"):
+        _backends(toy_dir, fake)
+    trt.faults.clear()
+    gpu, _ = _backends(toy_dir, fake)
+    embeds, positions = _sequence(np.random.default_rng(12), 1, 2)
+    trt.faults.add("set_input_shape")
+    with pytest.raises(BackendError, match="decoder engine.*inputs_embeds"):
+        gpu.forward(embeds, positions, np.ones((1, 2), np.int64), gpu.new_cache(1, 8), 0)
+    trt.faults.clear()
+    trt.faults.add("execute_async_v3")
+    with pytest.raises(BackendError, match="decoder engine.*execut"):
+        gpu.forward(embeds, positions, np.ones((1, 2), np.int64), gpu.new_cache(1, 8), 0)
 
 
 def test_on_forward_hook_counts_the_whole_forward_as_graph_time(toy_dir, fake):

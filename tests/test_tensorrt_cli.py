@@ -72,3 +72,43 @@ def test_cli_without_tensorrt_says_how_to_install(tmp_path, capsys):
     assert cli.main([str(root)]) == 1
     assert "pip install tensorrt" in capsys.readouterr().err
     assert not (root / "tensorrt" / "build.json").exists()
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    """`omniad-edge build-engine` with the fake TensorRT and CUDA in place of the real modules."""
+    pytest.importorskip("onnx", reason="the fake TensorRT parser reads graphs with the onnx package")
+    from helpers.tensorrt_cases import load_sibling
+    from omniad_edge.tensorrt import build, cuda as cuda_module
+
+    mod = load_sibling("fake_tensorrt")
+    cuda = mod.FakeCuda()
+    trt = mod.make_fake_tensorrt(cuda)
+    monkeypatch.setattr(build, "import_tensorrt", lambda: trt)
+    monkeypatch.setattr(cuda_module, "load_cuda", lambda: cuda)
+    return trt, load_sibling("toy_graphs")
+
+
+def test_cli_tensorrt_failures_are_one_line_errors(fake_device, tmp_path, capsys):
+    trt, toy = fake_device
+    root = toy.make_toy_bundle(tmp_path / "toy")
+    args = [str(root), "--max-seq-len", "128"]
+    for fault, step in (("add_optimization_profile", "optimization profile 0"), ("set_shape", "pixel_values"),
+                        ("build_serialized_network", "build")):
+        trt.faults = {fault}
+        assert cli.main(args) == 1
+        lines = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+        errors = [line for line in lines if line.startswith("omniad-edge build-engine: error:")]
+        assert errors == [lines[-1]] and "vision engine" in errors[0] and step in errors[0], lines[-1]
+        assert not (root / "tensorrt" / "build.json").exists()
+
+
+def test_cli_corrupt_timing_cache_is_replaced(fake_device, tmp_path, capsys):
+    trt, toy = fake_device
+    root = toy.make_toy_bundle(tmp_path / "toy")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00garbage from a crashed run")
+    assert cli.main([str(root), "--max-seq-len", "128", "--timing-cache", str(cache)]) == 0
+    assert "cannot be read" in capsys.readouterr().err
+    assert cache.read_bytes().startswith(b"FAKE-TRT-TIMING-CACHE")  # a fresh cache replaced the corrupt one
+    assert (root / "tensorrt" / "build.json").exists()

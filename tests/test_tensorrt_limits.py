@@ -90,6 +90,17 @@ def test_kv_cache_size_for_qwen3b():
     assert lim.kv_scratch_bytes(qwen3b_manifest(), limits) == 0
     batched = Limits(batch=2, max_image_tokens=1280, max_images=2, max_seq_len=2048, max_prefill=512)
     assert lim.kv_scratch_bytes(qwen3b_manifest(), batched) == 36 * 2 * 2 * 512 * 2 * 128 * 4
+    assert lim.kv_scratch_bytes(qwen3b_manifest(), limits, cuda_graph=True) == 36 * 2 * 1 * 1 * 2 * 128 * 4
+
+
+def test_kv_scratch_for_rows_off_the_256_byte_alignment():
+    """128-byte rows (2 heads x 16 dims): new keys cannot be bound in place at odd offsets, so batch 1 gets a
+    scratch buffer for a whole prefill."""
+    m = qwen3b_manifest()
+    m["model"].update(num_key_value_heads=2, head_dim=16)
+    limits = Limits(batch=1, max_image_tokens=64, max_images=1, max_seq_len=256, max_prefill=128)
+    assert lim.kv_row_bytes(m) == 128 and lim.kv_scratch_seq(m, limits) == 128
+    assert lim.kv_scratch_bytes(m, limits) == 36 * 2 * 128 * 128
 
 
 def test_io_buffer_plan():

@@ -225,34 +225,37 @@ static void test_sampler() {
     uint32_t words = 0b11101;  // token 1 disallowed
     int64_t id = -1;
     float lp = 0;
-    sampling::Sampler greedy({0.f, 0, 1.f, 0.f, 1.f}, 0);
-    greedy.sample(lv, {}, {&words, 1}, &id, &lp);
+    const sampling::Sampler greedy({0.f, 0, 1.f, 0.f, 1.f});
+    greedy.sample(lv, {}, {&words, 1}, nullptr, &id, &lp);  // greedy draws nothing: no generator needed
     CHECK(id == 2);
     const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + std::exp(-1.0);
     CHECK(std::fabs(lp - (3.0 - std::log(z))) < 1e-5);
     // Penalty 4 on token 2 (3 -> 0.75): best allowed becomes token 3.
     const int64_t prev[2] = {2, -1};
-    sampling::Sampler pen({0.f, 0, 1.f, 0.f, 4.f}, 0);
-    pen.sample(lv, {prev, 2}, {&words, 1}, &id, nullptr);
+    const sampling::Sampler pen({0.f, 0, 1.f, 0.f, 4.f});
+    pen.sample(lv, {prev, 2}, {&words, 1}, nullptr, &id, nullptr);
     CHECK(id == 3);
     // top_k = 1 at a temperature: always the best token.
-    sampling::Sampler k1({1.f, 1, 1.f, 0.f, 1.f}, 7);
+    const sampling::Sampler k1({1.f, 1, 1.f, 0.f, 1.f});
+    sampling::Rng rng(7);
     for (int i = 0; i < 20; ++i) {
-        k1.sample(lv, {}, {}, &id, nullptr);
+        k1.sample(lv, {}, {}, &rng, &id, nullptr);
         CHECK(id == 1);
     }
-    // Everything masked -> invalid_argument.
+    // Sampling without a generator, everything masked -> invalid_argument.
+    CHECK(throws([&] { k1.sample(lv, {}, {}, nullptr, &id, nullptr); }));
     uint32_t none = 0;
-    CHECK(throws([&] { greedy.sample(lv, {}, {&none, 1}, &id, nullptr); }));
-    // Same seed, same draws.
-    sampling::Sampler a({1.f, 0, 0.9f, 0.f, 1.f}, 42), b({1.f, 0, 0.9f, 0.f, 1.f}, 42);
+    CHECK(throws([&] { greedy.sample(lv, {}, {&none, 1}, nullptr, &id, nullptr); }));
+    // One sampler, two generators with the same seed: the same draws (the sampler holds no random state).
+    const sampling::Sampler top_p({1.f, 0, 0.9f, 0.f, 1.f});
+    sampling::Rng ra(42), rb(42);
     for (int i = 0; i < 50; ++i) {
         int64_t ia, ib;
-        a.sample(lv, {}, {}, &ia, nullptr);
-        b.sample(lv, {}, {}, &ib, nullptr);
+        top_p.sample(lv, {}, {}, &ra, &ia, nullptr);
+        top_p.sample(lv, {}, {}, &rb, &ib, nullptr);
         CHECK(ia == ib);
     }
-    CHECK(throws([] { sampling::Sampler bad({-1.f, 0, 1.f, 0.f, 1.f}, 0); }));
+    CHECK(throws([] { sampling::Sampler bad({-1.f, 0, 1.f, 0.f, 1.f}); }));
 }
 
 int main() {

@@ -8,13 +8,17 @@ A backend is built from a loaded Bundle and implements:
     new_cache(batch, max_len) -> KVCache
     forward(embeds (B,S,H) f32, position_ids (3,B,S) i64, attention_mask (B,P+S) i64, cache, past_len) -> logits
         logits (B, V) float32 for the last position; the new K/V land in cache slots [past_len, past_len + S).
-        The returned array may be a buffer reused by the next forward: copy it to keep it.
+        The returned array may be a buffer reused by the next forward on the same cache: copy it to keep it.
+    concurrent: bool               True: encode_image and forward may run from several threads at once, each
+                                   forward on its own cache (per-run state lives with the cache). False (the
+                                   default when absent): the caller serialises every call.
+    close() (optional)             releases sessions / device memory; the backend is unusable afterwards.
     on_forward: Callable[[int, float, float], None] | None
         Instrumentation hook, None by default (then a forward pays one attribute read for it). When set, every
-        successful forward ends with on_forward(new_tokens, forward_seconds, graph_seconds): the S tokens fed, the
-        wall time of the whole forward call, and the part of it spent running the decoder graph (ONNX Runtime:
-        the session run; TensorRT, whose execution is asynchronous: the whole forward). The rest is host overhead.
-        Benchmarks set it (omniad_edge/bench.py); nothing in the runtime does.
+        successful forward ends with on_forward(new_tokens, forward_seconds, graph_seconds), on the thread that ran
+        it: the S tokens fed, the wall time of the whole forward call, and the part of it spent running the decoder
+        graph (ONNX Runtime: the session run; TensorRT, whose execution is asynchronous: the whole forward). The
+        rest is host overhead. Benchmarks set it (omniad_edge/bench.py); nothing in the runtime does.
 
 KVCache below is the host-side cache (numpy, BSHD, one preallocated buffer per layer); a device backend may return
 its own cache type with the same `batch`, `max_len` and `copy_prefix` members.
@@ -44,6 +48,7 @@ class KVCache:
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.batch, self.max_len = batch, max_len
+        self.backend_state = None  # what a backend keeps per cache (IO binding, logits buffer); never shared
 
     @property
     def num_layers(self) -> int:

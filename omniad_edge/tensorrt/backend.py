@@ -7,9 +7,11 @@ Tensors are bound by name; all copies and executions are asynchronous on one CUD
 call when the logits come back.
 
 KV binding (see plan_step): for batch 1 the graph reads the valid past `cache[:, :P]` and writes its new keys
-straight into the next slots. Batches (whose BSHD past is strided) and CUDA-graph decode bind the whole cache with
-unused slots masked off, so shapes and addresses stay fixed; the new keys then go to a scratch buffer and one
-strided copy per layer moves them into the cache.
+straight into the next slots when that address is 256-byte aligned, as TensorRT requires of every tensor address
+(always, for rows of 256 bytes or more: Qwen2.5-VL-3B/7B); otherwise into a scratch buffer. Batches (whose BSHD
+past is strided) and CUDA-graph decode bind the whole cache with unused slots masked off, so shapes and addresses
+stay fixed; the new keys then go to a scratch buffer and one strided copy per layer moves them into the cache.
+Every buffer is its own cudaMalloc allocation, so every other bound address is aligned too.
 
 tensorrt and the CUDA runtime are loaded lazily (cuda.py).
 """
@@ -28,8 +30,9 @@ import numpy as np
 from ..bundle import sha256_file
 from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names
 from ..errors import BackendError
-from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda
-from .limits import Limits, decoder_input_names, decoder_output_names, io_buffer_plan, merge_unit
+from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda, tensorrt_step
+from .limits import (ALIGNMENT, Limits, decoder_input_names, decoder_output_names, io_buffer_plan, kv_row_bytes,
+                     kv_scratch_seq, merge_unit)
 from .record import ENGINE_DIR, check_record, manifest_sha256, read_record, record_limits
 
 log = logging.getLogger("omniad_edge")
@@ -48,18 +51,20 @@ class StepPlan:
     direct: bool  # new K/V written straight into the cache slots (else: scratch + strided copy)
 
 
-def plan_step(*, batch: int, seq: int, past_len: int, capacity: int, graph: bool = False) -> StepPlan:
-    """How one forward binds the KV cache.
+def plan_step(*, batch: int, seq: int, past_len: int, capacity: int, graph: bool = False,
+              row_bytes: int = ALIGNMENT) -> StepPlan:
+    """How one forward binds the KV cache (`row_bytes`: bytes of one cache position).
 
-    Batch 1 without a CUDA graph: exact past, new K/V straight into the cache (zero copies). Otherwise the past is
-    the whole (strided) cache with unused slots masked, which keeps addresses and shapes fixed; an empty past stays
-    empty, since a fresh prefill needs no masking.
+    Batch 1 without a CUDA graph: exact past, new K/V straight into the cache (zero copies) where the slot address
+    is 256-byte aligned, else into scratch. Otherwise the past is the whole (strided) cache with unused slots masked,
+    which keeps addresses and shapes fixed; an empty past stays empty, since a fresh prefill needs no masking.
     """
     if past_len + seq > capacity:
         raise BackendError(f"sequence of {past_len + seq} tokens exceeds the max_seq_len {capacity} the engines were "
                            "built for; rebuild with a larger --max-seq-len")
     if batch == 1 and not graph:
-        return StepPlan(past_bound=past_len, mask_len=past_len + seq, direct=True)
+        aligned = past_len * row_bytes % ALIGNMENT == 0
+        return StepPlan(past_bound=past_len, mask_len=past_len + seq, direct=aligned)
     bound = capacity if graph or past_len else 0  # a captured graph needs the same shapes at every step
     return StepPlan(past_bound=bound, mask_len=bound + seq, direct=False)
 
@@ -165,20 +170,21 @@ class TensorRTBackend:
         self.out_hidden = int(model["vision"].get("out_hidden_size", self.hidden_size))
         self.unit = merge_unit(bundle.manifest)
         self.cuda_graph = bool(cuda_graph)
-        self._row = self.kv_heads * self.head_dim * 4  # bytes of one cache position
+        self._row = kv_row_bytes(bundle.manifest)  # bytes of one cache position
         self._allocations: list[int] = []
         self._host_allocations: list[int] = []
         self._graphs: dict[tuple[int, int], int] = {}
 
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        with tensorrt_step(None, "create the runtime"):
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
         self.vision_engine = self._load_engine("vision", verify)
         self.decoder_engine = self._load_engine("decoder", verify)
         self._check_io()
         self.stream = cuda.stream_create()
-        self._vision_ctx = self._context(self.vision_engine, 0)
-        self._prefill_ctx = self._context(self.decoder_engine, 0)
-        self._decode_ctx = self._context(self.decoder_engine, 1)
+        self._vision_ctx = self._context("vision", self.vision_engine, 0)
+        self._prefill_ctx = self._context("decoder", self.decoder_engine, 0)
+        self._decode_ctx = self._context("decoder", self.decoder_engine, 1)
         self._allocate()
         self._slots: list[dict] = []
         self._free_slots: list[int] = []
@@ -196,7 +202,8 @@ class TensorRTBackend:
             raise BackendError(f"TensorRT {graph} engine {path} is missing; {rebuild}")
         if verify and sha256_file(path) != info.get("sha256"):
             raise BackendError(f"TensorRT {graph} engine {path} does not match its build record (sha256); {rebuild}")
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data, \
+                tensorrt_step(graph, f"load {path}"):
             engine = self._runtime.deserialize_cuda_engine(data)  # mmap: no second copy of a GB-sized engine
         if engine is None:
             raise BackendError(f"TensorRT could not load the {graph} engine {path} (see the log above); {rebuild}")
@@ -226,16 +233,21 @@ class TensorRTBackend:
         if self.decoder_engine.num_optimization_profiles < 2:
             raise BackendError("the decoder engine lacks its decode profile; rebuild with omniad-edge build-engine")
 
-    def _context(self, engine, profile: int):
+    def _context(self, graph: str, engine, profile: int):
         trt = self._trt
         strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "ON_PROFILE_CHANGE", None)
         # ON_PROFILE_CHANGE: the decode context holds only what the single-token profile needs.
-        context = engine.create_execution_context(strategy) if strategy is not None else \
-            engine.create_execution_context()
+        with tensorrt_step(graph, "create an execution context"):
+            context = engine.create_execution_context(strategy) if strategy is not None else \
+                engine.create_execution_context()
         if context is None:
-            raise BackendError("TensorRT could not create an execution context (out of device memory?)")
-        if profile and not context.set_optimization_profile_async(profile, self.stream):
-            raise BackendError(f"TensorRT refused optimisation profile {profile}")
+            raise BackendError(f"the {graph} engine: TensorRT could not create an execution context (out of device "
+                               "memory?)")
+        if profile:
+            with tensorrt_step(graph, f"select optimization profile {profile}"):
+                ok = context.set_optimization_profile_async(profile, self.stream)
+            if not ok:
+                raise BackendError(f"the {graph} engine: TensorRT refused optimization profile {profile}")
         return context
 
     def _alloc(self, nbytes: int, host: bool = True) -> _Buffer:
@@ -256,8 +268,8 @@ class TensorRTBackend:
         self._positions = self._alloc(plan[f"decoder.{_POSITIONS}"])
         self._mask = self._alloc(plan[f"decoder.{_MASK}"])
         self._logits = self._alloc(plan[f"decoder.{LOGITS}"])
-        # New K/V for batches and graph decode: (B, S, kv_heads, head_dim) per layer and kind.
-        scratch_seq = s if b > 1 else (1 if self.cuda_graph else 0)
+        # New K/V for batches, unaligned slots and graph decode: (B, S, kv_heads, head_dim) per layer and kind.
+        scratch_seq = kv_scratch_seq(self.bundle.manifest, lim, self.cuda_graph)
         self._scratch = [self._alloc(b * scratch_seq * self._row, host=False).device
                          for _ in range(2 * self.num_layers)] if scratch_seq else []
         self._scratch_seq = scratch_seq
@@ -312,9 +324,9 @@ class TensorRTBackend:
             staging = buf.host(array.shape, array.dtype)
             np.copyto(staging, array)
             cuda.memcpy_async(buf.device, buf.host_ptr, array.nbytes, H2D, stream)
-            self._set(ctx, name, array.shape, buf.device)
+            self._set(ctx, "vision", name, array.shape, buf.device)
         out_shape = (n // self.unit, self.out_hidden)
-        self._address(ctx, VISION_OUTPUT, self._vision_out.device)
+        self._address(ctx, "vision", VISION_OUTPUT, self._vision_out.device)
         self._execute(ctx, "vision")
         result = self._vision_out.host(out_shape, np.float32)
         cuda.memcpy_async(self._vision_out.host_ptr, self._vision_out.device, result.nbytes, D2H, stream)
@@ -340,7 +352,8 @@ class TensorRTBackend:
             raise BackendError(f"position_ids must be (3, {b}, {s}) and attention_mask ({b}, {past_len + s}); got "
                                f"{position_ids.shape} and {attention_mask.shape}")
         graph = self.cuda_graph and s == 1
-        plan = plan_step(batch=b, seq=s, past_len=past_len, capacity=self.limits.max_seq_len, graph=graph)
+        plan = plan_step(batch=b, seq=s, past_len=past_len, capacity=self.limits.max_seq_len, graph=graph,
+                         row_bytes=self._row)
         mask = expand_mask(np.asarray(attention_mask, np.int64), plan, past_len)
         cuda, stream = self._cuda, self.stream
         for buf, array, dtype in ((self._embeds, embeds, np.float32), (self._positions, position_ids, np.int64),
@@ -374,26 +387,31 @@ class TensorRTBackend:
 
     def _bind_decoder(self, ctx, cache: DeviceKVCache, b: int, s: int, past_len: int, plan: StepPlan,
                       mask_shape) -> None:
-        self._set(ctx, _EMBEDS, (b, s, self.hidden_size), self._embeds.device)
-        self._set(ctx, _POSITIONS, (3, b, s), self._positions.device)
-        self._set(ctx, _MASK, tuple(mask_shape), self._mask.device)
+        self._set(ctx, "decoder", _EMBEDS, (b, s, self.hidden_size), self._embeds.device)
+        self._set(ctx, "decoder", _POSITIONS, (3, b, s), self._positions.device)
+        self._set(ctx, "decoder", _MASK, tuple(mask_shape), self._mask.device)
         past_shape = (b, plan.past_bound, self.kv_heads, self.head_dim)
         for i in range(self.num_layers):
             names = zip(past_names(i), new_names(i), (cache.keys, cache.values))
             for j, (past_name, new_name, pointers) in enumerate(names):
                 base = pointers[i]
-                self._set(ctx, past_name, past_shape, base)
+                self._set(ctx, "decoder", past_name, past_shape, base)
                 out = base + past_len * self._row if plan.direct else self._scratch[j * self.num_layers + i]
-                self._address(ctx, new_name, out)
-        self._address(ctx, LOGITS, self._logits.device)
+                self._address(ctx, "decoder", new_name, out)
+        self._address(ctx, "decoder", LOGITS, self._logits.device)
 
     def _capture(self, ctx, key) -> None:
-        """Run once (TensorRT finishes shape-dependent setup), then capture the same enqueue as a CUDA graph."""
+        """Run once (TensorRT finishes shape-dependent setup), wait for it, then capture the same enqueue as a CUDA
+        graph (trtexec synchronises there too: deferred setup work must not land in the graph)."""
         self._execute(ctx, "decoder")
         cuda = self._cuda
+        cuda.stream_synchronize(self.stream)
         try:
             cuda.begin_capture(self.stream)
-            ok = ctx.execute_async_v3(self.stream)
+            try:
+                ok = ctx.execute_async_v3(self.stream)
+            except RuntimeError:
+                ok = False
             graph = cuda.end_capture(self.stream)
         except BackendError as exc:
             log.warning("CUDA graph capture failed (%s); decoding without graphs", exc)
@@ -407,20 +425,30 @@ class TensorRTBackend:
         self._graphs[key] = graph
         # The warm-up run already produced this step's outputs; the graph serves the following steps.
 
-    def _set(self, ctx, name: str, shape, address: int) -> None:
-        if not ctx.set_input_shape(name, tuple(int(x) for x in shape)):
-            raise BackendError(f"TensorRT rejected shape {tuple(shape)} for {name} (outside the engine's profile; "
-                               "rebuild with larger limits)")
-        self._address(ctx, name, address)
+    def _set(self, ctx, graph: str, name: str, shape, address: int) -> None:
+        shape = tuple(int(x) for x in shape)
+        step = f"set the shape of {name} to {shape} (outside the engine's profile? rebuild with larger limits)"
+        with tensorrt_step(graph, step):
+            ok = ctx.set_input_shape(name, shape)
+        if not ok:
+            raise BackendError(f"the {graph} engine: TensorRT failed to {step}")
+        self._address(ctx, graph, name, address)
 
     @staticmethod
-    def _address(ctx, name: str, address: int) -> None:
-        if not ctx.set_tensor_address(name, int(address)):
-            raise BackendError(f"TensorRT refused the address of tensor {name}")
+    def _address(ctx, graph: str, name: str, address: int) -> None:
+        if address % ALIGNMENT:  # TensorRT would refuse it; say why
+            raise BackendError(f"the {graph} engine: address {address:#x} of tensor {name} is not {ALIGNMENT}-byte "
+                               "aligned")
+        with tensorrt_step(graph, f"bind tensor {name}"):
+            ok = ctx.set_tensor_address(name, int(address))
+        if not ok:
+            raise BackendError(f"the {graph} engine: TensorRT refused the address of tensor {name}")
 
-    def _execute(self, ctx, what: str) -> None:
-        if not ctx.execute_async_v3(self.stream):
-            raise BackendError(f"TensorRT {what} execution failed (see the TensorRT log)")
+    def _execute(self, ctx, graph: str) -> None:
+        with tensorrt_step(graph, "execute (enqueue)"):
+            ok = ctx.execute_async_v3(self.stream)
+        if not ok:
+            raise BackendError(f"the {graph} engine: TensorRT execution failed (see the TensorRT log)")
 
     # -- reporting ---------------------------------------------------------------------------------------------
     @property

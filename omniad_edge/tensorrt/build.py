@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 from ..bundle import sha256_file
 from ..errors import BackendError, BundleError
-from .cuda import DeviceInfo, import_tensorrt
+from .cuda import DeviceInfo, import_tensorrt, tensorrt_step
 from .limits import (BuildOptions, Profile, decoder_profiles, profiles_to_json, resolve_limits, vision_profile,
                      vision_tail_blocks)
 from .memory import check_memory, estimate_memory
-from .precision import (check_bundle_precision, check_precision, check_quantization, graph_precision, strongly_typed,
-                        vision_fp32_layers)
+from .precision import (LayerInfo, check_bundle_precision, check_precision, check_quantization, graph_precision,
+                        graph_precisions, norm_fp32_layers, rotary_fp32_layers, strongly_typed, vision_fp32_layers)
 from .record import ENGINE_DIR, ENGINE_FILES, RECORD, make_record, manifest_sha256
 
 __all__ = ["build_engines", "plan"]
@@ -61,22 +61,39 @@ def _count_quantize_layers(trt, network) -> tuple[int, int]:
         layer = network.get_layer(i)
         if quantize is None or layer.type != quantize:
             continue
-        out_type = getattr(layer, "to_type", None) or layer.get_output(0).dtype
-        if fp8_type is not None and out_type == fp8_type:
+        # get_layer returns the ILayer base (no to_type without a downcast); the output carries the quantised type
+        if fp8_type is not None and layer.get_output(0).dtype == fp8_type:
             fp8 += 1
         else:
             int8 += 1
     return int8, fp8
 
 
+def _layer_infos(trt, network) -> list[LayerInfo]:
+    floats = {trt.DataType.FLOAT, getattr(trt.DataType, "HALF", trt.DataType.FLOAT)}
+    infos = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        ins = [layer.get_input(k) for k in range(layer.num_inputs)]
+        outs = [layer.get_output(k) for k in range(layer.num_outputs)]
+        infos.append(LayerInfo(name=layer.name, kind=layer.type.name,
+                               inputs=tuple(t.name for t in ins if t is not None),
+                               outputs=tuple(t.name for t in outs if t is not None),
+                               float_output=all(t.dtype in floats for t in outs if t is not None)))
+    return infos
+
+
 def _build_one(trt, builder, logger, *, graph: str, onnx_path: Path, profiles: list[Profile], opts: BuildOptions,
                strong: bool, timing_cache, manifest: dict, log: Callable[[str], None]):
     """Parse one ONNX graph and build its serialized engine; returns (bytes-like, precision notes)."""
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    with tensorrt_step(graph, "create the network"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
     log(f"[{graph}] parsing {onnx_path.name}")
-    if not parser.parse_from_file(str(onnx_path)):
+    with tensorrt_step(graph, f"parse {onnx_path.name}"):
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BundleError(f"TensorRT cannot parse {onnx_path}: {errors}")
 
@@ -89,58 +106,101 @@ def _build_one(trt, builder, logger, *, graph: str, onnx_path: Path, profiles: l
         )
     check_quantization(opts, *_count_quantize_layers(trt, network), graph)
 
-    config = builder.create_builder_config()
     notes: dict[str, Any] = {f"{graph}_strongly_typed": strong}
-    if opts.workspace_gb:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
-    if not opts.tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)  # keep fp32 builds at fp32 accuracy, matching ONNX Runtime
-    if not strong:
-        if opts.fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-        if opts.int8:
-            config.set_flag(trt.BuilderFlag.INT8)
-        if opts.fp8:
-            config.set_flag(trt.BuilderFlag.FP8)
-        if graph == "vision" and opts.fp16:
-            notes["vision_fp32_layers"] = _pin_vision_fp32(trt, network, config, manifest, opts, log)
-    if timing_cache is not None:
-        config.set_timing_cache(timing_cache, False)
-    monitor = _progress_monitor(trt, log, graph)
-    if monitor is not None:
-        config.progress_monitor = monitor
-    for profile in profiles:
-        trt_profile = builder.create_optimization_profile()
+    with tensorrt_step(graph, "configure the build"):
+        config = builder.create_builder_config()
+        if opts.workspace_gb:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
+        if not opts.tf32:
+            config.clear_flag(trt.BuilderFlag.TF32)  # keep fp32 builds at fp32 accuracy, matching ONNX Runtime
+        if not strong:  # TensorRT 10 only (check_precision refuses weak typing on 11)
+            for wanted, flag in ((opts.fp16, "FP16"), (opts.int8, "INT8"), (opts.fp8, "FP8")):
+                if wanted:
+                    config.set_flag(getattr(trt.BuilderFlag, flag))
+            if opts.fp16:
+                notes[f"{graph}_fp32_layers"] = _pin_fp32(trt, network, config, graph, manifest, opts, log)
+        if timing_cache is not None:
+            config.set_timing_cache(timing_cache, False)
+        monitor = _progress_monitor(trt, log, graph)
+        if monitor is not None:
+            config.progress_monitor = monitor
+    for k, profile in enumerate(profiles):
+        with tensorrt_step(graph, f"create optimization profile {k}"):
+            trt_profile = builder.create_optimization_profile()
         for name, (low, opt, high) in profile.items():
-            trt_profile.set_shape(name, low, opt, high)
-        config.add_optimization_profile(trt_profile)
+            with tensorrt_step(graph, f"set optimization profile {k} for {name} ({low} / {opt} / {high})"):
+                trt_profile.set_shape(name, low, opt, high)
+        with tensorrt_step(graph, f"add optimization profile {k}"):
+            index = config.add_optimization_profile(trt_profile)
+        if index < 0:
+            raise BackendError(f"the {graph} engine: TensorRT rejected optimization profile {k} "
+                               "(add_optimization_profile returned -1)")
 
     log(f"[{graph}] building engine (this takes minutes; progress follows)")
-    serialized = builder.build_serialized_network(network, config)
+    with tensorrt_step(graph, "build"):
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendError(f"TensorRT could not build the {graph} engine (see its log above)")
+        raise BackendError(f"the {graph} engine: TensorRT could not build it (see its log above)")
     return serialized, notes
 
 
-def _pin_vision_fp32(trt, network, config, manifest: dict, opts: BuildOptions, log) -> int | str:
-    """Keep the overflow-prone vision MLPs in fp32; if their names cannot be found, keep the whole tower fp32."""
-    depth = int(manifest["model"]["vision"].get("depth", 0))
-    tail = vision_tail_blocks(manifest, opts)
-    names = [network.get_layer(i).name for i in range(network.num_layers)]
-    picked = vision_fp32_layers(names, depth, tail)
-    if tail and not picked:
-        log("[vision] the tail blocks' MLP layers could not be found by name; keeping the vision engine fp32 "
-            "(export an fp16 bundle to get fp16 with fp32 islands)")
-        config.clear_flag(trt.BuilderFlag.FP16)
-        return "all"
-    for i in picked:
-        layer = network.get_layer(i)
-        layer.precision = trt.float32
-        for k in range(layer.num_outputs):
-            layer.set_output_type(k, trt.float32)
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    log(f"[vision] {len(picked)} layers of the last {tail} blocks' MLP pinned to fp32")
-    return len(picked)
+def _pin_fp32(trt, network, config, graph: str, manifest: dict, opts: BuildOptions, log) -> dict | str:
+    """Weak typing lets TensorRT run any layer in fp16; keep fp32 where fp16 is known to break the model: the rotary
+    angles and the norms of every graph, and the last vision blocks' MLP (Qwen2.5-VL-3B overflows there). Returns
+    what was pinned, for build.json; "all" when the vision MLPs cannot be found and the tower stays fp32."""
+    layers = _layer_infos(trt, network)
+    picked = {"rotary": rotary_fp32_layers(layers), "norms": norm_fp32_layers(layers)}
+    record: dict[str, Any] = {}
+    if graph == "vision":
+        depth = int(manifest["model"]["vision"].get("depth", 0))
+        tail = vision_tail_blocks(manifest, opts)
+        mlp, blocks = vision_fp32_layers(layers, depth, tail)
+        if len(blocks) < tail:
+            log(f"[vision] the MLP weights of the last {tail} blocks were not all found (found blocks {blocks}); "
+                "keeping the vision engine fp32 (export an fp16 bundle to get fp16 with fp32 islands)")
+            config.clear_flag(trt.BuilderFlag.FP16)
+            return "all"
+        picked["mlp"] = mlp
+        record["mlp_blocks"] = blocks
+    indices = sorted(set().union(*picked.values()))
+    with tensorrt_step(graph, "pin layers to fp32"):
+        for i in indices:
+            layer = network.get_layer(i)
+            layer.precision = trt.float32
+            for k in range(layer.num_outputs):
+                layer.set_output_type(k, trt.float32)
+        if indices:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    counts = {kind: len(found) for kind, found in picked.items()}
+    log(f"[{graph}] {len(indices)} layers pinned to fp32 ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    record.update(counts=counts, layers=[layers[i].name for i in indices])
+    return record
+
+
+def _timing_cache(builder, path: Path, log):
+    """The timing cache from `path`, or a new one when the file is absent, corrupt or from another TensorRT/device
+    (a cache only speeds builds up: a bad one is replaced, never fatal)."""
+    probe = builder.create_builder_config()
+    data = path.read_bytes() if path.is_file() else b""
+    if data:
+        try:
+            cache = probe.create_timing_cache(data)
+        except RuntimeError:
+            cache = None
+        if cache is None:
+            log(f"timing cache {path} cannot be read (corrupt or not a TensorRT timing cache); starting a new one")
+        elif not probe.set_timing_cache(cache, False):
+            log(f"timing cache {path} is from another device or TensorRT version; starting a new one")
+        else:
+            log(f"timing cache {path} (loaded)")
+            return cache
+    else:
+        log(f"timing cache {path} (new)")
+    with tensorrt_step(None, "create a timing cache"):
+        cache = probe.create_timing_cache(b"")
+    if cache is None:
+        raise BackendError("TensorRT could not create an empty timing cache")
+    return cache
 
 
 def plan(bundle, opts: BuildOptions, *, device: DeviceInfo | None = None) -> dict:
@@ -153,7 +213,7 @@ def plan(bundle, opts: BuildOptions, *, device: DeviceInfo | None = None) -> dic
     return {
         "bundle": str(bundle.root),
         "precision": manifest.get("precision", "fp32"),
-        "strongly_typed": {g: strongly_typed(opts, graph_precision(manifest, g)) for g in ("vision", "decoder")},
+        "strongly_typed": {g: strongly_typed(opts, p) for g, p in graph_precisions(manifest).items()},
         "limits": asdict(limits),
         "profiles": {"vision": profiles_to_json([vision_profile(manifest, limits)]),
                      "decoder": profiles_to_json(decoder_profiles(manifest, limits))},
@@ -187,7 +247,7 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
 
         cuda = load_cuda()
     device = cuda.device_info(opts.device)
-    check_precision(opts, device, trt.__version__, graph_precision(manifest, "decoder"))
+    check_precision(opts, device, trt.__version__, graph_precisions(manifest))
     estimate = estimate_memory(manifest, limits, fp16=opts.fp16, integrated=device.integrated, root=bundle.root)
     log(f"device {device.name} (compute capability {device.compute_capability[0]}.{device.compute_capability[1]}), "
         f"TensorRT {trt.__version__}; runtime memory estimate {estimate.describe()}")
@@ -196,19 +256,11 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
 
     out = bundle.root / ENGINE_DIR
     out.mkdir(exist_ok=True)
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    cache = None
+    with tensorrt_step(None, "create the builder"):
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
     cache_path = Path(opts.timing_cache) if opts.timing_cache else None
-    if cache_path is not None:
-        probe = builder.create_builder_config()
-        data = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = probe.create_timing_cache(data)
-        if data and not probe.set_timing_cache(cache, False):
-            log(f"timing cache {cache_path} is from another device or TensorRT version; starting a new one")
-            cache = probe.create_timing_cache(b"")
-        else:
-            log(f"timing cache {cache_path} ({'loaded' if data else 'new'})")
+    cache = _timing_cache(builder, cache_path, log) if cache_path is not None else None
 
     graphs = {"vision": (bundle.vision_path, [vision_profile(manifest, limits)]),
               "decoder": (bundle.decoder_path, decoder_profiles(manifest, limits))}
@@ -216,7 +268,7 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
     pid = os.getpid()
     for graph, (onnx_path, profiles) in graphs.items():
         t0 = time.monotonic()
-        strong = strongly_typed(opts, graph_precision(manifest, graph))
+        strong = strongly_typed(opts, graph_precision(manifest, graph), trt.__version__)
         serialized, note = _build_one(trt, builder, logger, graph=graph, onnx_path=onnx_path, profiles=profiles,
                                       opts=opts, strong=strong, timing_cache=cache, manifest=manifest, log=log)
         tmp = out / f".{ENGINE_FILES[graph]}.{pid}.tmp"
@@ -230,7 +282,9 @@ def build_engines(bundle_path, opts: BuildOptions, *, log: Callable[[str], None]
 
     if cache is not None and cache_path is not None:
         tmp_cache = cache_path.with_name(f".{cache_path.name}.{pid}.tmp")
-        tmp_cache.write_bytes(memoryview(cache.serialize()))
+        with tensorrt_step(None, "serialize the timing cache"):
+            data = cache.serialize()
+        tmp_cache.write_bytes(memoryview(data))
         os.replace(tmp_cache, cache_path)
 
     # Engines first, the record last: a record on disk means a complete build.

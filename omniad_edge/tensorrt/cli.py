@@ -7,7 +7,7 @@ import json
 import math
 import sys
 
-from ..errors import BackendError, BundleError
+from ..errors import BundleError, OmniADError
 from .build import build_engines, plan
 from .limits import DEFAULT_VISION_FP32_BLOCKS, BuildOptions
 
@@ -92,7 +92,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     except (BundleError, ValueError) as exc:
         print(f"omniad-edge build-engine: error: {exc}", file=sys.stderr)
         return 2
-    except BackendError as exc:
+    except (OmniADError, RuntimeError, OSError) as exc:  # TensorRT, the device, the file system
         print(f"omniad-edge build-engine: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -7,11 +7,12 @@ import ctypes
 import ctypes.util
 import glob
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..errors import BackendError
 
-__all__ = ["DeviceInfo", "CudaRuntime", "load_cuda", "import_tensorrt", "H2D", "D2H", "D2D"]
+__all__ = ["DeviceInfo", "CudaRuntime", "load_cuda", "import_tensorrt", "tensorrt_step", "H2D", "D2H", "D2D"]
 
 
 @dataclass(frozen=True)
@@ -205,3 +206,16 @@ def import_tensorrt():
             "pip install tensorrt (see docs/TENSORRT.md)"
         ) from None
     return tensorrt
+
+
+@contextmanager
+def tensorrt_step(engine: str | None, step: str):
+    """TensorRT's Python bindings raise RuntimeError where the C++ API returns false or null; inside this block it
+    becomes a BackendError naming the engine (None: no engine yet) and the step."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except RuntimeError as exc:
+        where = f"the {engine} engine: " if engine else ""
+        raise BackendError(f"{where}TensorRT failed to {step}: {exc}") from None

@@ -12,10 +12,11 @@ from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT
 
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
            "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
-           "kv_cache_bytes", "kv_scratch_bytes", "io_buffer_plan"]
+           "kv_cache_bytes", "kv_row_bytes", "kv_scratch_seq", "kv_scratch_bytes", "io_buffer_plan", "ALIGNMENT"]
 
 _PIXELS = VISION_INPUTS[0]
 _EMBEDS, _POSITIONS, _MASK = DECODER_INPUTS
+ALIGNMENT = 256  # bytes: TensorRT tensor addresses (IExecutionContext::setTensorAddress)
 FP32, INT64 = 4, 8  # bytes; graph I/O is float32 and int64 for every bundle precision (DESIGN.md)
 # Qwen2.5-VL-3B's last vision block MLP overflows fp16; pin the tail blocks' MLP to fp32 under --fp16.
 DEFAULT_VISION_FP32_BLOCKS = 2
@@ -191,13 +192,24 @@ def kv_cache_bytes(manifest: dict, limits: Limits) -> int:
     return 2 * int(model["num_layers"]) * per
 
 
-def kv_scratch_bytes(manifest: dict, limits: Limits) -> int:
-    """Batches > 1 receive the new keys/values in a scratch buffer (then a strided copy into the cache)."""
-    if limits.batch == 1:
-        return 0
+def kv_row_bytes(manifest: dict) -> int:
+    """Bytes of one cache position of one layer: kv_heads x head_dim float32."""
     model = _model(manifest)
-    per = limits.batch * limits.max_prefill * int(model["num_key_value_heads"]) * int(model["head_dim"]) * FP32
-    return 2 * int(model["num_layers"]) * per
+    return int(model["num_key_value_heads"]) * int(model["head_dim"]) * FP32
+
+
+def kv_scratch_seq(manifest: dict, limits: Limits, cuda_graph: bool = False) -> int:
+    """Positions of the scratch buffer that receives new keys/values before a strided copy into the cache: batches
+    (their past is strided), rows that are not a multiple of TensorRT's 256-byte address alignment (the new keys
+    cannot be bound in place at every offset), and one position for CUDA-graph decode."""
+    if limits.batch > 1 or kv_row_bytes(manifest) % ALIGNMENT:
+        return limits.max_prefill
+    return 1 if cuda_graph else 0
+
+
+def kv_scratch_bytes(manifest: dict, limits: Limits, cuda_graph: bool = False) -> int:
+    seq = kv_scratch_seq(manifest, limits, cuda_graph)
+    return 2 * int(_model(manifest)["num_layers"]) * limits.batch * seq * kv_row_bytes(manifest)
 
 
 def io_buffer_plan(manifest: dict, limits: Limits) -> dict[str, int]:

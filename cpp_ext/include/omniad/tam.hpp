@@ -5,7 +5,8 @@
 // - Decoders never throw on text and never crash: work is bounded by the input length and G*G, memory by G*G and a
 //   fixed per-record cap. Problems are reported in Decoded::repaired / problems.
 // - Constructors and encoders throw std::invalid_argument on bad arguments (the bindings turn it into ValueError).
-// - Objects are not thread-safe; distinct objects may be used from distinct threads.
+// - A CodecSpec is immutable: encode/decode on one spec may run from any number of threads. A StreamDecoder is one
+//   sequence's state and not thread-safe; distinct decoders may be used from distinct threads.
 #pragma once
 
 #include <cstddef>
