@@ -31,6 +31,9 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help="int4 as ONNX Runtime's MatMulNBits (default) or standard DequantizeLinear+MatMul (opset 21)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
+    p.add_argument("--vision-attention", choices=["auto", "plain"], default="auto",
+                   help="auto: ONNX Runtime's fused attention where it measured faster; plain: standard ONNX ops "
+                        "only (for TensorRT)")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
@@ -50,7 +53,7 @@ def main(argv=None) -> int:
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
                          int4_format=args.int4_format, int4_keep_lm_head=args.int4_keep_lm_head,
-                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
+                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, vision_attention=args.vision_attention,
                          embed_dtype=args.embed_dtype, quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)
