@@ -8,8 +8,8 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Export a Hugging Face Qwen2.5-VL checkpoint folder to an "
-                                "omniad_edge engine bundle (ONNX graphs + manifest).")
+    p = argparse.ArgumentParser(prog=prog, description="Export a Hugging Face Qwen2.5-VL or Qwen2-VL checkpoint "
+                                "folder to an omniad_edge engine bundle (ONNX graphs + manifest).")
     p.add_argument("checkpoint", help="Hugging Face folder: config.json, *.safetensors, tokenizer.json, ...")
     p.add_argument("out", help="bundle directory to create (must not exist unless --overwrite)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="fp32",

@@ -179,7 +179,7 @@ def _place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None, **overrides) -> Path:
-    """Export a Qwen2.5-VL checkpoint folder to a bundle directory; returns the bundle path.
+    """Export a Qwen2.5-VL or Qwen2-VL checkpoint folder to a bundle directory; returns the bundle path.
 
     Options may be passed as an ExportOptions or as keyword overrides (precision="int4", ...)."""
     import torch
