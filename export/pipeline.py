@@ -99,10 +99,10 @@ def _sample_vision_inputs(model_cfg: dict, names: list[str]):
     return tuple(torch.from_numpy(idx[k]) for k in names)
 
 
-VISION_DIMS = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"},
-               "image_gather": {0: "images", 1: "image_len"}, "image_scatter": {0: "patches"},
-               "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": {0: "patches"},
-               "image_embeds": {0: "tokens"}}
+_VISION_DIMS = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"},
+                "image_gather": {0: "images", 1: "image_len"}, "image_scatter": {0: "patches"},
+                "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": {0: "patches"},
+                "image_embeds": {0: "tokens"}}
 
 
 def _export_vision(model, model_cfg, dtype, opts, log):
@@ -113,7 +113,7 @@ def _export_vision(model, model_cfg, dtype, opts, log):
                         attention=opts.vision_attention).eval()
     names = graph.input_names
     args = _sample_vision_inputs(model_cfg, names)
-    proto, info = export_graph(graph, args, names, ["image_embeds"], VISION_DIMS, opts.prefer_dynamo, log)
+    proto, info = export_graph(graph, args, names, ["image_embeds"], _VISION_DIMS, opts.prefer_dynamo, log)
     return proto, {**info, "attention": graph.attention_forms(info["exporter"])}
 
 

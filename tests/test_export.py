@@ -524,6 +524,7 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
     ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
     ({"int4_keep_lm_head": "yes"}, "int4_keep_lm_head"),
     ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"), ({"embed_dtype": "int8"}, "embed_dtype"),
+    ({"vision_attention": "flash"}, "vision_attention"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
     _export_fails(tiny_checkpoint, tmp_path, match, **options)
@@ -660,6 +661,11 @@ def test_dynamo_failure_falls_back_to_legacy_and_says_why(tiny_checkpoint, tiny_
     for graph in ("vision", "decoder"):
         assert info[graph]["exporter"] == "legacy"
         assert "simulated dynamo failure" in info[graph]["fallback_reason"]
+    # TorchScript cannot write the fused op: standard ops only, and the manifest says so
+    import onnx
+
+    assert info["vision"]["attention"] == {"full": "plain", "window": "plain"}
+    assert "MultiHeadAttention" not in {n.op_type for n in onnx.load(str(out / "vision.onnx")).graph.node}
     frame = make_frame(*SIZES[1], seed=9)
     legacy, dynamo = BundleRunner(out), BundleRunner(tiny_bundle)
     a = legacy.generate([legacy.prompt([frame])], 6)

@@ -52,16 +52,16 @@ def custom_tokenizer():
     return tok
 
 
-def _model(architecture: str, vocab_size: int, ids: dict, tie: bool):
+def _model(architecture: str, vocab_size: int, ids: dict, tie: bool, text: dict, vision: dict | None):
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
                               Qwen2VLForConditionalGeneration)
 
-    config, model, vision = {"qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, VISION),
-                             "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, VISION_QWEN2)}[architecture]
+    config, model, default = {"qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, VISION),
+                              "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, VISION_QWEN2)}[architecture]
     cfg = config(
-        text_config={**TEXT, "vocab_size": vocab_size, "eos_token_id": ids["<|im_end|>"],
+        text_config={**text, "vocab_size": vocab_size, "eos_token_id": ids["<|im_end|>"],
                      "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=dict(vision),
+        vision_config=dict(vision or default),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
@@ -70,13 +70,15 @@ def _model(architecture: str, vocab_size: int, ids: dict, tie: bool):
 
 
 def write_tiny_checkpoint(out_dir, *, qwen_tokenizer_json=None, seed: int = 0, tie: bool | None = None,
-                          architecture: str = "qwen2_5_vl") -> Path:
+                          architecture: str = "qwen2_5_vl", text: dict | None = None, vision: dict | None = None,
+                          init_std: float = 0.08) -> Path:
     """A Hugging Face folder: config, safetensors, tokenizer files, chat template, preprocessor config.
 
     qwen_tokenizer_json: path of the real Qwen2.5 tokenizer.json (vocab 151,936); None for the custom one.
     tie: tied input/output embeddings; default untied for the custom vocabulary (like Qwen2.5-VL-7B; greedy
     tokens then vary with the image) and tied for the real one (like 3B; halves its 39 MB of vocabulary rows).
-    architecture: "qwen2_5_vl" (window + full attention blocks) or "qwen2_vl" (full attention, LayerNorm)."""
+    architecture: "qwen2_5_vl" (window + full attention blocks) or "qwen2_vl" (full attention, LayerNorm).
+    text, vision: config overrides (benchmarks build wider towers this way); init_std: std of the random matrices."""
     import torch
     from tokenizers import Tokenizer
 
@@ -93,12 +95,12 @@ def write_tiny_checkpoint(out_dir, *, qwen_tokenizer_json=None, seed: int = 0, t
     tok.save(str(out / "tokenizer.json"))
 
     torch.manual_seed(seed)
-    model = _model(architecture, vocab_size, ids, tie)
+    model = _model(architecture, vocab_size, ids, tie, text or TEXT, vision)
     with torch.no_grad():
         # larger than the default init so greedy argmax margins dwarf float rounding differences
         for p in model.parameters():
             if p.dim() >= 2:
-                p.normal_(0.0, 0.08)
+                p.normal_(0.0, init_std)
     model.save_pretrained(out)
 
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
