@@ -3,7 +3,11 @@
 Compiler flags are portable on purpose (the wheel also runs on Jetson aarch64): -O3 only, no -march=native; the hot
 sampler kernels pick AVX2 at load time on x86-64 through function multi-versioning in the sources.
 """
+import json
+import os
 import re
+import subprocess
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -23,6 +27,46 @@ native = Pybind11Extension(
     extra_compile_args=["-O3", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"],
 )
 
+# ONNX Runtime ships as several distributions that install the same `onnxruntime` module: onnxruntime (CPU),
+# onnxruntime-gpu (CUDA/TensorRT; JetPack's wheels for Jetson), onnxruntime-directml, ... pip does not know they
+# conflict, so a plain `onnxruntime` requirement installs the CPU build over a GPU one. Extras ([cpu]/[gpu]) cannot
+# fix it alone: pip has no default extras, so a bare `pip install .` would come without any runtime. Instead:
+#   - OMNIAD_EDGE_ONNXRUNTIME names the distribution to require ("onnxruntime-gpu", "onnxruntime", ...) or "none";
+#   - unset, an ONNX Runtime build the installing environment already has is kept (no requirement is added);
+#   - on a machine without one, the CPU build is required, so `pip install .` gives a working runtime.
+# The environment is read by the installing interpreter in isolated mode (-I), outside pip's build isolation.
+# omniad_edge.backends.onnxruntime reports at run time which build is in use.
+_FIND_ONNXRUNTIME = """
+import importlib.metadata, json
+def provides(d):
+    top = (d.read_text("top_level.txt") or "").split()
+    return "onnxruntime" in top or (not top and any(str(f).startswith("onnxruntime/") for f in d.files or ()))
+print(json.dumps(sorted({d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()
+                         if provides(d)})))
+"""
+
+
+# The oldest ONNX Runtime whose IOBinding takes ONNX element types as ints, which backends/onnxruntime.py binds with
+# (its fast path and the public-API fallback); 1.19 refuses them. The backend checks the same floor at run time, for
+# a build this file did not install (MIN_ONNXRUNTIME there).
+ONNXRUNTIME_FLOOR = ">=1.20"
+
+
+def onnxruntime_requirement() -> list:
+    choice = os.environ.get("OMNIAD_EDGE_ONNXRUNTIME", "").strip()
+    if choice:
+        if choice.lower() == "none":
+            return []
+        return [choice if re.search(r"[<>=!~]", choice) else choice + ONNXRUNTIME_FLOOR]
+    try:
+        out = subprocess.run([sys.executable, "-I", "-c", _FIND_ONNXRUNTIME], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        installed = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        installed = []
+    return [] if set(installed) - {"onnxruntime"} else ["onnxruntime" + ONNXRUNTIME_FLOOR]
+
+
 setup(
     name="omniad-edge",
     version=VERSION,
@@ -36,11 +80,15 @@ setup(
     include_package_data=True,
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
-    install_requires=["numpy", "onnxruntime", "tokenizers", "pillow"],
+    install_requires=["numpy", "tokenizers", "pillow", *onnxruntime_requirement()],
     extras_require={
         "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
         "test": ["pytest", "hypothesis", "scikit-image"],
         "grammar": ["llguidance>=1.0"],
+        # frame sources (video files, cameras, streams); headless: a station has no display
+        "camera": ["opencv-python-headless>=4.8"],
+        # HTTP serving: Ray Serve brings starlette and uvicorn
+        "serve": ["ray[serve]>=2.40"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
     zip_safe=False,

@@ -9,8 +9,12 @@ DIR holds another copy of the package (DIR/omniad_edge), e.g. the last commit:
 Each round runs one child process per tree (order alternating between rounds, so drift on a shared machine hits
 both alike). A child runs --runs frames through Inspector.run (explain and detect mode, after one warm-up frame) and
 splits every decode step into time inside the decoder session's run_with_iobinding and the rest of the step (the
-host overhead: sampling, embedding gather, positions, binding, detokenizing, stop checks). Prints per tree the
-median over rounds of the per-round medians, and the ratio current / baseline.
+host overhead: sampling, embedding gather, positions, binding, detokenizing, stop checks). Wall time swings with a
+shared machine's load, so it also reports host CPU per frame: the thread's CPU time (time.thread_time, which a
+preempted process does not accrue) outside the vision and decoder session runs, i.e. preprocessing, prompt, the
+decode loop's host work and postprocessing (with --threads 1 onnxruntime computes on the calling thread, so its
+share is subtracted exactly). Prints per tree the median over rounds of the per-round medians, and the ratio
+current / baseline.
 """
 from __future__ import annotations
 
@@ -42,19 +46,32 @@ def child(args) -> None:
         ins = Inspector(args.bundle, mode=mode, threads=args.threads, max_new_tokens=args.tokens)
         session = ins.backend.decoder
         inner = session.run_with_iobinding
+        inner_vision = ins.backend.vision.run
         calls: list[float] = []
+        cpu_inside = [0.0]
 
         def run(binding, *rest):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             inner(binding, *rest)
             calls.append((time.perf_counter() - t) * 1e3)
+            cpu_inside[0] += time.thread_time() - c
+
+        def run_vision(*a, **k):
+            c = time.thread_time()
+            out = inner_vision(*a, **k)
+            cpu_inside[0] += time.thread_time() - c
+            return out
 
         session.run_with_iobinding = run
+        ins.backend.vision.run = run_vision
         ins.run(frame(0))
-        walls, insides, overheads, tokens = [], [], [], []
+        walls, insides, overheads, tokens, host_cpu = [], [], [], [], []
         for seed in range(1, args.runs + 1):
             calls.clear()
+            cpu_inside[0] = 0.0
+            c0 = time.thread_time()
             r = ins.run(frame(seed))
+            host_cpu.append((time.thread_time() - c0 - cpu_inside[0]) * 1e3)
             steps = ins.generator._last_forwards
             if steps == 0:
                 continue
@@ -67,7 +84,8 @@ def child(args) -> None:
         out[mode] = {"steps": len(walls) and statistics.median(tokens),
                      "wall": statistics.median(walls) if walls else None,
                      "inside": statistics.median(insides) if insides else None,
-                     "overhead": statistics.median(overheads) if overheads else None}
+                     "overhead": statistics.median(overheads) if overheads else None,
+                     "host_cpu": statistics.median(host_cpu)}
     print(json.dumps(out))
 
 
@@ -108,14 +126,16 @@ def main(argv=None):
             if not rows:
                 continue
             figures[name] = {k: statistics.median(row[k] for row in rows)
-                             for k in ("steps", "wall", "inside", "overhead")}
+                             for k in ("steps", "wall", "inside", "overhead", "host_cpu")}
         for name, f in figures.items():
             print(f"{mode:8s} {name:9s} tokens {f['steps']:.0f}: step {f['wall']:.3f}, inside onnxruntime "
-                  f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%)")
+                  f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%); "
+                  f"host CPU per frame {f['host_cpu']:.2f} ms")
         if len(figures) == 2:
             b, c = figures["baseline"], figures["current"]
             print(f"{mode:8s} current / baseline: host overhead {c['overhead'] / b['overhead']:.2f}x, "
-                  f"step {c['wall'] / b['wall']:.2f}x")
+                  f"step {c['wall'] / b['wall']:.2f}x, host CPU per frame {c['host_cpu'] / b['host_cpu']:.2f}x")
+    print(f"load average after: {tuple(round(x, 2) for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

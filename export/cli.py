@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .presets import PRESETS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -18,6 +20,9 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help="vision graph precision (default: fp16 for fp16, int8 for int8/int4, else fp32)")
     p.add_argument("--max-image-tokens", type=int, default=1280,
                    help="cap on merged tokens per image; lowers max_pixels (default 1280)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="prompt and output grammar of a public model family (export/presets.py); --output-spec "
+                        "overrides it key by key")
     p.add_argument("--output-spec", metavar="FILE", default=None,
                    help='JSON overriding the prompt templates and output grammar: {"name", "prompt", "output"}')
     p.add_argument("--name", default=None, help="bundle name in the manifest")
@@ -49,7 +54,7 @@ def main(argv=None) -> int:
     from .pipeline import ExportOptions, export_bundle
 
     opts = ExportOptions(precision=args.precision, max_image_tokens=args.max_image_tokens,
-                         output_spec=args.output_spec, name=args.name, vision_precision=args.vision_precision,
+                         output_spec=args.output_spec, preset=args.preset, name=args.name, vision_precision=args.vision_precision,
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
                          int4_format=args.int4_format, int4_keep_lm_head=args.int4_keep_lm_head,

@@ -97,6 +97,12 @@ def _check_output(output: dict) -> None:
         coverage = mask.get("coverage", 0.0)
         if not isinstance(coverage, (int, float)) or not 0 <= coverage < 1:
             raise ExportError(f"output spec: output.mask.coverage must be in [0, 1), got {coverage!r}")
+        try:  # the runtime's own codec checks (codec name, grid range, label syntax) at export time, not on the device
+            from omniad_edge.tam import codec_from_spec
+
+            codec_from_spec(mask, tags=tuple(tags["mask"]))
+        except (TypeError, ValueError) as exc:
+            raise ExportError(f"output spec: output.mask: {exc}") from None
     answers = output.get("answers", {})
     if not (isinstance(answers.get("anomalous"), str) and isinstance(answers.get("normal"), str)
             and answers["anomalous"] and answers["normal"] and answers["anomalous"] != answers["normal"]):
@@ -104,8 +110,12 @@ def _check_output(output: dict) -> None:
                           f"got {answers!r}")
 
 
-def load_output_spec(path=None) -> dict:
-    """{"name": str | None, "prompt": {...}, "output": {...}}: defaults overridden by the JSON file at `path`."""
+def load_output_spec(path=None, preset: str | None = None) -> dict:
+    """{"name": str | None, "prompt": {...}, "output": {...}}: defaults, overridden by the named preset
+    (export/presets.py), overridden by the JSON file at `path`."""
+    from .presets import preset_spec
+
+    base = preset_spec(preset)
     override = {}
     if path is not None:
         override = read_json_object(Path(path), "output spec")
@@ -113,8 +123,8 @@ def load_output_spec(path=None) -> dict:
         if unknown:
             raise ExportError(f"output spec: unknown keys {sorted(unknown)}; allowed: name, prompt, output")
     spec = {"name": override.get("name"),
-            "prompt": _merge(DEFAULT_PROMPT, override.get("prompt", {})),
-            "output": _merge(DEFAULT_OUTPUT, override.get("output", {}))}
+            "prompt": _merge(_merge(DEFAULT_PROMPT, base.get("prompt", {})), override.get("prompt", {})),
+            "output": _merge(_merge(DEFAULT_OUTPUT, base.get("output", {})), override.get("output", {}))}
     if spec["name"] is not None and (not isinstance(spec["name"], str) or not spec["name"]):
         raise ExportError(f"output spec: name must be a non-empty string, got {spec['name']!r}")
     _check_prompt(spec["prompt"])

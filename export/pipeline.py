@@ -18,6 +18,7 @@ from omniad_edge.errors import ExportError
 from .checkpoint import inspect_checkpoint, load_model
 from .manifest import (build_manifest, exporter_section, file_entries, load_output_spec, model_section,
                        preprocess_section, write_manifest)
+from .presets import check_spec_tokens
 
 __all__ = ["ExportOptions", "export_bundle", "PRECISIONS"]
 
@@ -31,6 +32,7 @@ class ExportOptions:
     precision: str = "fp32"
     max_image_tokens: int = 1280
     output_spec: str | os.PathLike | None = None
+    preset: str | None = None  # export/presets.py: omniad | judo | iad-r1 | anomaly-r1; output_spec overrides it
     name: str | None = None
     vision_precision: str | None = None  # None: fp16 for fp16, int8 for int8/int4, else fp32
     overwrite: bool = False
@@ -199,7 +201,8 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
 
     log(f"checking checkpoint {checkpoint_dir}")
     checkpoint = inspect_checkpoint(checkpoint_dir)
-    spec = load_output_spec(opts.output_spec)
+    spec = load_output_spec(opts.output_spec, opts.preset)
+    check_spec_tokens(spec["output"], checkpoint.tokenizer_json)
     model_cfg = model_section(checkpoint)
     preprocess = preprocess_section(checkpoint, model_cfg, opts.max_image_tokens)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -6,7 +6,9 @@
 Heavy parts (onnxruntime, the inspector) load on first use, so `import omniad_edge` stays cheap.
 """
 from ._version import __version__
-from .errors import BackendError, BundleError, ExportError, FrameError, OmniADError
+import logging
+
+from .errors import BackendError, BundleError, ExportError, FrameError, InspectorClosedError, OmniADError
 
 _LAZY = {
     "Inspector": ("inspector", "Inspector"),
@@ -14,7 +16,11 @@ _LAZY = {
     "load_bundle": ("bundle", "load_bundle"),
 }
 
-__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError", *_LAZY]
+__all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError",
+           "InspectorClosedError", *_LAZY]
+
+# The library reports through the "omniad_edge" logger only; the application decides where it goes.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name):

@@ -33,16 +33,20 @@ def connected_components(
 
 # ---- sampling ------------------------------------------------------------------------------------------------------
 
-class Sampler:
-    def __init__(self, temperature: float, top_k: int, top_p: float, min_p: float, repetition_penalty: float,
-                 seed: int) -> None: ...
+class Rng:
+    def __init__(self, seed: int) -> None: ...
     def reset(self, seed: int) -> None: ...
+
+class Sampler:
+    def __init__(self, temperature: float, top_k: int, top_p: float, min_p: float,
+                 repetition_penalty: float) -> None: ...
     def sample(
         self,
         logits: npt.NDArray[np.float32] | npt.NDArray[np.float16],
         previous: npt.NDArray[np.int64] | None,
         allowed_mask: npt.NDArray[np.uint32] | npt.NDArray[np.bool_] | None,
         logprobs: bool,
+        rng: Rng | None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | npt.NDArray[np.int64]: ...
 
 def log_softmax_at(logits: npt.NDArray[np.float32] | npt.NDArray[np.float16], ids: npt.NDArray[np.int64],

@@ -1,6 +1,8 @@
-"""`omniad-edge` command: inspect, demo, export, build-engine, bench.
+"""`omniad-edge` command: inspect, watch, serve, demo, export, build-engine, bench.
 
     omniad-edge inspect part1.png part2.png --engine BUNDLE --json results.json --overlay-dir overlays/
+    omniad-edge watch line3.avi --json-lines --fps 5               (video, camera index, URL, pipeline, folder)
+    omniad-edge serve [BUNDLE] --replicas 2 --port 8000           (extra `serve`: Ray Serve)
     omniad-edge demo --out demo_out
     omniad-edge export CHECKPOINT_DIR BUNDLE_DIR [--precision fp16 ...]      (extra `export`: torch, transformers)
     omniad-edge build-engine BUNDLE [...]                                     (TensorRT)
@@ -49,6 +51,60 @@ def _inspect(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 2 if failures else 0
+
+
+def _watch(args) -> int:
+    import logging
+
+    from .inspector import Inspector
+    from .sources import open_source
+    from .watch import watch
+
+    # the library logs reconnects and skipped files; the command shows them on stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("omniad-edge: %(message)s"))
+    library_log = logging.getLogger("omniad_edge")
+    library_log.addHandler(handler)
+    source = None
+    try:
+        # the source first: a wrong camera or path is reported before a model is loaded
+        with open_source(args.source, policy=args.policy, fps=args.fps, follow=args.follow,
+                         idle_timeout=args.idle_timeout) as source:
+            inspector = Inspector(args.engine, mode=args.mode, threads=args.threads,
+                                  max_new_tokens=args.max_new_tokens)
+            summary = watch(inspector, source, lambda line: _print_watch_line(line, args.json_lines),
+                            overlay_dir=args.overlay_dir)
+    except KeyboardInterrupt:
+        print(f"watch: stopped by user; {source.dropped if source else 0} frames dropped", file=sys.stderr)
+        return 130
+    finally:
+        library_log.removeHandler(handler)
+    print(f"watch: {summary.text()}", file=sys.stderr)
+    return 2 if summary.failed else 0
+
+
+def _print_watch_line(line: dict, json_lines: bool) -> None:
+    if json_lines:
+        print(json.dumps(line), flush=True)
+    elif "error" in line:
+        print(f"{line['name']}: error: {line['error']}", flush=True)
+    else:
+        kind = f" {line['defect_type']}" if line["defect_type"] else ""
+        print(f"{line['name']}: {'ANOMALY' if line['is_anomalous'] else 'ok'}{kind} score={line['score']:.4f} "
+              f"({line['timings']['total']:.0f} ms)", flush=True)
+
+
+def _serve(args) -> int:
+    from .serve import serve_forever
+
+    actor = {"num_cpus": args.cpus_per_replica}
+    if args.gpus_per_replica:
+        actor["num_gpus"] = args.gpus_per_replica
+    serve_forever(args.engine, replicas=args.replicas, port=args.port, host=args.host, address=args.address,
+                  inspector_options={"mode": args.mode, "threads": args.threads, "providers": args.providers},
+                  ray_actor_options=actor, max_batch_size=args.max_batch_size,
+                  ready=lambda url: print(f"serving at {url} (POST an image; Ctrl+C stops)", flush=True))
+    return 0
 
 
 def _demo(args) -> int:
@@ -113,6 +169,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay-dir", default=None, help="write an overlay PNG per image here")
     p.set_defaults(run=_inspect)
 
+    p = sub.add_parser("watch", help="inspect a video file, camera, stream or image folder as frames arrive "
+                       "(extra `camera` for all but folders)")
+    p.add_argument("source", help="video file, camera index (0), rtsp:// or http:// URL, GStreamer pipeline "
+                   "(elements joined by '!'), or a folder of images")
+    p.add_argument("--engine", default=None, help="bundle directory (default: the embedded bundle)")
+    p.add_argument("--mode", choices=["detect", "explain"], default="detect")
+    p.add_argument("--fps", type=float, default=None, help="read at most N frames per second")
+    p.add_argument("--policy", choices=["every", "latest"], default="every",
+                   help="every frame (default), or only the newest when inspection falls behind (drops counted)")
+    p.add_argument("--follow", action="store_true", help="folder: keep watching for new images")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="with --follow: stop after this many seconds without a new image")
+    p.add_argument("--json-lines", action="store_true", help="one JSON object per frame on stdout "
+                   "(default: one readable line per frame)")
+    p.add_argument("--overlay-dir", default=None, help="write an overlay PNG per frame here")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own)")
+    p.set_defaults(run=_watch)
+
+    p = sub.add_parser("serve", help="serve Inspector replicas over HTTP on Ray Serve (extra `serve`)")
+    p.add_argument("engine", nargs="?", default=None, help="bundle directory, readable on every node "
+                   "(default: the embedded bundle)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (e.g. auto); default: start a local one")
+    p.add_argument("--mode", choices=["detect", "explain"], default="detect")
+    p.add_argument("--max-batch-size", type=int, default=8, help="concurrent requests batched onto one run_batch")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="e.g. 1 (with --providers cuda)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per replica (default: its CPUs)")
+    p.add_argument("--providers", nargs="*", default=None, help="cpu, cuda, tensorrt (default: cpu)")
+    p.set_defaults(run=_serve)
+
     p = sub.add_parser("demo", help="inspect synthetic frames and save overlays")
     p.add_argument("--out", default="omniad_demo", help="output directory")
     p.add_argument("--n", type=int, default=8)
@@ -125,13 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("export_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_export)
 
-    try:
-        from . import engine_build
-    except ImportError:  # pragma: no cover - the module is part of the package
-        engine_build = None
-    if engine_build is not None and hasattr(engine_build, "add_parser"):
-        p = engine_build.add_parser(sub)
-        p.set_defaults(run=lambda a: int(engine_build.main(a) or 0))
+    from .tensorrt import cli as build_engine
+
+    p = build_engine.add_parser(sub)
+    p.set_defaults(run=lambda a: int(build_engine.main(a) or 0))
 
     # bench owns its options (a REMAINDER argument would not capture leading options such as --frames)
     from . import bench

@@ -20,3 +20,7 @@ class BackendError(OmniADError, RuntimeError):
 
 class ExportError(OmniADError, ValueError):
     """A checkpoint cannot be exported: not Qwen2.5-VL, missing/corrupt files, unsupported settings."""
+
+
+class InspectorClosedError(OmniADError, RuntimeError):
+    """The Inspector was closed (close() or the end of its `with` block); create a new one."""

@@ -2,19 +2,29 @@
 
 Prefill gathers token embeddings from the bundle's embed_tokens table (memory-mapped), writes the image embeddings
 over the image-pad rows and runs the prompt in one forward. A prefix that does not depend on the query frame
-(system prompt + reference images) is prefilled once per key and its KV kept in a working cache, so each frame only
-prefills its own suffix.
+(system prompt + reference images) is prefilled once per key into a shared, read-only cache; each call's working
+cache copies it (only when it last held another prefix), so each frame only prefills its own suffix.
+
+Structure: `_prefill` (the prompts, left-padded, one forward) and `_decode` (sample, accept, feed back) share two
+helpers: `_accept` appends one token to a row, sampled or grammar-forced (score, grammar, text, stop conditions),
+and `_feed_tokens` runs token ids through the decoder at each row's next positions.
 
 Score: the probability that the model writes the empty mask, P(E) with E = tokens of open_tag + encode(empty
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output
 leaves E at step j, the score uses P(E[:j+1]) (the model's probability of staying on the empty text there), an upper
 bound of P(E) that needs no extra forward; when the output is E, it is P(E) exactly. score = 1 - that probability,
 continuous in [0, 1], so AUROC needs no threshold on the text.
+
+Answer-only models (think + answer, no mask) have no empty-mask text; their score is the model's own
+P(anomalous answer) / P(any answer) at the token where the answer starts (`AnswerProbe`), read from the logits the
+decoder samples from there: no extra forward.
 """
 from __future__ import annotations
 
 import math
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -32,6 +42,7 @@ class Request:
     image_embeds: Sequence[np.ndarray]
     grids: Sequence[tuple[int, int, int]]
     constraint: object | None = None  # grammar.Constraint for this row
+    answer_lead_in_prompt: bool = False  # the prompt ends with the AnswerProbe's lead: the answer starts at once
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)  # ms: prefill, decode
     forwards: int = 0  # decoder runs after the prefill (forced-token runs count once)
     forced_tokens: int = 0
+    answer_score: float | None = None  # answer-only models: P(anomalous answer) where the answer starts
 
 
 class EmptyMaskScore:
@@ -78,12 +90,107 @@ class EmptyMaskScore:
         return float(min(1.0, max(0.0, 1.0 - math.exp(self.logp))))
 
 
+@dataclass(frozen=True)
+class AnswerProbe:
+    """Where an answer-only model states its verdict: right after `lead` (the token ids that open the answer, as
+    the tokenizer writes them before any answer), the first token of each spelling of the anomalous and the normal
+    answer."""
+
+    lead: tuple[int, ...]
+    anomalous: tuple[int, ...]
+    normal: tuple[int, ...]
+
+
+class AnswerScore:
+    """P(anomalous) / (P(anomalous) + P(normal)) over the answers' first tokens, once, where the answer starts."""
+
+    def __init__(self, probe: AnswerProbe, lead_in_prompt: bool):
+        self.probe = probe
+        self.lead_in_prompt = lead_in_prompt
+        self.score: float | None = None
+        self.done = False
+        self._ids = np.array(probe.anomalous + probe.normal, np.int64)
+
+    def due(self, generated: list[int]) -> bool:
+        """The next token starts the answer: the lead ended the prompt, or the output just wrote it."""
+        if self.done:
+            return False
+        if self.lead_in_prompt:
+            return not generated
+        n = len(self.probe.lead)
+        return n > 0 and len(generated) >= n and tuple(generated[-n:]) == self.probe.lead
+
+    def observe(self, logits_row: np.ndarray) -> None:
+        self.done = True
+        picked = logits_row[self._ids].astype(np.float64)
+        if not np.isfinite(picked).all():  # a broken step gives no score, never a made-up one
+            return
+        p = np.exp(picked - picked.max())
+        k = len(self.probe.anomalous)
+        self.score = float(p[:k].sum() / p.sum())
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    """The prefilled KV of a prefix (system prompt + references): shared, read-only once built."""
+
+    key: object
+    length: int
+    cache: object  # batch-1 cache holding slots [0, length)
+
+
+@dataclass
+class _Slot:
+    """A working KV cache checked out of the pool, and the prefix its first slots hold (None: not a known one)."""
+
+    cache: object
+    prefix: _Prefix | None = None
+
+
+@dataclass
+class _Row:
+    """One sequence's decode state."""
+
+    score: EmptyMaskScore
+    constraint: object | None
+    mask_stream: object | None  # Text-as-Mask stream decoder: the row stops when the mask block closes
+    detok: object | None  # incremental detokenizer, only when text is needed per token
+    answer: AnswerScore | None = None  # answer-only models
+    generated: list[int] = field(default_factory=list)
+    finish: str = ""
+
+
+@dataclass
+class _Call:
+    """Per-call state of one generate(): never shared between threads."""
+
+    rows: list[_Row]
+    cache: object
+    mask: np.ndarray  # (batch, cache slots) attention mask
+    length: int  # cache slots in use
+    next_pos: np.ndarray  # rope position of each row's next token
+    max_new_tokens: int
+    emit: Callable[[str], None] | None  # the caller's stream callback (batch 1 only)
+    rng: object | None  # the sampler's generator for this call (None: greedy)
+    step_pos: np.ndarray  # (3, batch, 1) positions buffer reused by every single-token step
+    forwards: int = 0
+    forced: int = 0
+
+
 class Generator:
-    """The decode engine over a backend; one per Inspector (not thread-safe)."""
+    """The decode engine over a backend: prefill, then decode with stop conditions and the empty-mask score.
+
+    Threads: one Generator may be shared by any number of threads when the backend is `concurrent` (ONNX Runtime).
+    Shared, read-only during calls: bundle, backend sessions, embedding table, sampler settings, the prefilled
+    reference prefix. Per call: a working KV cache checked out of a pool (the backend keeps its IO binding and
+    logits buffer with it) and given back after the call, the sampler's generator, the step buffers and the row
+    states; so results do not depend on what other threads run. A backend that is not concurrent gets its calls
+    serialised (`exclusive`).
+    """
 
     def __init__(self, backend, bundle, tokenizer, sampler, *, empty_mask_ids: Sequence[int] = (),
                  mask_stream_factory: Callable[[], object] | None = None, prefix_cache: bool = True,
-                 needs_previous: bool = False):
+                 needs_previous: bool = False, answer_probe: AnswerProbe | None = None):
         from .sampling import log_softmax_at
 
         self.backend = backend
@@ -100,18 +207,113 @@ class Generator:
         self.merge = int(bundle.model["vision"]["spatial_merge_size"])
         self.max_position = int(bundle.model.get("max_position", 1 << 30))
         self.empty_mask_ids = list(empty_mask_ids)
+        self.answer_probe = answer_probe
         self.mask_stream_factory = mask_stream_factory
         self.prefix_cache = prefix_cache
         self.needs_previous = needs_previous  # repetition penalty: the sampler needs the generated ids
         self.forced_runs = True  # feed grammar-forced tokens as one multi-token forward (batch 1)
-        self._prefix_key = None  # key of the prefix held in the working caches' first slots
-        self._prefix_len = 0
-        self._prefix_source = None  # batch-1 cache holding the prefix
-        self._work: dict[int, object] = {}  # batch -> working cache
-        self._work_prefix: dict[int, object] = {}  # batch -> key of the prefix its first slots hold
-        self._last_forwards = 0
+        # Held by every call when the backend cannot run calls at once; the Inspector takes it around vision too.
+        self.exclusive = nullcontext() if getattr(backend, "concurrent", False) else threading.RLock()
+        self._lock = threading.Lock()  # guards the pool
+        self._prefill_lock = threading.Lock()  # one prefix prefill at a time
+        self._prefix: _Prefix | None = None
+        self._pool: dict[int, list[_Slot]] = {}  # batch -> idle working caches
+        self._last_forwards = 0  # forwards of the latest call (diagnostics of single-thread runs)
 
-    # -- helpers -----------------------------------------------------------------------------------------------
+    # -- shared state: prefix and the pool of working caches ---------------------------------------------------
+    def _ensure_prefix(self, key, embeds: np.ndarray, positions: np.ndarray, length: int) -> tuple[_Prefix, float]:
+        """The prefix KV for key, prefilled once (other threads wait for it); -> (prefix, ms spent, 0 on a hit)."""
+        prefix = self._prefix
+        if prefix is not None and prefix.key == key and prefix.length == length:
+            return prefix, 0.0
+        with self._prefill_lock:
+            prefix = self._prefix
+            if prefix is not None and prefix.key == key and prefix.length == length:
+                return prefix, 0.0
+            start = time.perf_counter()
+            source = self.backend.new_cache(1, length)
+            self.backend.forward(embeds[None, :length], positions[:, None, :length], np.ones((1, length), np.int64),
+                                 source, 0)
+            self._prefix = prefix = _Prefix(key, length, source)
+            return prefix, (time.perf_counter() - start) * 1e3
+
+    def _checkout(self, batch: int, length: int, prefix: _Prefix | None) -> _Slot:
+        """A working cache of at least `length` slots whose first slots hold `prefix`."""
+        with self._lock:
+            free = self._pool.get(batch, [])
+            slot = next((s for s in reversed(free) if s.cache.max_len >= length), None)
+            if slot is not None:
+                free.remove(slot)
+            elif free:
+                free.pop()  # too small for this call: replaced by a larger one below
+        if slot is None:
+            slot = _Slot(self.backend.new_cache(batch, max(length, 64)))
+        if prefix is None:
+            slot.prefix = None  # this call writes from slot 0
+        elif slot.prefix is not prefix:
+            slot.cache.copy_prefix(prefix.cache, prefix.length)
+            slot.prefix = prefix
+        return slot
+
+    def _checkin(self, batch: int, slot: _Slot) -> None:
+        with self._lock:
+            free = self._pool.setdefault(batch, [])
+            if len(free) < _POOL_PER_BATCH:
+                free.append(slot)
+
+    # -- one call ----------------------------------------------------------------------------------------------
+    def generate(self, requests: Sequence[Request], *, max_new_tokens: int, stop_on_mask_close: bool = False,
+                 stream: Callable[[str], None] | None = None, prefix_key=None) -> list[Generation]:
+        if not requests:
+            return []
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        with self.exclusive:
+            return self._generate(requests, max_new_tokens, stop_on_mask_close, stream, prefix_key)
+
+    def _generate(self, requests, max_new_tokens, stop_on_mask_close, stream, prefix_key) -> list[Generation]:
+        batch = len(requests)
+        t0 = time.perf_counter()
+        rows = []
+        for r in requests:
+            pos, delta = rope_positions(r.prompt.ids, list(r.grids), self.tokens, self.merge)
+            rows.append((self._embeddings(r), pos, delta))
+        lengths = [len(r.prompt) for r in requests]
+        prefix, prefix_ms = self._shared_prefix(requests, rows, lengths, prefix_key)
+        prefix_len = prefix.length if prefix is not None else 0
+        width = max(lengths) - prefix_len
+        total = prefix_len + width + max_new_tokens
+        slot = self._checkout(batch, total, prefix)
+        try:
+            call = self._start(requests, slot.cache, total, prefix_len, [d for _, _, d in rows], lengths,
+                               max_new_tokens, stop_on_mask_close, stream)
+            t_prefill = time.perf_counter()
+            logits = self._prefill(call, rows, lengths, prefix_len, width)
+            prefill_ms = (time.perf_counter() - t_prefill) * 1e3 + prefix_ms
+            t_decode = time.perf_counter()
+            self._decode(call, logits)
+            decode_ms = (time.perf_counter() - t_decode) * 1e3
+        finally:
+            self._checkin(batch, slot)
+        texts = []
+        for row in call.rows:
+            if row.detok is None:
+                texts.append(self.tokenizer.decode(row.generated))
+                continue
+            rest = row.detok.flush()
+            if rest and call.emit is not None:
+                call.emit(rest)
+            texts.append(row.detok.text)
+        self._last_forwards = call.forwards
+        total_ms = (time.perf_counter() - t0) * 1e3
+        return [Generation(ids=row.generated, text=text, finish_reason=row.finish or "length",
+                           score=row.score.score, prompt_tokens=n,
+                           answer_score=None if row.answer is None else row.answer.score,
+                           timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
+                                    "prefix": prefix_ms, "prefix_len": float(prefix_len)},
+                           forwards=call.forwards, forced_tokens=call.forced)
+                for row, text, n in zip(call.rows, texts, lengths)]
+
     def _embeddings(self, request: Request) -> np.ndarray:
         ids = request.prompt.ids
         embeds = np.asarray(self._table[ids], dtype=np.float32)  # fancy index: copies only the rows used
@@ -124,216 +326,162 @@ class Generator:
             embeds[start:start + n] = image
         return embeds
 
-    def _cache(self, batch: int, length: int, prefix_key, prefix_len: int):
-        """A working cache of at least `length` slots whose first prefix_len slots hold the prefix."""
-        cache = self._work.get(batch)
-        if cache is None or cache.max_len < length:
-            cache = self.backend.new_cache(batch, max(length, 64))
-            self._work[batch] = cache
-            self._work_prefix[batch] = None
-        if prefix_len and self._work_prefix.get(batch) != prefix_key:
-            cache.copy_prefix(self._prefix_source, prefix_len)
-            self._work_prefix[batch] = prefix_key
-        return cache
+    def _shared_prefix(self, requests, rows, lengths, prefix_key) -> tuple[_Prefix | None, float]:
+        """The prefix every row shares (same references), when the caller names it and it is non-trivial."""
+        if not self.prefix_cache or prefix_key is None:
+            return None, 0.0
+        prefix_len = min(r.prompt.prefix_len for r in requests)
+        first = requests[0].prompt.ids[:prefix_len]
+        if any(not np.array_equal(r.prompt.ids[:prefix_len], first) for r in requests):
+            return None, 0.0
+        if prefix_len < 1 or min(lengths) <= prefix_len:
+            return None, 0.0
+        return self._ensure_prefix((prefix_key, first.tobytes()), rows[0][0], rows[0][1], prefix_len)
 
-    def _ensure_prefix(self, key, embeds: np.ndarray, positions: np.ndarray, length: int) -> float:
-        """Prefill the prefix once per key; returns the ms spent (0 on a hit)."""
-        if key == self._prefix_key and self._prefix_len == length:
-            return 0.0
-        start = time.perf_counter()
-        source = self.backend.new_cache(1, length)
-        self.backend.forward(embeds[None, :length], positions[:, None, :length], np.ones((1, length), np.int64),
-                             source, 0)
-        self._prefix_source, self._prefix_key, self._prefix_len = source, key, length
-        self._work_prefix.clear()
-        return (time.perf_counter() - start) * 1e3
-
-    # -- the loop ----------------------------------------------------------------------------------------------
-    def generate(self, requests: Sequence[Request], *, max_new_tokens: int, stop_on_mask_close: bool = False,
-                 stream: Callable[[str], None] | None = None, prefix_key=None) -> list[Generation]:
-        if not requests:
-            return []
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    def _start(self, requests, cache, total, prefix_len, deltas, lengths, max_new_tokens, stop_on_mask_close,
+               stream) -> _Call:
         batch = len(requests)
-        t0 = time.perf_counter()
-
+        streaming = self.mask_stream_factory is not None and stop_on_mask_close
+        emit = stream if batch == 1 else None
         rows = []
         for r in requests:
-            pos, delta = rope_positions(r.prompt.ids, list(r.grids), self.tokens, self.merge)
-            rows.append((self._embeddings(r), pos, delta))
-        lengths = [len(r.prompt) for r in requests]
+            mask_stream = self.mask_stream_factory() if streaming else None
+            # Text is needed per token only to stream it; otherwise one decode at the end gives the same text.
+            detok = self.tokenizer.detokenizer() if (mask_stream is not None or emit is not None) else None
+            answer = None if self.answer_probe is None else AnswerScore(self.answer_probe, r.answer_lead_in_prompt)
+            rows.append(_Row(EmptyMaskScore(self.empty_mask_ids), r.constraint, mask_stream, detok, answer))
+        mask = np.zeros((batch, total), np.int64)
+        mask[:, :prefix_len] = 1
+        rng = None if self.sampler.greedy else self.sampler.new_rng()
+        return _Call(rows=rows, cache=cache, mask=mask, length=prefix_len,
+                     next_pos=np.array(lengths, np.int64) + np.asarray(deltas, np.int64),
+                     max_new_tokens=max_new_tokens, emit=emit, rng=rng,
+                     step_pos=np.empty((3, batch, 1), np.int64))
 
-        # Prefix: shared by every row (same references); only when the caller names it and it is non-trivial.
-        prefix_len = 0
-        prefix_ms = 0.0
-        if self.prefix_cache and prefix_key is not None:
-            prefix_len = min(r.prompt.prefix_len for r in requests)
-            first = requests[0].prompt.ids[:prefix_len]
-            if any(not np.array_equal(r.prompt.ids[:prefix_len], first) for r in requests):
-                prefix_len = 0
-            if prefix_len >= 1 and min(lengths) > prefix_len:
-                key = (prefix_key, first.tobytes())
-                prefix_ms = self._ensure_prefix(key, rows[0][0], rows[0][1], prefix_len)
-            else:
-                prefix_len, key = 0, None
-        else:
-            key = None
-
-        width = max(lengths) - prefix_len
+    def _prefill(self, call: _Call, rows, lengths, prefix_len: int, width: int) -> np.ndarray:
+        """The prompts after the prefix, left-padded to one width, in one forward; -> logits of the last position."""
+        batch = len(rows)
         hidden = rows[0][0].shape[1]
-        total = prefix_len + width + max_new_tokens
-        cache = self._cache(batch, total, key, prefix_len)
         embeds = np.empty((batch, width, hidden), np.float32)
         embeds[:] = self.embed[self.pad_id]
         positions = np.zeros((3, batch, width), np.int64)
-        mask = np.zeros((batch, total), np.int64)
-        mask[:, :prefix_len] = 1
-        deltas = np.zeros(batch, np.int64)
-        for b, ((e, pos, delta), n) in enumerate(zip(rows, lengths)):
+        for b, ((e, pos, _), n) in enumerate(zip(rows, lengths)):
             pad = width - (n - prefix_len)
             embeds[b, pad:] = e[prefix_len:]
             positions[:, b, pad:] = pos[:, prefix_len:]
-            mask[b, prefix_len + pad:prefix_len + width] = 1
-            deltas[b] = delta
-        t_prefill = time.perf_counter()
-        logits = self.backend.forward(embeds, positions, mask[:, :prefix_len + width], cache, prefix_len)
-        prefill_ms = (time.perf_counter() - t_prefill) * 1e3 + prefix_ms
+            call.mask[b, prefix_len + pad:prefix_len + width] = 1
+        return self._forward(call, embeds, positions)
 
-        # decode
-        t_decode = time.perf_counter()
-        length = prefix_len + width  # cache slots in use
-        next_pos = np.array(lengths, np.int64) + deltas  # rope position of each row's next token
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        finish = [""] * batch
-        scores = [EmptyMaskScore(self.empty_mask_ids) for _ in range(batch)]
-        streams = [self.mask_stream_factory() if (self.mask_stream_factory and stop_on_mask_close) else None
-                   for _ in range(batch)]
-        # Text is needed per token only to stream it; otherwise one decode at the end gives the same text.
-        detoks = [self.tokenizer.detokenizer() if (streams[b] is not None or (stream is not None and batch == 1))
-                  else None for b in range(batch)]
-        # buffers reused by every single-token step (the backend reads them only during its forward)
-        next_ids = np.empty(batch, np.int64)
-        step_pos1 = np.empty((3, batch, 1), np.int64)
-        constraints = [r.constraint for r in requests]
-        forwards = forced_total = 0
+    def _decode(self, call: _Call, logits: np.ndarray) -> None:
+        """Sample, feed the tokens back, until every row has finished."""
+        batch = len(call.rows)
+        rows = call.rows
         words = (int(logits.shape[1]) + 31) // 32
-        allowed = np.full((batch, words), 0xFFFFFFFF, np.uint32) if any(constraints) else None
+        allowed = np.full((batch, words), 0xFFFFFFFF, np.uint32) if any(r.constraint for r in rows) else None
         previous = None
+        next_ids = np.empty(batch, np.int64)  # reused by every step (the backend reads it only during forward)
         while True:
-            active = [b for b in range(batch) if not finish[b]]
+            active = [b for b in range(batch) if not rows[b].finish]
             if not active:
-                break
+                return
             if allowed is not None:
-                for b in range(batch):
-                    c = constraints[b]
-                    allowed[b] = c.allowed_words(words) if (c is not None and not finish[b]) else 0xFFFFFFFF
+                for b, row in enumerate(rows):
+                    live = row.constraint is not None and not row.finish
+                    allowed[b] = row.constraint.allowed_words(words) if live else 0xFFFFFFFF
             if self.needs_previous:
-                previous = _previous_matrix(generated)
-            ids = np.asarray(self.sampler.sample_ids(logits, previous=previous, allowed_mask=allowed), np.int64)
-            targets = [s.expected() for s in scores]
+                previous = _previous_matrix([row.generated for row in rows])
+            ids = self.sampler.sample_ids(logits, previous=previous, allowed_mask=allowed, rng=call.rng)
+            targets = [row.score.expected() for row in rows]
+            lps = None
             if any(t is not None for t in targets):
-                tgt = np.array([t if t is not None else 0 for t in targets], np.int64)
-                lps = self._log_softmax_at(logits, tgt)
+                lps = self._log_softmax_at(logits, np.array([t or 0 for t in targets], np.int64))
             next_ids.fill(self.pad_id)
-            forced_runs: list[list[int]] = [[] for _ in range(batch)]
             for b in active:
+                answer = rows[b].answer
+                if answer is not None and answer.due(rows[b].generated):
+                    answer.observe(logits[b])
                 token = int(ids[b])
-                if targets[b] is not None:
-                    scores[b].observe(token, float(lps[b]))
-                if token in self._eos:
-                    finish[b] = "eos"
-                    continue
-                if constraints[b] is not None:
-                    constraints[b].accept(token)
-                generated[b].append(token)
-                next_ids[b] = token
-                chunk = detoks[b].feed(token) if detoks[b] is not None else ""
-                if chunk and stream is not None and batch == 1:
-                    stream(chunk)
-                if streams[b] is not None and chunk:
-                    streams[b].feed(chunk.encode("utf-8"))
-                    if streams[b].closed:
-                        finish[b] = "mask_closed"
-                if not finish[b] and constraints[b] is not None:
-                    if constraints[b].done:
-                        finish[b] = "grammar"
-                    elif batch == 1 and self.forced_runs:
-                        forced_runs[b] = constraints[b].forced(max_new_tokens - len(generated[b]))
-                if not finish[b] and len(generated[b]) >= max_new_tokens:
-                    finish[b] = "length"
-            if all(finish):
-                break
-            # forced tokens (batch 1 only): appended now, fed with the sampled token as one multi-token forward
-            run = [int(next_ids[0])] + forced_runs[0] if batch == 1 else None
-            if run and len(run) > 1:
-                b = 0
-                for token in forced_runs[0]:
-                    scores[b].observe(token, None)
-                    constraints[b].accept(token)
-                    generated[b].append(token)
-                    chunk = detoks[b].feed(token) if detoks[b] is not None else ""
-                    if chunk and stream is not None:
-                        stream(chunk)
-                    if streams[b] is not None and chunk:
-                        streams[b].feed(chunk.encode("utf-8"))
-                forced_total += len(forced_runs[0])
-                if streams[b] is not None and streams[b].closed:
-                    finish[b] = "mask_closed"
-                elif constraints[b].done:
-                    finish[b] = "grammar"
-                elif len(generated[b]) >= max_new_tokens:
-                    finish[b] = "length"
-                if finish[b]:
-                    break
-                step_ids = np.asarray(run, np.int64)[None, :]
-            else:
-                step_ids = next_ids[:, None]
-            s = step_ids.shape[1]
-            if length + s > cache.max_len:
-                for b in active:
-                    finish[b] = finish[b] or "length"
-                break
-            if batch * s == 1:  # the common step: a view of one table row, no gather
-                token = int(step_ids[0, 0])
-                step_embeds = self._table[token:token + 1].reshape(1, 1, hidden)
-            else:
-                step_embeds = self._table[step_ids.ravel()].reshape(batch, s, hidden)
-            if s == 1:
-                step_pos1[:, :, 0] = next_pos
-                step_pos = step_pos1
-            else:
-                step_pos = np.empty((3, batch, s), np.int64)
-                step_pos[:] = next_pos[:, None] + np.arange(s)
-            if step_embeds.dtype != np.float32:
-                step_embeds = step_embeds.astype(np.float32)
-            mask[:, length:length + s] = 1
-            logits = self.backend.forward(step_embeds, step_pos, mask[:, :length + s], cache, length)
-            length += s
-            next_pos += s
-            forwards += 1
+                if self._accept(call, rows[b], token, float(lps[b]) if targets[b] is not None else None, True):
+                    next_ids[b] = token
+            if all(row.finish for row in rows):
+                return
+            run = next_ids[:, None]
+            if batch == 1 and self.forced_runs and rows[0].constraint is not None:
+                # tokens the grammar forces: appended now, fed with the sampled token as one multi-token forward
+                row = rows[0]
+                forced = []
+                for token in row.constraint.forced(call.max_new_tokens - len(row.generated)):
+                    self._accept(call, row, token, None, False)
+                    forced.append(token)
+                    if row.finish:
+                        return
+                if forced:
+                    call.forced += len(forced)
+                    run = np.asarray([int(next_ids[0])] + forced, np.int64)[None, :]
+            if call.length + run.shape[1] > call.cache.max_len:
+                for row in rows:
+                    row.finish = row.finish or "length"
+                return
+            logits = self._feed_tokens(call, run)
 
-        texts = []
-        for b in range(batch):
-            if detoks[b] is None:
-                texts.append(self.tokenizer.decode(generated[b]))
-                continue
-            rest = detoks[b].flush()
-            if rest and stream is not None and batch == 1:
-                stream(rest)
-            texts.append(detoks[b].text)
-        self._last_forwards = forwards
-        decode_ms = (time.perf_counter() - t_decode) * 1e3
-        total_ms = (time.perf_counter() - t0) * 1e3
-        out = []
-        for b in range(batch):
-            out.append(Generation(
-                ids=generated[b], text=texts[b], finish_reason=finish[b] or "length",
-                score=scores[b].score, prompt_tokens=lengths[b],
-                timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
-                         "prefix": prefix_ms, "prefix_len": float(prefix_len)},
-                forwards=forwards, forced_tokens=forced_total))
-        return out
+    # -- token feeding -----------------------------------------------------------------------------------------
+    def _accept(self, call: _Call, row: _Row, token: int, logp_target: float | None, sampled: bool) -> bool:
+        """Appends one token to a row, sampled or forced: empty-mask score, grammar, text, stop conditions.
+        False: the token ended the row without being appended (end of sequence)."""
+        row.score.observe(token, logp_target)
+        if sampled and token in self._eos:
+            row.finish = "eos"
+            return False
+        if row.constraint is not None:
+            row.constraint.accept(token)
+        row.generated.append(token)
+        chunk = row.detok.feed(token) if row.detok is not None else ""
+        if chunk:
+            if call.emit is not None:
+                call.emit(chunk)
+            if row.mask_stream is not None:
+                row.mask_stream.feed(chunk.encode("utf-8"))
+                if row.mask_stream.closed:
+                    row.finish = "mask_closed"
+                    return True
+        if row.constraint is not None and row.constraint.done:
+            row.finish = "grammar"
+        elif len(row.generated) >= call.max_new_tokens:
+            row.finish = "length"
+        return True
+
+    def _feed_tokens(self, call: _Call, ids: np.ndarray) -> np.ndarray:
+        """Token ids (batch, s) at each row's next positions -> logits after the last of them."""
+        batch, s = ids.shape
+        hidden = self._table.shape[1]
+        if batch * s == 1:  # the common step: a view of one table row, no gather
+            token = int(ids[0, 0])
+            embeds = self._table[token:token + 1].reshape(1, 1, hidden)
+        else:
+            embeds = self._table[ids.ravel()].reshape(batch, s, hidden)
+        if embeds.dtype != np.float32:
+            embeds = embeds.astype(np.float32)
+        if s == 1:
+            positions = call.step_pos
+            positions[:, :, 0] = call.next_pos
+        else:
+            positions = np.empty((3, batch, s), np.int64)
+            positions[:] = call.next_pos[:, None] + np.arange(s)
+        call.mask[:, call.length:call.length + s] = 1
+        logits = self._forward(call, embeds, positions)
+        call.next_pos += s
+        call.forwards += 1
+        return logits
+
+    def _forward(self, call: _Call, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One decoder run on the call's cache at its current length; the cache length advances."""
+        s = embeds.shape[1]
+        logits = self.backend.forward(embeds, positions, call.mask[:, :call.length + s], call.cache, call.length)
+        call.length += s
+        return logits
+
+
+_POOL_PER_BATCH = 16  # idle working caches kept per batch size (one per thread that ran at once, usually)
 
 
 def _previous_matrix(generated: list[list[int]]) -> np.ndarray:

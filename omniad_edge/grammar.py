@@ -63,7 +63,16 @@ def mask_rules(mask_spec: dict) -> str:
             "LABEL: " + " | ".join(_lit(l) for l in labels),
             "COUNT: /[1-9][0-9]{0,2}/",
         ])
-    raise GrammarError(f"output.mask.codec {codec!r} has no grammar (known: compact, rle)")
+    if codec == "coords":
+        # 1..grid, longest numbers first so the regex alternation never stops at a prefix
+        numbers = "|".join(str(n) for n in range(grid, 0, -1))
+        return "\n".join([
+            'mask: "None" | item (", " item)*',
+            'item: cell ("-" cell)?',
+            'cell: "(" NUM "," NUM ")"',
+            f"NUM: /({numbers})/",
+        ])
+    raise GrammarError(f"output.mask.codec {codec!r} has no grammar (known: compact, rle, coords)")
 
 
 class OutputGrammar:
@@ -93,7 +102,8 @@ class OutputGrammar:
         if answers is None:
             answers = list(out.get("answers", {}).values()) or None
         rules = {
-            "mask": mask_rules(out["mask"]),
+            # think + answer models have no mask section at all
+            "mask": mask_rules(out["mask"]) if "mask" in out["order"] else "",
             "explanation": "explanation: TEXT\nTEXT: /[^<]*/",
             "answer": ("answer: " + " | ".join(_lit(a) for a in answers)) if answers else
                       "answer: ANSWER\nANSWER: /[^<]*/",

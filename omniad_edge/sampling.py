@@ -14,8 +14,13 @@ temperatures must be >= 1e-4.
   set = token i allowed), or a (B, V) bool array. For (V,) logits a 1-D mask is accepted.
 - Returned log-probabilities: of the chosen token under softmax(penalised, masked logits / T) over all allowed
   tokens, *before* top-k/top-p/min-p truncation; for greedy T = 1.
-- Seeded: ``Sampler(seed=...)`` keeps its generator across calls; the same seed, settings and inputs repeat the same
-  ids. One draw per sampled row; greedy draws nothing. Not thread-safe: one Sampler per decoding thread.
+- Seeded: the random state is an ``Rng`` apart from the settings. ``Sampler.new_rng()`` starts one at the sampler's
+  seed; ``sample(..., rng=r)`` draws from it. Without ``rng=`` a call draws from the Sampler's own generator, which
+  runs on across calls (``reset()`` restarts it). The same seed, settings and inputs repeat the same ids. One draw
+  per sampled row; greedy draws nothing.
+- Threads: the native sampler is immutable and its scratch buffers are per thread, so one Sampler may be shared by
+  any number of threads as long as each passes its own ``rng`` (the Generator starts one per call). The Sampler's
+  own generator (calls without ``rng=``) is for one thread.
 
 The native call releases the GIL. Bad input raises TypeError/ValueError naming the argument.
 """
@@ -100,7 +105,8 @@ class Sampler:
         if not 0 <= self.top_k < 2**31:
             raise ValueError(f"top_k must be in 0..2**31-1 (0 = off), got {self.top_k}")
         self._native = _native.Sampler(self.temperature, self.top_k, self.top_p, self.min_p,
-                                       self.repetition_penalty, self.seed)
+                                       self.repetition_penalty)
+        self._rng = _native.Rng(self.seed)
 
     def __repr__(self) -> str:
         return (f"Sampler(temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, "
@@ -111,22 +117,28 @@ class Sampler:
         return self.temperature == 0.0
 
     def reset(self, seed: int | None = None) -> None:
-        """Restarts the generator from ``seed`` (default: the constructor's seed)."""
+        """Restarts the Sampler's own generator from ``seed`` (default: the constructor's seed)."""
         if seed is not None:
             self.seed = _seed(seed)
-        self._native.reset(self.seed)
+        self._rng.reset(self.seed)
 
-    def sample(self, logits: np.ndarray, previous=None, allowed_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    def new_rng(self, seed: int | None = None):
+        """A fresh generator started at ``seed`` (default: the sampler's seed), for one sequence or thread."""
+        return _native.Rng(self.seed if seed is None else _seed(seed))
+
+    def sample(self, logits: np.ndarray, previous=None, allowed_mask=None, rng=None) -> tuple[np.ndarray, np.ndarray]:
         """-> (ids (B,) int64, logprobs (B,) float32)."""
         batch, allowed_mask = _rows(logits, allowed_mask)
-        return self._native.sample(logits, _previous(previous, batch), allowed_mask, True)
+        return self._native.sample(logits, _previous(previous, batch), allowed_mask, True,
+                                   self._rng if rng is None else rng)
 
-    def sample_ids(self, logits: np.ndarray, previous=None, allowed_mask=None) -> np.ndarray:
+    def sample_ids(self, logits: np.ndarray, previous=None, allowed_mask=None, rng=None) -> np.ndarray:
         """Like ``sample`` without log-probabilities: greedy is then a single argmax pass."""
+        rng = self._rng if rng is None else rng
         if previous is None and allowed_mask is None:  # hot path: the native side checks logits itself
-            return self._native.sample(logits, None, None, False)
+            return self._native.sample(logits, None, None, False, rng)
         batch, allowed_mask = _rows(logits, allowed_mask)
-        return self._native.sample(logits, _previous(previous, batch), allowed_mask, False)
+        return self._native.sample(logits, _previous(previous, batch), allowed_mask, False, rng)
 
 
 def log_softmax_at(logits: np.ndarray, ids, temperature: float = 1.0) -> np.ndarray:

@@ -20,6 +20,14 @@ Codec ``"compact"`` (token economy with the Qwen2.5 tokenizer; grid <= 26)::
     LABEL  := a label name; it stays in force for the following ranges and rows. Starts as labels[1], so a
               single-class mask never writes one: "c bd;d ad crack: gh"
 
+Codec ``"coords"`` (JUDO-compatible; grid <= 256, binary)::
+
+    mask   := "None" | item (", " item)*        e.g. "(11,12)-(11,14), (12,11)"
+    item   := CELL | CELL "-" CELL              a run of one row, first and last cell inclusive
+    CELL   := "(" ROW "," COL ")"               1-indexed grid coordinates
+
+    Labels must be exactly [background, anomaly]; a range across rows is filled in reading order (flagged).
+
 Why letters: Qwen2.5 splits every digit into its own token, so ``"9:5-6;10:5-6"`` costs 12 tokens while
 ``"j fg;k fg"`` costs 4 (one token per row letter and one per " xy" range: 133 of the 136 ranges of a 16-grid
 are single tokens). ``none`` is one token. Measured on varied masks by benchmarks/tam_tokens.py.
@@ -50,7 +58,7 @@ __all__ = [
 ]
 
 DEFAULT_TAGS = ("<seg>", "</seg>")
-CODECS = ("rle", "compact")
+CODECS = ("rle", "compact", "coords")
 _SPEC_KEYS = {"codec", "grid", "labels", "background", "coverage"}
 
 
@@ -157,7 +165,7 @@ class StreamDecoder:
 
 
 class Codec:
-    """A Text-as-Mask codec: ``"rle"`` or ``"compact"`` (see the module docstring for the syntax)."""
+    """A Text-as-Mask codec: ``"rle"``, ``"compact"`` or ``"coords"`` (see the module docstring for the syntax)."""
 
     def __init__(self, codec: str = "compact", grid: int = 16, labels: Sequence[str] | None = None,
                  coverage: float = 0.02, tags: Sequence[str] = DEFAULT_TAGS):
@@ -198,7 +206,7 @@ class Codec:
 
 def codec_from_spec(spec: Mapping, tags: Sequence[str] | None = None) -> Codec:
     """The codec described by a manifest's ``output.mask`` dict:
-    ``{"codec": "rle"|"compact", "grid": 16, "labels": [...], "background": 0, "coverage": 0.02}``."""
+    ``{"codec": "rle"|"compact"|"coords", "grid": 16, "labels": [...], "background": 0, "coverage": 0.02}``."""
     if not isinstance(spec, Mapping):
         raise TypeError(f"spec must be a mapping (the manifest's output.mask), got {type(spec).__name__}")
     unknown = set(spec) - _SPEC_KEYS

@@ -95,14 +95,10 @@ def _steps(backend, batch, seed):
 def test_public_binding_api_gives_identical_results(toy, batch):
     """The fast binding (onnxruntime's pybind IOBinding, a device built once) and the public-API fallback it drops
     to when onnxruntime changes must bind the same tensors: same logits and cache, bit for bit."""
-    import onnxruntime
-
-    from omniad_edge.backends.onnxruntime import _binders
-
     fast, public = OnnxRuntimeBackend(toy, threads=1), OnnxRuntimeBackend(toy, threads=1)
-    public._bind_input, public._bind_output, public._device = _binders(onnxruntime, public._binding, fast=False)
-    assert public._device is None and fast._device is not None
+    public._fast_binding = False
     (got, got_cache), (want, want_cache) = _steps(fast, batch, 3), _steps(public, batch, 3)
+    assert want_cache.backend_state.device is None and got_cache.backend_state.device is not None
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
@@ -122,7 +118,7 @@ def test_binding_falls_back_to_the_public_api_when_onnxruntime_internals_change(
             self.calls.append(args[:4])
             self._io.bind_input(*args)
 
-    io = OnnxRuntimeBackend(toy, threads=1)._binding
+    io = OnnxRuntimeBackend(toy, threads=1).decoder.io_binding()
     public = PublicOnly(io)
     bind_input, _, device = _binders(onnxruntime, public)
     assert device is None
@@ -143,6 +139,33 @@ def test_a_new_cache_gets_its_own_addresses(backend):
         for a, b in zip(got, reference):
             np.testing.assert_array_equal(a, b)
         assert cache.keys[0][:, :9].any() and not cache.keys[0][:, 9:].any()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_forwards_on_separate_caches_run_concurrently_with_serial_results(backend, batch):
+    # binding, logits buffer and addresses live with each cache: threads sharing the sessions do not mix them
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial = [_steps(backend, batch, seed)[0] for seed in range(8)]
+    for _ in range(3):
+        with ThreadPoolExecutor(8) as pool:
+            parallel = list(pool.map(lambda seed: _steps(backend, batch, seed)[0], range(8)))
+        for want, got in zip(serial, parallel):
+            for a, b in zip(want, got):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_close_releases_the_sessions(toy):
+    backend = OnnxRuntimeBackend(toy, threads=1)
+    cache = backend.new_cache(1, 4)
+    backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 1), np.int64), cache, 0)
+    backend.close()
+    assert backend.decoder is None and backend.vision is None
+    with pytest.raises(BackendError, match="closed"):  # also on a cache bound before the close
+        backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 2), np.int64),
+                        cache, 1)
+    with pytest.raises(BackendError, match="closed"):
+        backend.encode_image({})
 
 
 def test_cache_overflow_and_batch_mismatch_are_typed(backend):
@@ -212,3 +235,14 @@ def test_bad_options_are_typed(toy):
         OnnxRuntimeBackend(toy, optimization="max")
     with pytest.raises(BackendError, match="backend must be"):
         create_backend(toy, backend="openvino")
+
+
+def test_onnxruntime_older_than_the_floor_is_refused():
+    from omniad_edge.backends.onnxruntime import MIN_ONNXRUNTIME, check_version
+
+    assert MIN_ONNXRUNTIME == (1, 20)
+    for ok in ("1.20.0", "1.20.1", "1.32.0", "2.0.0", "1.21.0.dev20250101"):
+        check_version(ok)
+    for old in ("1.19.2", "1.9.0", "0.5"):
+        with pytest.raises(BackendError, match=r"too old.*>= 1\.20"):
+            check_version(old)

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -96,3 +97,73 @@ def test_demo_prints_one_table_row_per_frame_matching_results_json(tmp_path, cap
         assert cells[4].startswith("anomalous" if row["anomalous"] else "normal")
         assert ("(wrong)" in cells[4]) == (not row["correct"])
         assert float(cells[5]) == pytest.approx(row["score"], abs=5e-4)
+
+
+def _video(path, samples):
+    """A real MJPG .avi of synthetic frames (OpenCV writes BGR)."""
+    import cv2
+
+    h, w = samples[0].image.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    for sample in samples:
+        writer.write(np.ascontiguousarray(sample.image[:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def test_watch_prints_a_json_line_per_frame_matching_the_inspector(tmp_path, capsys):
+    from omniad_edge import Inspector
+    from omniad_edge.sources import VideoSource
+    from omniad_edge.synth import make_sample
+
+    samples = [make_sample(7000 + i, size=224, anomalous=i % 2 == 1) for i in range(6)]
+    video = _video(tmp_path / "line.avi", samples)
+    code = cli.main(["watch", str(video), "--json-lines", "--threads", "1", "--overlay-dir", str(tmp_path / "ov")])
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["frame"] for line in lines] == list(range(6))
+    inspector = Inspector(threads=1)  # the frames as the source decodes them (MJPG is lossy)
+    expected = [inspector.run(frame.image) for frame in VideoSource(video)]
+    for line, want in zip(lines, expected):
+        assert line["verdict"] == ("anomalous" if want.is_anomalous else "normal")
+        assert line["score"] == pytest.approx(want.score, abs=1e-5)
+        assert line["boxes"] == [b.to_dict() for b in want.boxes]
+        assert line["defect_type"] == want.defect_type and set(line["timings"]) >= {"vision", "decode", "total"}
+        assert (tmp_path / "ov" / f"frame_{line['frame']:06d}_overlay.png").is_file()
+    anomalous = sum(w.is_anomalous for w in expected)
+    assert anomalous >= 1 and any(line["boxes"] for line in lines)  # the comparison covers boxes, not only "ok"
+    assert f"watch: 6 frames inspected, 0 dropped, {anomalous} anomalous, 0 failed, median" in captured.err
+
+
+def test_watch_folder_reports_bad_images_and_goes_on(tmp_path, capsys):
+    _png(tmp_path / "a.png", 64, 80)
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    _png(tmp_path / "c.png", 72, 96, seed=1)
+    assert cli.main(["watch", str(tmp_path), "--threads", "1"]) == 0
+    captured = capsys.readouterr()
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["a.png", "c.png"]
+    assert "skipping" in captured.err and "b.png" in captured.err
+    assert "watch: 2 frames inspected" in captured.err
+
+
+def test_watch_missing_source_exits_2(tmp_path, capsys):
+    assert cli.main(["watch", str(tmp_path / "none.avi")]) == 2
+    assert f"video file {str(tmp_path / 'none.avi')!r} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["watch", str(tmp_path / "empty")]) == 2
+    assert "holds no images" in capsys.readouterr().err
+
+
+def test_serve_without_ray_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert cli.main(["serve", "--replicas", "2"]) == 2
+    assert "pip install omniad-edge[serve]" in capsys.readouterr().err
+
+
+def test_watch_without_opencv_names_the_extra(tmp_path, monkeypatch, capsys):
+    video = tmp_path / "a.avi"
+    video.write_bytes(b"RIFF")
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    assert cli.main(["watch", str(video)]) == 2
+    assert "pip install omniad-edge[camera]" in capsys.readouterr().err

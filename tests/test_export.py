@@ -577,7 +577,7 @@ def test_output_spec_external_data_and_cli(tiny_checkpoint, tiny_bundle, tmp_pat
     from export import onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
-    spec = {"name": "judo-style", "output": {"mask": {"codec": "judo", "labels": ["others", "scratch", "dent"]},
+    spec = {"name": "rle-style", "output": {"mask": {"codec": "rle", "labels": ["others", "scratch", "dent"]},
                                             "order": ["mask", "answer"]},
             "prompt": {"detect": "Find defects."}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -586,7 +586,7 @@ def test_output_spec_external_data_and_cli(tiny_checkpoint, tiny_bundle, tmp_pat
                      "--max-image-tokens", "64", "--embed-dtype", "float16", "--quiet"])
     assert code == 0 and capsys.readouterr().out.strip() == str(out.absolute())
     m = json.loads((out / "manifest.json").read_text())
-    assert m["name"] == "judo-style" and m["output"]["mask"]["codec"] == "judo"
+    assert m["name"] == "rle-style" and m["output"]["mask"]["codec"] == "rle"
     assert m["output"]["mask"]["labels"] == ["others", "scratch", "dent"] and m["output"]["order"] == ["mask", "answer"]
     assert m["output"]["tags"]["mask"] == ["<seg>", "</seg>"]  # untouched defaults stay
     assert m["prompt"]["detect"] == "Find defects." and "{system}" in m["prompt"]["template"]

@@ -38,6 +38,25 @@ def test_forced_tokens_count_as_certain_and_no_target_means_no_score():
     assert EmptyMaskScore([]).score is None
 
 
+def test_answer_score_reads_the_answer_tokens_where_the_answer_starts():
+    from omniad_edge.generate import AnswerProbe, AnswerScore
+
+    probe = AnswerProbe(lead=(5, 6), anomalous=(10, 11), normal=(12,))
+    s = AnswerScore(probe, lead_in_prompt=False)
+    assert not s.due([]) and not s.due([5]) and not s.due([6, 5])
+    assert s.due([1, 2, 5, 6])
+    logits = np.full(16, -5.0, np.float32)
+    logits[[10, 11, 12]] = [math.log(0.2), math.log(0.1), math.log(0.6)]  # only the ratio counts
+    s.observe(logits)
+    assert s.score == pytest.approx(0.3 / 0.9)
+    assert not s.due([1, 2, 5, 6])  # once
+    first = AnswerScore(probe, lead_in_prompt=True)
+    assert first.due([]) and not first.due([10])
+    logits[11] = np.nan
+    first.observe(logits)
+    assert first.score is None and first.done  # a broken step gives no score
+
+
 # -- the tiny exported model --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inspector(tiny_bundle):
@@ -55,7 +74,7 @@ def _prompt_ids(inspector, frame, task=None):
     from omniad_edge.frame import to_rgb
 
     image = inspector._encode(to_rgb(frame))
-    return inspector._request(image, task).prompt.ids
+    return inspector._request(inspector._references, image, task).prompt.ids
 
 
 def _hf_tokens(tiny_checkpoint, manifest, prompts, frames, n):

@@ -74,6 +74,33 @@ def test_answer_choices_for_ask(grammar):
                  "<seg>none</seg><think>ok</think><answer>C</answer>") is not None
 
 
+@pytest.mark.parametrize("text,ok", [
+    ("<seg>None</seg><think>Clean.</think><answer>no</answer>", True),
+    ("<seg>(11,12)-(11,14), (12,11)</seg><think>A dent.</think><answer>yes</answer>", True),
+    ("<seg>(17,1)</seg>", False),   # beyond the 16-grid
+    ("<seg>(0,1)</seg>", False),    # 1-indexed
+    ("<seg>(3)</seg>", False),      # a cell needs row and column
+])
+def test_coords_codec_grammar(qwen_tokenizer_path, text, ok):
+    tok = Tokenizer(qwen_tokenizer_path)
+    spec = dict(OUTPUT, mask={"codec": "coords", "grid": 16, "labels": ["others", "anomaly"], "background": 0,
+                              "coverage": 0.02})
+    c = OutputGrammar(spec, tok, 151936, [151645, 151643]).constraint()
+    blocked = _walk(tok, c, text)
+    assert (blocked is None) is ok
+
+
+def test_answer_only_grammar(qwen_tokenizer_path):
+    """Think + answer models (IAD-R1, AnomalyR1): no mask block at all."""
+    tok = Tokenizer(qwen_tokenizer_path)
+    spec = {"order": ["explanation", "answer"], "tags": OUTPUT["tags"], "answers": {"anomalous": "yes",
+                                                                                     "normal": "no"}}
+    g = OutputGrammar(spec, tok, 151936, [151645, 151643])
+    c = g.constraint()
+    assert _walk(tok, c, "<think>The surface is clean.</think><answer>no</answer>") is None and c.done
+    assert _walk(tok, g.constraint(), "<seg>none</seg>") is not None
+
+
 def test_rle_codec_rules():
     rules = mask_rules({"codec": "rle", "grid": 16, "labels": ["others", "anomaly"]})
     assert 'LABEL: "others" | "anomaly"' in rules

@@ -124,3 +124,133 @@ def test_sampling_is_seeded(tiny_bundle):
     a = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
     b = Inspector(tiny_bundle, mode="explain", threads=1, temperature=1.0, seed=7, max_new_tokens=8).run(frame)
     assert a.text == b.text
+
+
+def test_close_and_context_manager_refuse_later_calls(tiny_bundle):
+    from omniad_edge import Inspector, InspectorClosedError
+
+    frame = make_frame(64, 64, seed=2)
+    with Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=8) as ins:
+        closed_backend = []
+        inner = ins.backend.close
+        ins.backend.close = lambda: (closed_backend.append(True), inner())
+        ins.run(frame)
+    assert ins.closed and closed_backend == [True]
+    for call in (lambda: ins.run(frame), lambda: ins.run_batch([frame]), lambda: ins.generate(frame, "x"),
+                 lambda: ins.ask(frame, "q?", ["a", "b"]), lambda: ins.set_reference([frame]), ins.warmup):
+        with pytest.raises(InspectorClosedError, match="closed"):
+            call()
+    ins.close()  # idempotent
+    assert closed_backend == [True] and "closed" in repr(ins)
+
+
+def test_close_waits_for_calls_in_flight(tiny_bundle):
+    import threading
+
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=16)
+    frame = make_frame(64, 64, seed=4)
+    want = ins.run(frame).text
+    started, release = threading.Event(), threading.Event()
+
+    def slow_chunk(chunk):
+        started.set()
+        release.wait(10)
+
+    got = []
+    worker = threading.Thread(target=lambda: got.append(ins.run(frame, stream=slow_chunk).text))
+    worker.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=ins.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()  # still waiting for the run in flight
+    release.set()
+    worker.join(10)
+    closer.join(10)
+    assert got == [want] and ins.closed
+
+
+def test_warmup_at_construction_and_on_demand(tiny_bundle, caplog):
+    import logging
+
+    from omniad_edge import Inspector
+
+    frame = make_frame(64, 64, seed=6)
+    cold = Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=12)
+    with caplog.at_level(logging.INFO, logger="omniad_edge"):
+        warm = Inspector(tiny_bundle, mode="detect", threads=1, max_new_tokens=12, warmup=True)
+    assert any("warm-up" in r.message for r in caplog.records)
+    assert warm.warmup() > 0
+    assert warm.run(frame).text == cold.run(frame).text  # warming up leaves no trace in the results
+
+
+# -- answer-only models (think + answer, no mask: the iad-r1 preset) -----------------------------------------------
+@pytest.fixture(scope="module")
+def answer_only_bundle(tiny_bundle, tmp_path_factory):
+    import json
+    import shutil
+
+    from export.manifest import load_output_spec
+
+    out = tmp_path_factory.mktemp("answer-only") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = load_output_spec(preset="iad-r1")
+    spec["prompt"]["query_intro"] = ""  # no references here: keeps the prompt the reference runner renders
+    manifest["prompt"], manifest["output"] = spec["prompt"], spec["output"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_answer_only_detect_scores_the_answer_tokens_in_one_step(answer_only_bundle):
+    """Detect skips the reasoning: the prompt ends with the answer's open tag, and score is the model's
+    P(yes-spellings) / P(yes- or no-spellings) at the next token, checked against a plain onnxruntime loop."""
+    from helpers.reference import BundleRunner
+    from omniad_edge import Inspector
+
+    ins = Inspector(answer_only_bundle, mode="detect", threads=1)
+    probe = ins.answer_probe
+    assert ins.tokenizer.decode(list(probe.lead)) == "<answer>" and ins.max_new_tokens == 16
+    assert {ins.tokenizer.decode([t]) for t in probe.anomalous} == {"y", "Y"}
+    assert {ins.tokenizer.decode([t]) for t in probe.normal} == {"n", "N"}
+    frame = make_frame(64, 96, seed=7)
+    result = ins.run(frame)
+    runner = BundleRunner(answer_only_bundle)
+    prompt = runner.prompt([frame])
+    prompt.input_ids = np.concatenate([prompt.input_ids, np.asarray(probe.lead, np.int64)])
+    logits = runner.generate([prompt], 1).logits[0][0].astype(np.float64)
+    p = np.exp(logits - logits.max())
+    expected = p[list(probe.anomalous)].sum() / (p[list(probe.anomalous)].sum() + p[list(probe.normal)].sum())
+    assert result.score == pytest.approx(expected, abs=1e-5)
+    assert result.text.startswith("<answer>") and result.mask is None and result.grid is None
+    assert result.boxes == [] and not result.mask_repaired and result.generated_tokens <= 16
+
+
+@pytest.mark.parametrize("text, anomalous, score", [
+    ("yes</answer>", True, 0.8),
+    ("No.</answer>", False, 0.3),
+    ("maybe</answer>", True, 0.8),  # unreadable answer: the model's own probability decides
+    ("maybe</answer>", False, 0.4),
+])
+def test_answer_only_verdict_comes_from_the_answer(answer_only_bundle, monkeypatch, text, anomalous, score):
+    from omniad_edge import Inspector
+
+    ins = Inspector(answer_only_bundle, mode="detect", threads=1)
+
+    def fake_generate(requests, **_):
+        return [Generation(ids=[], text=text, finish_reason="eos", score=None, prompt_tokens=len(r.prompt),
+                           timings={"prefill": 0.0, "decode": 0.0}, answer_score=score) for r in requests]
+
+    monkeypatch.setattr(ins.generator, "generate", fake_generate)
+    result = ins.run(make_frame(64, 96, seed=2))
+    assert result.is_anomalous is anomalous and result.score == score and result.mask is None
+
+
+def test_answer_only_bundles_refuse_tiling(answer_only_bundle):
+    from omniad_edge import Inspector
+    from omniad_edge.inspector import InspectorError
+
+    with pytest.raises(InspectorError, match="writes no mask"):
+        Inspector(answer_only_bundle, tiles=(2, 2))

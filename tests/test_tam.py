@@ -18,6 +18,8 @@ LABELS = [["others", "anomaly"], ["others", "scratch", "crack"], ["bg", "dent", 
 
 
 def _labels(codec: str, k: int) -> list[str]:
+    if codec == "coords":  # binary by design (JUDO)
+        return LABELS[0]
     names = LABELS[min(k, len(LABELS)) - 1] if k <= 4 else ["others"] + [f"class{i}" for i in range(1, k + 1)]
     if codec == "compact" and len(names[0]) < 3:
         names = ["background"] + names[1:]
@@ -27,7 +29,7 @@ def _labels(codec: str, k: int) -> list[str]:
 @st.composite
 def grids(draw, codec: str):
     g = draw(st.integers(1, 26 if codec == "compact" else 40))
-    k = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 1 if codec == "coords" else 4))
     labels = _labels(codec, k)
     grid = draw(hnp.arrays(np.uint8, (g, g), elements=st.integers(0, len(labels) - 1)))
     if draw(st.booleans()):  # also sparse grids, closer to real masks
@@ -205,6 +207,52 @@ def test_compact_repair_keeps_what_is_readable():
     assert d.grid.sum() == 5
 
 
+@pytest.mark.parametrize("text,cells,repaired", [
+    ("None", [], False),
+    ("(11,12)-(11,14), (12,11)", [(10, 11), (10, 12), (10, 13), (11, 10)], False),  # JUDO's own example
+    ("( 2 , 3 ) - ( 2 , 4 ),(16,16)", [(1, 2), (1, 3), (15, 15)], False),         # spacing is free
+    ("(2,4)-(2,3)", [(1, 2), (1, 3)], True),                                        # reversed: swapped
+    ("(1,16)-(2,1)", [(0, 15), (1, 0)], True),                                      # spans rows: reading order
+    ("(0,3), (17,1), (5)", [], True),                                               # outside the grid / no col
+    ("(3,3) junk", [(2, 2)], True),
+    ("(1,1), None", [(0, 0)], True),
+    ("", [], True),
+])
+def test_coords_examples(text, cells, repaired):
+    d = tam.Codec("coords").decode("<seg>" + text + "</seg>")
+    expected = np.zeros((16, 16), np.uint8)
+    for r, c in cells:
+        expected[r, c] = 1
+    assert np.array_equal(d.grid, expected)
+    assert d.repaired is repaired, d.problems
+    assert d.complete
+
+
+def test_coords_encodes_runs_per_row_and_none():
+    c = tam.Codec("coords")
+    g = np.zeros((16, 16), np.uint8)
+    assert c.encode(g) == "None"
+    g[10, 11:14] = 1
+    g[11, 10] = 1
+    assert c.encode(g) == "(11,12)-(11,14), (12,11)"
+    with pytest.raises(ValueError, match="exactly 2"):
+        tam.Codec("coords", labels=["others", "scratch", "crack"])
+
+
+def test_coords_stream_rows_and_none():
+    s = tam.Codec("coords").stream()
+    assert s.feed("<seg>(3,4)") == 0       # the ',' inside the cell ends nothing
+    assert s.feed(", (5,6)-(5,7), ") == 4  # rows before row 5 are final
+    assert not s.closed
+    s.feed("</seg>")
+    assert s.closed and s.result().grid.sum() == 3
+    s = tam.Codec("coords").stream()
+    s.feed("<seg>Non")
+    assert not s.closed
+    s.feed("e")
+    assert s.closed and s.result().empty and s.result().complete
+
+
 @pytest.mark.parametrize("codec", tam.CODECS)
 def test_ten_megabyte_inputs_are_bounded(codec):
     c = tam.Codec(codec)
@@ -226,6 +274,7 @@ def test_codec_from_spec_reads_the_manifest_dict():
 
 @pytest.mark.parametrize("spec,error,word", [
     ({"codec": "png"}, ValueError, "codec"),
+    ({"codec": "coords", "grid": 257}, ValueError, "grid"),
     ({"codec": "compact", "grid": 27}, ValueError, "grid"),
     ({"codec": "rle", "grid": 0}, ValueError, "grid"),
     ({"codec": "compact", "grid": "16"}, TypeError, "grid"),

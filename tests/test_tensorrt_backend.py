@@ -11,16 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omniad_edge.backends.tensorrt import StepPlan, expand_mask, plan_step
-from omniad_edge.engine_build import BuildOptions, build_engines
+from helpers.tensorrt_cases import load_sibling
+from omniad_edge.tensorrt.backend import StepPlan, expand_mask, plan_step
+from omniad_edge.tensorrt.build import build_engines
+from omniad_edge.tensorrt.limits import BuildOptions
 from omniad_edge.errors import BackendError
-
-
-def _load_sibling(name):
-    spec = importlib.util.spec_from_file_location(f"_omniad_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- step planning (pure) ---------------------------------------------------------------------------------------
@@ -32,7 +27,13 @@ def _load_sibling(name):
     (dict(batch=1, seq=1, past_len=0, capacity=64, graph=True), StepPlan(64, 65, False)),
     (dict(batch=2, seq=7, past_len=0, capacity=64), StepPlan(0, 7, False)),
     (dict(batch=2, seq=1, past_len=7, capacity=64), StepPlan(64, 65, False)),
+    # 128-byte rows (the tiny test model): odd past lengths put new_key off the 256-byte alignment -> scratch
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=128), StepPlan(9, 10, False)),
+    (dict(batch=1, seq=1, past_len=10, capacity=64, row_bytes=128), StepPlan(10, 11, True)),
+    (dict(batch=1, seq=1, past_len=9, capacity=64, row_bytes=1024), StepPlan(9, 10, True)),  # 3B: always aligned
 ])
+
+
 def test_plan_step(kwargs, plan):
     assert plan_step(**kwargs) == plan
 
@@ -54,7 +55,7 @@ def test_expand_mask_places_past_and_new_columns():
 @pytest.fixture
 def fake():
     pytest.importorskip("onnx", reason="the toy graphs and the fake TensorRT parser need the onnx package")
-    mod = _load_sibling("fake_tensorrt")
+    mod = load_sibling("fake_tensorrt")
     cuda = mod.FakeCuda()
     return mod.make_fake_tensorrt(cuda), cuda
 
@@ -62,7 +63,7 @@ def fake():
 @pytest.fixture
 def toy_dir(tmp_path, fake):
     trt, cuda = fake
-    root = _load_sibling("toy_graphs").make_toy_bundle(tmp_path / "toy")
+    root = load_sibling("toy_graphs").make_toy_bundle(tmp_path / "toy")
     build_engines(root, BuildOptions(max_image_tokens=16, max_images=2, max_seq_len=32, max_prefill=16, batch=2),
                   log=lambda _: None, trt=trt, cuda=cuda)
     return root
@@ -70,7 +71,7 @@ def toy_dir(tmp_path, fake):
 
 def _backends(root, fake, **options):
     from omniad_edge.backends.onnxruntime import OnnxRuntimeBackend
-    from omniad_edge.backends.tensorrt import TensorRTBackend
+    from omniad_edge.tensorrt.backend import TensorRTBackend
     from omniad_edge.bundle import load_bundle
 
     trt, cuda = fake
@@ -98,6 +99,43 @@ def test_stepwise_forward_matches_onnxruntime(toy_dir, fake, cuda_graph):
     _, cuda = fake
     assert (cuda.counts["launch"] > 0) == cuda_graph  # graph replays served the later decode steps
     assert gpu.cuda_graph == cuda_graph
+    for i, event in enumerate(cuda.events):  # the warm-up run has finished before capture begins
+        if event == "begin_capture":
+            assert cuda.events[i - 2:i] == ["enqueue", "synchronize"]
+    assert ("begin_capture" in cuda.events) == cuda_graph
+
+
+def test_new_keys_land_at_every_offset_with_aligned_addresses(toy_dir, fake):
+    """The toy cache row is 16 bytes: most past lengths put new_key off TensorRT's 256-byte alignment."""
+    gpu, cpu = _backends(toy_dir, fake)
+    rng = np.random.default_rng(11)
+    embeds, positions = _sequence(rng, 1, 20)
+    mask = np.ones((1, 20), np.int64)
+    caches = gpu.new_cache(1, 32), cpu.new_cache(1, 32)
+    steps = [(0, 3)] + [(p, 1) for p in range(3, 20)]
+    for past, s in steps:
+        args = embeds[:, past:past + s], positions[:, :, past:past + s], mask[:, :past + s]
+        np.testing.assert_allclose(gpu.forward(*args, caches[0], past).copy(), cpu.forward(*args, caches[1], past),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_tensorrt_runtime_errors_become_typed_errors(toy_dir, fake):
+    """The bindings raise RuntimeError (set_optimization_profile_async, set_input_shape); callers get
+    BackendError naming the engine and the step."""
+    trt, cuda = fake
+    trt.faults.add("set_optimization_profile_async")
+    with pytest.raises(BackendError, match="decoder engine.*optimization profile 1"):
+        _backends(toy_dir, fake)
+    trt.faults.clear()
+    gpu, _ = _backends(toy_dir, fake)
+    embeds, positions = _sequence(np.random.default_rng(12), 1, 2)
+    trt.faults.add("set_input_shape")
+    with pytest.raises(BackendError, match="decoder engine.*inputs_embeds"):
+        gpu.forward(embeds, positions, np.ones((1, 2), np.int64), gpu.new_cache(1, 8), 0)
+    trt.faults.clear()
+    trt.faults.add("execute_async_v3")
+    with pytest.raises(BackendError, match="decoder engine.*execut"):
+        gpu.forward(embeds, positions, np.ones((1, 2), np.int64), gpu.new_cache(1, 8), 0)
 
 
 def test_batch_with_left_padding_matches_onnxruntime(toy_dir, fake):
@@ -185,9 +223,9 @@ def test_bad_calls_are_typed_errors(toy_dir, fake):
 
 
 def test_engines_from_elsewhere_are_refused(toy_dir, fake):
-    from omniad_edge.backends.tensorrt import TensorRTBackend
+    from omniad_edge.tensorrt.backend import TensorRTBackend
 
-    mod = _load_sibling("fake_tensorrt")
+    mod = load_sibling("fake_tensorrt")
     trt, cuda = fake
     with pytest.raises(BackendError, match="TensorRT 10.3.0.*TensorRT 10.4.0.*build-engine"):
         TensorRTBackend(toy_dir, _trt=mod.make_fake_tensorrt(cuda, version="10.4.0"), _cuda=cuda)
@@ -286,7 +324,7 @@ def _gpu_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (needs an NVIDIA GPU machine: pip install tensorrt, or JetPack)"
     try:
-        from omniad_edge.backends.tensorrt import load_cuda
+        from omniad_edge.tensorrt.cuda import load_cuda
 
         load_cuda().device_info(0)
     except BackendError as exc:
@@ -300,7 +338,7 @@ def test_tiny_model_on_gpu_matches_onnxruntime_cpu(tiny_copy):
     if reason:
         pytest.skip(reason)
     from omniad_edge.backends.onnxruntime import OnnxRuntimeBackend
-    from omniad_edge.backends.tensorrt import TensorRTBackend
+    from omniad_edge.tensorrt.backend import TensorRTBackend
     from omniad_edge.bundle import load_bundle
     from omniad_edge.preprocess import concat_images, preprocess_image
 
@@ -318,64 +356,3 @@ def test_tiny_model_on_gpu_matches_onnxruntime_cpu(tiny_copy):
                                vision["window_size"], vision["patch_size"])
         np.testing.assert_allclose(gpu.encode_image(inputs), cpu.encode_image(inputs), rtol=1e-3, atol=1e-3)
         gpu.close()
-
-
-
-# -- the ctypes CUDA wrapper against a stub libcudart ------------------------------------------------------------
-
-class _StubCudart:
-    """Python stand-ins for the libcudart entry points (ctypes byref arguments expose `_obj`)."""
-
-    def __init__(self, fail=None):
-        self.fail = fail
-        for name in ("cudaSetDevice", "cudaFree", "cudaHostAlloc", "cudaFreeHost", "cudaMemsetAsync", "cudaMemcpyAsync",
-                     "cudaMemcpy2DAsync", "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize",
-                     "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiateWithFlags",
-                     "cudaGraphLaunch", "cudaGraphDestroy", "cudaGraphExecDestroy"):
-            setattr(self, name, self._ok(name))
-        for name in ("cudaGetErrorString", "cudaDeviceGetAttribute", "cudaGetDeviceProperties", "cudaMemGetInfo",
-                     "cudaMalloc"):
-            method = getattr(self, name)
-            setattr(self, name, lambda *args, _m=method: _m(*args))  # plain functions accept ctypes attributes
-
-    def _ok(self, name):
-        def call(*args):
-            return 2 if name == self.fail else 0
-        return call
-
-    @staticmethod
-    def cudaGetErrorString(code):
-        return {2: b"out of memory"}.get(code, b"unknown")
-
-    def cudaDeviceGetAttribute(self, out, attr, device):
-        out._obj.value = {75: 8, 76: 7, 18: 1}[attr]
-        return 0
-
-    def cudaGetDeviceProperties(self, props, device):
-        import ctypes
-
-        ctypes.memmove(props, b"Orin (nvgpu)\0garbage", 21)
-        return 0
-
-    def cudaMemGetInfo(self, free, total):
-        free._obj.value, total._obj.value = 5 << 30, 8 << 30
-        return 0
-
-    def cudaMalloc(self, out, size):
-        if self.fail == "cudaMalloc":
-            return 2
-        out._obj.value = 0x1000
-        return 0
-
-
-def test_cuda_wrapper_reads_the_device_and_raises_typed_errors():
-    from omniad_edge.backends.tensorrt import CudaRuntime
-
-    info = CudaRuntime(_StubCudart()).device_info(0)
-    assert (info.name, info.compute_capability, info.integrated) == ("Orin (nvgpu)", (8, 7), True)
-    assert (info.free_memory, info.total_memory) == (5 << 30, 8 << 30)
-    assert CudaRuntime(_StubCudart()).malloc(16) == 0x1000
-    with pytest.raises(BackendError, match="cudaMalloc failed: out of memory"):
-        CudaRuntime(_StubCudart(fail="cudaMalloc")).malloc(16)
-    with pytest.raises(BackendError, match="cudaStreamSynchronize"):
-        CudaRuntime(_StubCudart(fail="cudaStreamSynchronize")).stream_synchronize(0)

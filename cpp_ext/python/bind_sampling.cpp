@@ -32,16 +32,19 @@ std::string rows_msg(const char* name, std::size_t batch, const std::string& inn
 }  // namespace
 
 void bind_sampling(py::module_& m) {
+    // A generator is used by one call at a time (the caller's contract); the sampler itself is immutable.
+    py::class_<smp::Rng>(m, "Rng")
+        .def(py::init<uint64_t>(), py::arg("seed"))
+        .def("reset", &smp::Rng::reset, py::arg("seed"));
     py::class_<smp::Sampler>(m, "Sampler")
-        .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repetition_penalty,
-                         uint64_t seed) {
-                 return smp::Sampler({temperature, top_k, top_p, min_p, repetition_penalty}, seed);
+        .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repetition_penalty) {
+                 return smp::Sampler({temperature, top_k, top_p, min_p, repetition_penalty});
              }),
              py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
-             py::arg("repetition_penalty"), py::arg("seed"))
-        .def("reset", &smp::Sampler::reset, py::arg("seed"))
+             py::arg("repetition_penalty"))
         .def("sample",
-             [](smp::Sampler& s, py::handle logits, py::handle previous, py::handle allowed, bool want_logprobs) {
+             [](const smp::Sampler& s, py::handle logits, py::handle previous, py::handle allowed,
+                bool want_logprobs, smp::Rng* rng) {
                  smp::LogitsView lv = logits_arg(logits);
                  const std::size_t B = lv.batch, V = lv.vocab;
                  py::object keep_prev, keep_mask;  // keep the checked arrays alive while the GIL is released
@@ -79,11 +82,12 @@ void bind_sampling(py::module_& m) {
                  float* lp_ptr = want_logprobs ? lps.mutable_data() : nullptr;
                  {
                      py::gil_scoped_release unlocked;
-                     s.sample(lv, pv, mv, ids_ptr, lp_ptr);
+                     s.sample(lv, pv, mv, rng, ids_ptr, lp_ptr);
                  }
                  return want_logprobs ? py::object(py::make_tuple(ids, lps)) : py::object(ids);
              },
-             py::arg("logits"), py::arg("previous"), py::arg("allowed_mask"), py::arg("logprobs"));
+             py::arg("logits"), py::arg("previous"), py::arg("allowed_mask"), py::arg("logprobs"),
+             py::arg("rng").none(true));
 
     m.def("log_softmax_at",
           [](py::handle logits, py::handle ids, float temperature) {

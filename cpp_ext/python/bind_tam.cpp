@@ -21,7 +21,8 @@ tam::CodecSpec make_spec(const std::string& kind, int grid, std::vector<std::str
     tam::CodecSpec s;
     if (kind == "rle") s.kind = tam::CodecKind::Rle;
     else if (kind == "compact") s.kind = tam::CodecKind::Compact;
-    else throw std::invalid_argument("codec must be 'rle' or 'compact', got '" + kind + "'");
+    else if (kind == "coords") s.kind = tam::CodecKind::Coords;
+    else throw std::invalid_argument("codec must be 'rle', 'compact' or 'coords', got '" + kind + "'");
     s.grid = grid;
     s.labels = std::move(labels);
     s.open_tag = std::move(open_tag);

@@ -257,10 +257,23 @@ void validate(const Config& c) {
         fail("repetition_penalty must be a finite number > 0 (1 = off), got " + std::to_string(c.repetition_penalty));
 }
 
-Sampler::Sampler(Config config, uint64_t seed) : config_(config), rng_(seed) { validate(config_); }
+Sampler::Sampler(Config config) : config_(config) { validate(config_); }
 
-void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskView& mask, int64_t* ids,
-                     float* logprobs) {
+namespace {
+// Row scratch of one thread: grown once (152k floats), reused by every later call on that thread, contents never
+// read before being written in the same call. thread_local keeps concurrent calls apart without a lock.
+struct Workspace {
+    std::vector<float> x;            // working logits of one row
+    std::vector<float> e;            // exp((x - max) / T)
+    std::vector<uint32_t> cand;      // candidate token ids, in token order
+    std::vector<uint32_t> work;      // the same, reordered by selection
+    std::vector<int64_t> prev;       // deduplicated previous tokens
+};
+thread_local Workspace tls_workspace;
+}  // namespace
+
+void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskView& mask, Rng* rng, int64_t* ids,
+                     float* logprobs) const {
     const std::size_t V = lv.vocab;
     if (V == 0 || lv.batch == 0) throw std::invalid_argument("logits must have at least one row and one column");
     if (V > std::size_t(std::numeric_limits<int32_t>::max()))
@@ -271,6 +284,13 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
     const Config& c = config_;
     const bool greedy = c.temperature == 0.f;
     const bool penalty = prev.ids && prev.per_row && c.repetition_penalty != 1.f;
+    if (!greedy && rng == nullptr) throw std::invalid_argument("rng is required when temperature > 0");
+    Workspace& ws = tls_workspace;
+    std::vector<float>& x_ = ws.x;
+    std::vector<float>& e_ = ws.e;
+    std::vector<uint32_t>& cand_ = ws.cand;
+    std::vector<uint32_t>& work_ = ws.work;
+    std::vector<int64_t>& prev_ = ws.prev;
 
     for (std::size_t b = 0; b < lv.batch; ++b) {
         const uint32_t* words = mask.words ? mask.words + b * mask.words_per_row : nullptr;
@@ -341,7 +361,7 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
         std::size_t chosen;
         const bool truncate = (c.top_k > 0 && std::size_t(c.top_k) < V) || c.top_p < 1.f || c.min_p > 0.f;
         if (!truncate) {
-            const double u = rng_.uniform() * z;
+            const double u = rng->uniform() * z;
             double acc = 0;
             chosen = top;
             for (std::size_t i = 0; i < V; ++i) {
@@ -416,7 +436,7 @@ void Sampler::sample(const LogitsView& lv, const PreviousView& prev, const MaskV
             double zc = 0;
             for (uint32_t i : cand_)
                 if (kept(i)) zc += double(e[i]);
-            const double u = rng_.uniform() * zc;
+            const double u = rng->uniform() * zc;
             double acc = 0;
             chosen = top;
             for (uint32_t i : cand_)

@@ -1,4 +1,4 @@
-// Text-as-Mask codecs: encoders and the one streaming decoder both codecs share.
+// Text-as-Mask codecs: encoders and the one streaming decoder all codecs share.
 #include "omniad/tam.hpp"
 
 #include <algorithm>
@@ -42,20 +42,26 @@ constexpr std::string_view kNone = "none";
 }  // namespace
 
 void validate(const CodecSpec& spec) {
-    const bool rle = spec.kind == CodecKind::Rle;
-    const int max_grid = rle ? 256 : 26;
+    const bool rle = spec.kind == CodecKind::Rle, coords = spec.kind == CodecKind::Coords;
+    const int max_grid = spec.kind == CodecKind::Compact ? 26 : 256;
     if (spec.grid < 1 || spec.grid > max_grid)
         throw std::invalid_argument("grid must be in 1.." + std::to_string(max_grid) + " for the " +
-                                    (rle ? "rle" : "compact (one letter per coordinate)") + " codec, got " +
-                                    std::to_string(spec.grid));
+                                    (rle ? "rle" : coords ? "coords" : "compact (one letter per coordinate)") +
+                                    " codec, got " + std::to_string(spec.grid));
     if (spec.labels.size() < 2 || spec.labels.size() > 256)
         throw std::invalid_argument("labels must hold 2..256 names (index 0 = background), got " +
+                                    std::to_string(spec.labels.size()));
+    // JUDO's coordinate masks carry no class: one anomaly label, never written in the text
+    if (coords && spec.labels.size() != 2)
+        throw std::invalid_argument("labels must hold exactly 2 names for the coords codec (binary masks), got " +
                                     std::to_string(spec.labels.size()));
     for (std::size_t i = 0; i < spec.labels.size(); ++i) {
         const std::string& l = spec.labels[i];
         const std::string where = "labels[" + std::to_string(i) + "] " + excerpt(l);
         if (l.empty() || l.size() > 64) throw std::invalid_argument(where + " must have 1..64 characters");
-        if (rle) {
+        if (coords) {
+            // never parsed: any name will do
+        } else if (rle) {
             if (trim(l) != l) throw std::invalid_argument(where + " must not start or end with whitespace");
             for (char c : l)
                 if (c == '|' || c == '*' || c == '\n' || c == '<' || c == ';')
@@ -100,6 +106,23 @@ std::string encode(const CodecSpec& spec, const uint8_t* grid) {
             }
         }
         return out;
+    }
+    if (spec.kind == CodecKind::Coords) {
+        // JUDO: 1-indexed (row,col) cells, a run of a row as "(r,c0)-(r,c1)", items joined by ", "
+        for (int r = 0; r < g; ++r) {
+            const uint8_t* row = grid + r * g;
+            for (int c = 0; c < g;) {
+                if (!row[c]) { ++c; continue; }
+                int e = c;
+                while (e < g && row[e]) ++e;
+                if (!out.empty()) out += ", ";
+                const std::string head = "(" + std::to_string(r + 1) + ",";
+                out += head + std::to_string(c + 1) + ")";
+                if (e - c > 1) out += "-" + head + std::to_string(e) + ")";
+                c = e;
+            }
+        }
+        return out.empty() ? std::string("None") : out;
     }
     int label = 1;  // the decoder starts with labels[1] in force
     for (int r = 0; r < g; ++r) {
@@ -163,10 +186,20 @@ int StreamDecoder::feed(std::string_view chunk) {
 int StreamDecoder::rows_done() const {
     if (closed_) return g_;
     if (spec_.kind == CodecKind::Rle) return int(std::min<std::size_t>(g_, pos_ / g_));
+    // coords: the row of the last item may still get more items
+    if (spec_.kind == CodecKind::Coords) return std::max(0, max_row_);
     return max_row_ + 1;
 }
 
 void StreamDecoder::on_char(char c) {
+    if (spec_.kind == CodecKind::Coords) {
+        if (c == '(') ++depth_;
+        else if (c == ')') depth_ = std::max(0, depth_ - 1);
+        else if (c == ',' && depth_ == 0) {
+            end_record();
+            return;
+        }
+    }
     if (is_separator(spec_.kind, c)) {
         end_record();
         return;
@@ -190,8 +223,8 @@ void StreamDecoder::on_char(char c) {
         closed_ = complete_ = done_ = true;
         return;
     }
-    // "none" closes a compact mask at once so generation can stop without waiting for the tag.
-    if (spec_.kind == CodecKind::Compact && (c == 'e' || c == 'E') && !rec_overflow_ && max_row_ < 0 && pos_ == 0) {
+    // "none" closes a compact or coords mask at once so generation can stop without waiting for the tag.
+    if (spec_.kind != CodecKind::Rle && (c == 'e' || c == 'E') && !rec_overflow_ && max_row_ < 0 && pos_ == 0) {
         std::string_view body = trim(rec_);
         if (!spec_.open_tag.empty() && body.substr(0, spec_.open_tag.size()) == spec_.open_tag)
             body = trim(body.substr(spec_.open_tag.size()));
@@ -209,6 +242,7 @@ void StreamDecoder::end_record() {
     rec_.clear();
     tail_.clear();
     rec_overflow_ = false;
+    depth_ = 0;
 }
 
 void StreamDecoder::parse_record(std::string_view rec) {
@@ -223,6 +257,7 @@ void StreamDecoder::parse_record(std::string_view rec) {
     if (rec.empty()) return;
     saw_content_ = true;
     if (spec_.kind == CodecKind::Rle) parse_rle_row(rec);
+    else if (spec_.kind == CodecKind::Coords) parse_coords_item(rec);
     else parse_compact_row(rec);
 }
 
@@ -347,6 +382,55 @@ void StreamDecoder::parse_compact_row(std::string_view rec) {
     }
     if (ranges == 0) problem("row " + std::to_string(row) + " has no column range");
     max_row_ = std::max(max_row_, row);
+}
+
+// "(11,12)-(11,14)" / "(12,11)": 1-indexed (row,col) cells; a range fills its cells in reading order.
+void StreamDecoder::parse_coords_item(std::string_view rec) {
+    if (iequals(rec, kNone)) {
+        if (max_row_ >= 0) problem("'None' after cells was ignored");
+        else closed_ = complete_ = done_ = true;
+        return;
+    }
+    int nums[4];
+    int count = 0;
+    bool flagged_char = false;
+    for (std::size_t i = 0; i < rec.size();) {
+        char c = rec[i];
+        if (c >= '0' && c <= '9') {
+            int v = 0;
+            for (; i < rec.size() && rec[i] >= '0' && rec[i] <= '9'; ++i) v = std::min(v * 10 + (rec[i] - '0'), 100000);
+            if (count < 4) nums[count] = v;
+            ++count;
+            continue;
+        }
+        if (!(is_space(c) || c == '(' || c == ')' || c == ',' || c == '-') && !flagged_char) {
+            problem("unexpected character in " + excerpt(rec));
+            flagged_char = true;
+        }
+        ++i;
+    }
+    if (count != 2 && count != 4) {
+        problem("item " + excerpt(rec) + " is not (row,col) or (row,col)-(row,col); dropped");
+        return;
+    }
+    for (int k = 0; k < count; ++k)
+        if (nums[k] < 1 || nums[k] > g_) {
+            problem("item " + excerpt(rec) + " lies outside the " + std::to_string(g_) + "x" + std::to_string(g_) +
+                    " grid (1-indexed); dropped");
+            return;
+        }
+    std::size_t a = std::size_t(nums[0] - 1) * g_ + std::size_t(nums[1] - 1), b = a;
+    if (count == 4) {
+        b = std::size_t(nums[2] - 1) * g_ + std::size_t(nums[3] - 1);
+        if (nums[2] != nums[0]) problem("range " + excerpt(rec) + " spans rows; filled in reading order");
+        if (b < a) {
+            problem("reversed range " + excerpt(rec) + " swapped");
+            std::swap(a, b);
+        }
+    }
+    std::memset(grid_.data() + a, 1, b - a + 1);
+    saw_content_ = true;
+    max_row_ = std::max(max_row_, int(b / std::size_t(g_)));
 }
 
 void StreamDecoder::finish(bool end_of_text) {

@@ -56,6 +56,21 @@ static void test_compact() {
     CHECK(d.repaired && d.grid == std::vector<uint8_t>(16, 0));
 }
 
+static void test_coords() {
+    auto s = spec(tam::CodecKind::Coords, 4);
+    std::vector<uint8_t> g(16, 0);
+    CHECK(tam::encode(s, g.data()) == "None");
+    // row 1: cols 1-3; row 3: col 0 -> 1-indexed "(2,2)-(2,4), (4,1)"
+    g[1 * 4 + 1] = g[1 * 4 + 2] = g[1 * 4 + 3] = 1;
+    g[3 * 4 + 0] = 1;
+    CHECK(tam::encode(s, g.data()) == "(2,2)-(2,4), (4,1)");
+    auto d = tam::decode(s, "<seg>(2,2)-(2,4), (4,1)</seg>");
+    CHECK(d.grid == g && !d.repaired && d.complete);
+    d = tam::decode(s, "(5,1), (1,1)");  // row 5 is outside a 4-grid: dropped, the rest kept
+    CHECK(d.repaired && d.grid[0] == 1);
+    CHECK(throws([] { tam::validate(spec(tam::CodecKind::Coords, 4, {"others", "a", "b"})); }));
+}
+
 static void test_rle() {
     auto s = spec(tam::CodecKind::Rle, 4);
     std::vector<uint8_t> g(16, 0);
@@ -210,38 +225,42 @@ static void test_sampler() {
     uint32_t words = 0b11101;  // token 1 disallowed
     int64_t id = -1;
     float lp = 0;
-    sampling::Sampler greedy({0.f, 0, 1.f, 0.f, 1.f}, 0);
-    greedy.sample(lv, {}, {&words, 1}, &id, &lp);
+    const sampling::Sampler greedy({0.f, 0, 1.f, 0.f, 1.f});
+    greedy.sample(lv, {}, {&words, 1}, nullptr, &id, &lp);  // greedy draws nothing: no generator needed
     CHECK(id == 2);
     const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + std::exp(-1.0);
     CHECK(std::fabs(lp - (3.0 - std::log(z))) < 1e-5);
     // Penalty 4 on token 2 (3 -> 0.75): best allowed becomes token 3.
     const int64_t prev[2] = {2, -1};
-    sampling::Sampler pen({0.f, 0, 1.f, 0.f, 4.f}, 0);
-    pen.sample(lv, {prev, 2}, {&words, 1}, &id, nullptr);
+    const sampling::Sampler pen({0.f, 0, 1.f, 0.f, 4.f});
+    pen.sample(lv, {prev, 2}, {&words, 1}, nullptr, &id, nullptr);
     CHECK(id == 3);
     // top_k = 1 at a temperature: always the best token.
-    sampling::Sampler k1({1.f, 1, 1.f, 0.f, 1.f}, 7);
+    const sampling::Sampler k1({1.f, 1, 1.f, 0.f, 1.f});
+    sampling::Rng rng(7);
     for (int i = 0; i < 20; ++i) {
-        k1.sample(lv, {}, {}, &id, nullptr);
+        k1.sample(lv, {}, {}, &rng, &id, nullptr);
         CHECK(id == 1);
     }
-    // Everything masked -> invalid_argument.
+    // Sampling without a generator, everything masked -> invalid_argument.
+    CHECK(throws([&] { k1.sample(lv, {}, {}, nullptr, &id, nullptr); }));
     uint32_t none = 0;
-    CHECK(throws([&] { greedy.sample(lv, {}, {&none, 1}, &id, nullptr); }));
-    // Same seed, same draws.
-    sampling::Sampler a({1.f, 0, 0.9f, 0.f, 1.f}, 42), b({1.f, 0, 0.9f, 0.f, 1.f}, 42);
+    CHECK(throws([&] { greedy.sample(lv, {}, {&none, 1}, nullptr, &id, nullptr); }));
+    // One sampler, two generators with the same seed: the same draws (the sampler holds no random state).
+    const sampling::Sampler top_p({1.f, 0, 0.9f, 0.f, 1.f});
+    sampling::Rng ra(42), rb(42);
     for (int i = 0; i < 50; ++i) {
         int64_t ia, ib;
-        a.sample(lv, {}, {}, &ia, nullptr);
-        b.sample(lv, {}, {}, &ib, nullptr);
+        top_p.sample(lv, {}, {}, &ra, &ia, nullptr);
+        top_p.sample(lv, {}, {}, &rb, &ib, nullptr);
         CHECK(ia == ib);
     }
-    CHECK(throws([] { sampling::Sampler bad({-1.f, 0, 1.f, 0.f, 1.f}, 0); }));
+    CHECK(throws([] { sampling::Sampler bad({-1.f, 0, 1.f, 0.f, 1.f}); }));
 }
 
 int main() {
     test_compact();
+    test_coords();
     test_rle();
     test_stream();
     test_garbage_bounded();

@@ -8,7 +8,11 @@ A backend is built from a loaded Bundle and implements:
     new_cache(batch, max_len) -> KVCache
     forward(embeds (B,S,H) f32, position_ids (3,B,S) i64, attention_mask (B,P+S) i64, cache, past_len) -> logits
         logits (B, V) float32 for the last position; the new K/V land in cache slots [past_len, past_len + S).
-        The returned array may be a buffer reused by the next forward: copy it to keep it.
+        The returned array may be a buffer reused by the next forward on the same cache: copy it to keep it.
+    concurrent: bool               True: encode_image and forward may run from several threads at once, each
+                                   forward on its own cache (per-run state lives with the cache). False (the
+                                   default when absent): the caller serialises every call.
+    close() (optional)             releases sessions / device memory; the backend is unusable afterwards.
 
 KVCache below is the host-side cache (numpy, BSHD, one preallocated buffer per layer); a device backend may return
 its own cache type with the same `batch`, `max_len` and `copy_prefix` members.
@@ -38,6 +42,7 @@ class KVCache:
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.batch, self.max_len = batch, max_len
+        self.backend_state = None  # what a backend keeps per cache (IO binding, logits buffer); never shared
 
     @property
     def num_layers(self) -> int:
@@ -59,7 +64,7 @@ def create_backend(bundle, backend: str = "onnxruntime", **options):
         return OnnxRuntimeBackend(bundle, **options)
     if backend == "tensorrt":
         try:
-            from .tensorrt import TensorRTBackend
+            from ..tensorrt.backend import TensorRTBackend
         except ImportError as exc:
             raise BackendError(f"the TensorRT backend is not available here: {exc}") from None
         return TensorRTBackend(bundle, **options)

@@ -8,6 +8,11 @@ Binding is by address: per cache the base address of each buffer is computed onc
 IOBinding with an OrtDevice built once (see `_binders`), which cuts the Python cost of a step's 4 x layers + 4 binds
 several times over.
 
+Threads: the sessions are shared (ONNX Runtime allows concurrent runs of one session); everything a run mutates,
+the IO binding, the logits buffer and the buffer addresses, is kept per KV cache (`_CacheState`), so forwards on
+different caches may run at once. A cache must not be used by two threads at once (the Generator checks its
+working caches out of a pool).
+
 Providers: CPU by default. "cuda" and "tensorrt" need onnxruntime-gpu; a requested provider that is missing or that
 ONNX Runtime silently drops at session creation raises BackendError unless allow_fallback=True (then a warning is
 logged and the effective provider is what `provider` reports). With CUDA/TensorRT the cache still lives on the host
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -40,18 +45,61 @@ VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_wind
 
 
 _FLOAT, _INT64 = 1, 7  # ONNX TensorProto element types
+# IOBinding takes element types as ONNX type numbers (above) from 1.20 on; 1.19 refuses them ("Not a valid numpy
+# type"). setup.py requires the same floor when it installs ONNX Runtime; a build found installed is checked here.
+MIN_ONNXRUNTIME = (1, 20)
+
+
+def check_version(version: str) -> None:
+    """BackendError when `version` (onnxruntime.__version__) is older than MIN_ONNXRUNTIME."""
+    parts = re.match(r"(\d+)\.(\d+)", str(version))
+    if parts and (int(parts.group(1)), int(parts.group(2))) < MIN_ONNXRUNTIME:
+        floor = ".".join(map(str, MIN_ONNXRUNTIME))
+        raise BackendError(f"onnxruntime {version} is too old: omniad_edge needs >= {floor} (IOBinding with ONNX "
+                           f"element types); pip install -U onnxruntime (or onnxruntime-gpu)")
+
+
+def onnxruntime_packages(distributions=None) -> list[tuple[str, str]]:
+    """(name, version) of each installed distribution providing the `onnxruntime` module: onnxruntime (CPU),
+    onnxruntime-gpu (CUDA/TensorRT, also JetPack's wheels), onnxruntime-directml, ... They install the same module, so
+    more than one means one build overwrote the other. `distributions` replaces importlib.metadata.distributions()."""
+    import importlib.metadata
+
+    found = set()
+    for dist in importlib.metadata.distributions() if distributions is None else distributions:
+        name = dist.metadata["Name"]
+        top = (dist.read_text("top_level.txt") or "").split()
+        if name and ("onnxruntime" in top or
+                     (not top and any(str(f).startswith("onnxruntime/") for f in dist.files or ()))):
+            found.add((re.sub(r"[-_.]+", "-", name).lower(), dist.version))
+    return sorted(found)
+
+
+def onnxruntime_build(ort, distributions=None) -> dict:
+    """Which ONNX Runtime build is in use: package, version and the execution providers it offers."""
+    found = onnxruntime_packages(distributions)
+    providers = list(ort.get_available_providers())
+    if len(found) > 1:
+        log.warning("several ONNX Runtime builds are installed (%s) and share one `onnxruntime` module: the one "
+                    "installed last is in use (providers %s). Keep one: pip uninstall -y %s, then install "
+                    "onnxruntime (CPU) or onnxruntime-gpu", ", ".join(f"{n} {v}" for n, v in found), providers,
+                    " ".join(n for n, _ in found))
+    package = " + ".join(n for n, _ in found) or "onnxruntime (no package metadata)"
+    return {"package": package, "version": ort.__version__, "providers": providers}
 
 
 def _ort():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise BackendError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
+        raise BackendError(f"ONNX Runtime is not installed ({exc}): pip install onnxruntime for the CPU, or "
+                           "onnxruntime-gpu for CUDA/TensorRT (on Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack; "
+                           "README, Quick start)") from None
     return onnxruntime
 
 
 def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bool, cache_dir=None,
-                      fp16: bool = False, device_id: int = 0) -> list[tuple[str, dict]]:
+                      fp16: bool = False, device_id: int = 0, package: str = "onnxruntime") -> list[tuple[str, dict]]:
     """Requested providers (short or full names, optionally (name, options) pairs) -> ORT provider list."""
     if providers is None:
         providers = ["cpu"]
@@ -74,8 +122,10 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
         elif full == "CUDAExecutionProvider":
             options.setdefault("device_id", device_id)
         if full not in available:
-            message = (f"execution provider {full} is not available in this onnxruntime "
-                       f"(available: {list(available)}); install onnxruntime-gpu for CUDA/TensorRT")
+            hint = ("check that the CUDA/cuDNN/TensorRT versions match this build" if "gpu" in package else
+                    "CUDA/TensorRT need onnxruntime-gpu in its place")
+            message = (f"execution provider {full} is not available in the installed {package} "
+                       f"(available: {list(available)}); {hint}")
             if not allow_fallback:
                 raise BackendError(message + ", or pass allow_fallback=True")
             log.warning("%s; falling back", message)
@@ -89,13 +139,28 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
     return resolved
 
 
+class _CacheState:
+    """What forward keeps per KV cache: its IO binding with the binders, the logits buffer, buffer addresses."""
+
+    def __init__(self, ort, session, fast: bool, batch: int, vocab_size: int):
+        self.binding = session.io_binding()
+        self.bind_input, self.bind_output, self.device = _binders(ort, self.binding, fast=fast)
+        self.logits = np.empty((batch, vocab_size), np.float32)  # reused by every forward on this cache
+        self.logits_address = self.logits.ctypes.data
+        self.layout: list[tuple[str, str, int, int]] | None = None
+
+
 class OnnxRuntimeBackend:
+    """Vision + decoder sessions. Safe to share between threads (`concurrent`); see the module docstring."""
+
     name = "onnxruntime"
+    concurrent = True
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
                  device_id: int = 0):
         ort = _ort()
+        check_version(ort.__version__)
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise BackendError(f"threads must be a non-negative int (0 = onnxruntime's default), got {threads!r}")
         if optimization not in _OPT_LEVELS:
@@ -108,9 +173,10 @@ class OnnxRuntimeBackend:
         self.hidden_size = int(model["hidden_size"])
         self.vocab_size = int(model["vocab_size"])
         self.threads = threads
-        self.requested = resolve_providers(providers, available=ort.get_available_providers(),
+        self.runtime = onnxruntime_build(ort)
+        self.requested = resolve_providers(providers, available=self.runtime["providers"],
                                            allow_fallback=allow_fallback, cache_dir=cache_dir, fp16=fp16,
-                                           device_id=device_id)
+                                           device_id=device_id, package=self.runtime["package"])
         self._allow_fallback = allow_fallback
 
         opts = ort.SessionOptions()
@@ -136,14 +202,11 @@ class OnnxRuntimeBackend:
         opts.enable_mem_pattern = True
         self.decoder = self._session(bundle.decoder_path, "decoder")
         self.provider = self.decoder.get_providers()[0]
-        log.info("onnxruntime %s: decoder on %s, vision on %s", ort.__version__, self.provider,
+        log.info("%s %s: decoder on %s, vision on %s", self.runtime["package"], ort.__version__, self.provider,
                  self.vision.get_providers()[0])
         self._check_decoder_io()
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
-        self._binding = self.decoder.io_binding()
-        self._bind_input, self._bind_output, self._device = _binders(ort, self._binding)
-        self._layouts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # KVCache -> _layout(cache)
-        self._logits: dict[int, tuple[np.ndarray, int]] = {}  # batch -> (buffer reused by every forward, address)
+        self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
     def _session(self, path: Path, what: str):
         ort = _ort()
@@ -178,7 +241,13 @@ class OnnxRuntimeBackend:
                                f"{extra[:3]}")
 
     # -- interface ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Drops the sessions (their memory goes with the last reference); the backend is unusable afterwards."""
+        self.vision = self.decoder = None
+
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
+        if self.vision is None:
+            raise BackendError("this onnxruntime backend is closed")
         missing = [n for n in self._vision_inputs if n not in vision_inputs]
         if missing:
             raise BackendError(f"vision inputs missing {missing}")
@@ -198,16 +267,18 @@ class OnnxRuntimeBackend:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        held = self._logits.get(b)
-        if held is None:
-            logits = np.empty((b, self.vocab_size), np.float32)
-            held = self._logits[b] = (logits, logits.ctypes.data)
-        logits, logits_address = held
+        decoder = self.decoder
+        if decoder is None:
+            raise BackendError("this onnxruntime backend is closed")
+        state = cache.backend_state
+        if state is None:
+            state = cache.backend_state = _CacheState(_ort(), decoder, self._fast_binding, b, self.vocab_size)
+        logits, logits_address = state.logits, state.logits_address
 
-        io = self._binding
+        io = state.binding
         io.clear_binding_inputs()
         io.clear_binding_outputs()
-        bind_in, bind_out, dev = self._bind_input, self._bind_output, self._device
+        bind_in, bind_out, dev = state.bind_input, state.bind_output, state.device
         bind_in("inputs_embeds", dev, _FLOAT, list(embeds.shape), embeds.ctypes.data)
         bind_in("position_ids", dev, _INT64, list(position_ids.shape), position_ids.ctypes.data)
         bind_in("attention_mask", dev, _INT64, list(attention_mask.shape), attention_mask.ctypes.data)
@@ -218,7 +289,7 @@ class OnnxRuntimeBackend:
             # batch 1: past = cache[:, :P] and slot = cache[:, P:P+S] are contiguous; bind by address arithmetic
             past_shape = [1, past_len, self.kv_heads, self.head_dim]
             new_shape = [1, s, self.kv_heads, self.head_dim]
-            for past_name, new_name, base, row_bytes in self._layout(cache):
+            for past_name, new_name, base, row_bytes in self._layout(cache, state):
                 bind_in(past_name, dev, _FLOAT, past_shape, base)
                 bind_out(new_name, dev, _FLOAT, new_shape, base + past_len * row_bytes)
         else:
@@ -234,7 +305,7 @@ class OnnxRuntimeBackend:
                     bind_in(f"past_{prefix}.{i}", dev, _FLOAT, list(past.shape), past.ctypes.data)
                     bind_out(f"new_{prefix}.{i}", dev, _FLOAT, kv_shape, out.ctypes.data)
         try:
-            self.decoder.run_with_iobinding(io)
+            decoder.run_with_iobinding(io)
         except Exception as exc:
             raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
         for slot, out in scratch:
@@ -242,10 +313,10 @@ class OnnxRuntimeBackend:
         del keep
         return logits
 
-    def _layout(self, cache: KVCache) -> list[tuple[str, str, int, int]]:
+    def _layout(self, cache: KVCache, state: _CacheState) -> list[tuple[str, str, int, int]]:
         """Per cache buffer of a batch-1 cache: (past input name, new output name, base address, bytes per slot).
         Computed once per cache: its buffers are allocated once and never replaced."""
-        layout = self._layouts.get(cache)
+        layout = state.layout
         if layout is None:
             layout = []
             for i in range(self.num_layers):
@@ -253,12 +324,12 @@ class OnnxRuntimeBackend:
                     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
                         raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
                     layout.append((f"past_{prefix}.{i}", f"new_{prefix}.{i}", buf.ctypes.data, buf.strides[1]))
-            self._layouts[cache] = layout
+            state.layout = layout
         return layout
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "threads": self.threads,
-                "providers": [p for p, _ in self.requested]}
+                "providers": [p for p, _ in self.requested], "onnxruntime": self.runtime}
 
 
 def _binders(ort, io, fast: bool = True):

@@ -5,7 +5,10 @@
 // Callers must know:
 // - Views are borrowed; nothing is retained after the call. Logits are never modified.
 // - Invalid arguments and NaN/+inf logits throw std::invalid_argument with the argument's name.
-// - A Sampler owns its generator and scratch buffers: not thread-safe, one per decoding thread.
+// - Thread safety: a Sampler is an immutable configuration; `sample` is const and may be called from any number of
+//   threads at once. The random state lives in an Rng the caller owns and passes per call (one per sequence or
+//   decoding thread: an Rng is not thread-safe). Row scratch buffers are thread_local, grown once per thread, and
+//   their contents never carry from one call to the next.
 // - Log-probabilities are those of the chosen token under softmax(masked, penalised logits / T) over all allowed
 //   tokens, before top-k/top-p/min-p truncation (T = 1 for greedy).
 // - Determinism: the same seed, config and inputs give the same ids on every run of a build. The generator, the
@@ -62,21 +65,15 @@ private:
 
 class Sampler {
 public:
-    explicit Sampler(Config config, uint64_t seed = 0);
-    void reset(uint64_t seed) { rng_.reset(seed); }
+    explicit Sampler(Config config);
     const Config& config() const { return config_; }
     // ids: batch int64; logprobs: batch float32 or null (skips the normalising pass for greedy).
-    void sample(const LogitsView& logits, const PreviousView& previous, const MaskView& mask, int64_t* ids,
-                float* logprobs);
+    // rng: the draw's generator; may be null for greedy (which draws nothing), required otherwise.
+    void sample(const LogitsView& logits, const PreviousView& previous, const MaskView& mask, Rng* rng,
+                int64_t* ids, float* logprobs) const;
 
 private:
     Config config_;
-    Rng rng_;
-    std::vector<float> x_;            // working logits of one row
-    std::vector<float> e_;            // exp((x - max) / T)
-    std::vector<uint32_t> cand_;      // candidate token ids, in token order
-    std::vector<uint32_t> work_;      // the same, reordered by selection
-    std::vector<int64_t> prev_;       // deduplicated previous tokens
 };
 
 // log softmax(logits[b] / temperature)[ids[b]] for each row (no mask, no penalty).

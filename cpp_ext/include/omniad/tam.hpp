@@ -5,7 +5,8 @@
 // - Decoders never throw on text and never crash: work is bounded by the input length and G*G, memory by G*G and a
 //   fixed per-record cap. Problems are reported in Decoded::repaired / problems.
 // - Constructors and encoders throw std::invalid_argument on bad arguments (the bindings turn it into ValueError).
-// - Objects are not thread-safe; distinct objects may be used from distinct threads.
+// - A CodecSpec is immutable: encode/decode on one spec may run from any number of threads. A StreamDecoder is one
+//   sequence's state and not thread-safe; distinct decoders may be used from distinct threads.
 #pragma once
 
 #include <cstddef>
@@ -16,7 +17,7 @@
 
 namespace omniad::tam {
 
-enum class CodecKind { Rle, Compact };
+enum class CodecKind { Rle, Compact, Coords };
 
 struct CodecSpec {
     CodecKind kind = CodecKind::Compact;
@@ -48,7 +49,8 @@ public:
     // Consumes a chunk; returns the number of grid rows that are final so far. Text after the close tag is ignored.
     int feed(std::string_view chunk);
     int rows_done() const;
-    // True once the close tag, the end of the grid (rle) or "none" (compact) has been seen: generation can stop.
+    // True once the close tag, the end of the grid (rle) or "none" (compact, coords) has been seen: generation can
+    // stop.
     bool closed() const { return closed_; }
     // Best-effort grid from what was fed. end_of_text: the text is over (one-shot decode), so a record cut by the
     // end is still parsed and the mask counts as complete if nothing is missing; false: a snapshot mid-stream.
@@ -60,6 +62,7 @@ private:
     void parse_record(std::string_view rec);
     void parse_rle_row(std::string_view rec);
     void parse_compact_row(std::string_view rec);
+    void parse_coords_item(std::string_view rec);
     void problem(std::string msg);
     void finish(bool end_of_text);
     int label_index(std::string_view name) const;
@@ -82,6 +85,7 @@ private:
     int rows_ = 0;
     int label_ = 1;
     int max_row_ = -1;
+    int depth_ = 0;  // coords: parenthesis depth, so the ',' inside "(r,c)" does not end a record
 };
 
 Decoded decode(const CodecSpec& spec, std::string_view text);

@@ -1,0 +1,235 @@
+"""Planning, pure Python: what the user asked for (BuildOptions), the shape limits it resolves to (Limits), the
+optimisation profiles, and the bytes of every buffer the backend allocates. Runs anywhere; no TensorRT, no GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
+           "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
+           "kv_cache_bytes", "kv_row_bytes", "kv_scratch_seq", "kv_scratch_bytes", "io_buffer_plan", "ALIGNMENT",
+           "VISION_INPUTS", "VISION_OUTPUT"]
+
+VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
+                 "image_segments")
+VISION_OUTPUT = "image_embeds"
+ALIGNMENT = 256  # bytes: TensorRT tensor addresses (IExecutionContext::setTensorAddress)
+FP32, INT64 = 4, 8  # bytes; graph I/O is float32 and int64 for every bundle precision (DESIGN.md)
+# Qwen2.5-VL-3B's last vision block MLP overflows fp16; pin the tail blocks' MLP to fp32 under --fp16.
+DEFAULT_VISION_FP32_BLOCKS = 2
+MAX_BATCH = 64
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What the user asked for; None means "derive from the manifest"."""
+
+    fp16: bool = False
+    int8: bool = False
+    fp8: bool = False
+    tf32: bool = False
+    max_image_tokens: int | None = None
+    max_images: int | None = None
+    max_seq_len: int | None = None
+    max_prefill: int | None = None
+    batch: int = 1
+    workspace_gb: float | None = None
+    timing_cache: str | None = None
+    vision_fp32_blocks: int | None = None  # None: min(DEFAULT_VISION_FP32_BLOCKS, depth)
+    device: int = 0
+    skip_memory_check: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resolved shape limits the engines are built for; the backend sizes every buffer from these."""
+
+    batch: int
+    max_image_tokens: int
+    max_images: int
+    max_seq_len: int
+    max_prefill: int
+
+
+def _model(manifest: dict) -> dict:
+    return manifest["model"]
+
+
+def merge_unit(manifest: dict) -> int:
+    """Patches per LLM image token (merge_size squared)."""
+    pre = manifest["preprocess"]
+    return int(pre.get("merge_size", _model(manifest)["vision"].get("spatial_merge_size", 2))) ** 2
+
+
+def image_token_cap(manifest: dict) -> int:
+    """Most image tokens one frame can produce after the manifest's smart-resize rule."""
+    pre = manifest["preprocess"]
+    if pre.get("max_image_tokens"):
+        return int(pre["max_image_tokens"])
+    side = int(pre["patch_size"]) * int(pre["merge_size"])
+    return max(1, int(pre["max_pixels"]) // (side * side))
+
+
+def _positive_int(value: Any, flag: str, *, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{flag} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{flag} must be {span}, got {value}")
+    return value
+
+
+def resolve_limits(manifest: dict, opts: BuildOptions) -> Limits:
+    """Turn the options into concrete limits, refusing values the runtime can never use."""
+    batch = _positive_int(opts.batch, "--batch", high=MAX_BATCH)
+    cap = image_token_cap(manifest)
+    tokens = cap if opts.max_image_tokens is None else _positive_int(opts.max_image_tokens, "--max-image-tokens")
+    if tokens > cap:
+        raise ValueError(
+            f"--max-image-tokens {tokens} exceeds the bundle's limit of {cap} image tokens per frame "
+            "(preprocess.max_image_tokens / max_pixels); the runtime never produces more"
+        )
+    images = batch if opts.max_images is None else _positive_int(opts.max_images, "--max-images", high=MAX_BATCH)
+    max_position = int(_model(manifest).get("max_position", 32768))
+    minimum = tokens + 16  # one frame plus a minimal prompt
+    if opts.max_seq_len is None:
+        seq = min(max_position, 256 * math.ceil((tokens + 512) / 256))
+    else:
+        seq = _positive_int(opts.max_seq_len, "--max-seq-len", high=max_position)
+    if seq < minimum:
+        raise ValueError(
+            f"--max-seq-len {seq} cannot hold one frame of {tokens} image tokens plus the prompt; use >= {minimum} "
+            "or lower --max-image-tokens"
+        )
+    prefill = seq if opts.max_prefill is None else _positive_int(opts.max_prefill, "--max-prefill", high=seq)
+    if prefill < tokens:
+        raise ValueError(f"--max-prefill {prefill} is shorter than one frame's {tokens} image tokens")
+    if opts.workspace_gb is not None and not (isinstance(opts.workspace_gb, (int, float)) and opts.workspace_gb > 0):
+        raise ValueError(f"--workspace-gb must be a positive number, got {opts.workspace_gb!r}")
+    vision_tail_blocks(manifest, opts)
+    return Limits(batch=batch, max_image_tokens=tokens, max_images=images, max_seq_len=seq, max_prefill=prefill)
+
+
+def vision_tail_blocks(manifest: dict, opts: BuildOptions) -> int:
+    """How many last vision blocks keep their MLP in fp32 under --fp16."""
+    depth = int(_model(manifest)["vision"].get("depth", 0))
+    if opts.vision_fp32_blocks is None:
+        return min(DEFAULT_VISION_FP32_BLOCKS, depth)
+    return _positive_int(opts.vision_fp32_blocks, "--vision-fp32-blocks", low=0, high=depth)
+
+
+Shape = tuple[int, ...]
+Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
+
+
+def vision_profile(manifest: dict, limits: Limits) -> Profile:
+    """One profile over the patch count N = merge_unit * image tokens (every image of one vision call)."""
+    pre = manifest["preprocess"]
+    channels = 3 * int(pre["temporal_patch_size"]) * int(pre["patch_size"]) ** 2
+    unit = merge_unit(manifest)
+    n = (unit, unit * limits.max_image_tokens, unit * limits.max_image_tokens * limits.max_images)
+    merged = tuple(x // unit for x in n)
+    per_patch = {"pixel_values": (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": ()}
+    profile: Profile = {}
+    for name in VISION_INPUTS:
+        if name in per_patch:
+            profile[name] = tuple((x, *per_patch[name]) for x in n)
+        else:  # window_index, reverse_window_index: one entry per merged token
+            profile[name] = tuple((x,) for x in merged)
+    return profile
+
+
+def decoder_input_names(manifest: dict) -> list[str]:
+    layers = int(_model(manifest)["num_layers"])
+    names = ["inputs_embeds", "position_ids", "attention_mask"]
+    for i in range(layers):
+        names += [f"past_key.{i}", f"past_value.{i}"]
+    return names
+
+
+def decoder_output_names(manifest: dict) -> list[str]:
+    names = ["logits"]
+    for i in range(int(_model(manifest)["num_layers"])):
+        names += [f"new_key.{i}", f"new_value.{i}"]
+    return names
+
+
+def decoder_profiles(manifest: dict, limits: Limits) -> list[Profile]:
+    """[prefill, decode]. The past length reaches max_seq_len in both: batches (and CUDA-graph decode) bind the
+    whole cache with unused slots masked off, so shapes stay fixed (see backend.py, plan_step)."""
+    model = _model(manifest)
+    hidden, kvh, hd = int(model["hidden_size"]), int(model["num_key_value_heads"]), int(model["head_dim"])
+    b = (1, 1, limits.batch)
+    cap = limits.max_seq_len
+    s_opt = min(limits.max_prefill, limits.max_image_tokens + 128)
+    p_opt = min(cap, s_opt + 128)
+    prefill = {"s": (1, s_opt, limits.max_prefill), "p": (0, 0, cap), "m": (1, s_opt, cap + limits.max_prefill)}
+    decode = {"s": (1, 1, 1), "p": (0, p_opt, cap), "m": (1, p_opt + 1, cap + 1)}
+    profiles = []
+    for dims in (prefill, decode):
+        s, p, m = dims["s"], dims["p"], dims["m"]
+        profile: Profile = {
+            "inputs_embeds": tuple((b[k], s[k], hidden) for k in range(3)),
+            "position_ids": tuple((3, b[k], s[k]) for k in range(3)),
+            "attention_mask": tuple((b[k], m[k]) for k in range(3)),
+        }
+        for i in range(int(model["num_layers"])):
+            kv = tuple((b[k], p[k], kvh, hd) for k in range(3))
+            profile[f"past_key.{i}"] = kv
+            profile[f"past_value.{i}"] = kv
+        profiles.append(profile)
+    return profiles
+
+
+def profiles_to_json(profiles: list[Profile]) -> list[dict]:
+    return [{name: [list(s) for s in shapes] for name, shapes in p.items()} for p in profiles]
+
+
+def _volume(shape: Shape) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def kv_cache_bytes(manifest: dict, limits: Limits) -> int:
+    """One float32 (B, max_seq_len, kv_heads, head_dim) buffer per layer for keys and one for values."""
+    model = _model(manifest)
+    per = limits.batch * limits.max_seq_len * int(model["num_key_value_heads"]) * int(model["head_dim"]) * FP32
+    return 2 * int(model["num_layers"]) * per
+
+
+def kv_row_bytes(manifest: dict) -> int:
+    """Bytes of one cache position of one layer: kv_heads x head_dim float32."""
+    model = _model(manifest)
+    return int(model["num_key_value_heads"]) * int(model["head_dim"]) * FP32
+
+
+def kv_scratch_seq(manifest: dict, limits: Limits, cuda_graph: bool = False) -> int:
+    """Positions of the scratch buffer that receives new keys/values before a strided copy into the cache: batches
+    (their past is strided), rows that are not a multiple of TensorRT's 256-byte address alignment (the new keys
+    cannot be bound in place at every offset), and one position for CUDA-graph decode."""
+    if limits.batch > 1 or kv_row_bytes(manifest) % ALIGNMENT:
+        return limits.max_prefill
+    return 1 if cuda_graph else 0
+
+
+def kv_scratch_bytes(manifest: dict, limits: Limits, cuda_graph: bool = False) -> int:
+    seq = kv_scratch_seq(manifest, limits, cuda_graph)
+    return 2 * int(_model(manifest)["num_layers"]) * limits.batch * seq * kv_row_bytes(manifest)
+
+
+def io_buffer_plan(manifest: dict, limits: Limits) -> dict[str, int]:
+    """Bytes of every device I/O buffer the backend allocates once (excluding the KV cache)."""
+    model = _model(manifest)
+    vis = vision_profile(manifest, limits)
+    plan = {}
+    for name, (_, _, high) in vis.items():
+        plan[f"vision.{name}"] = _volume(high) * (FP32 if name == "pixel_values" else INT64)
+    n_max = vis["pixel_values"][2][0]
+    out_hidden = int(model["vision"].get("out_hidden_size", model["hidden_size"]))
+    plan[f"vision.{VISION_OUTPUT}"] = n_max // merge_unit(manifest) * out_hidden * FP32
+    prefill = decoder_profiles(manifest, limits)[0]
+    for name in ("inputs_embeds", "position_ids", "attention_mask"):
+        plan[f"decoder.{name}"] = _volume(prefill[name][2]) * (FP32 if name == "inputs_embeds" else INT64)
+    plan["decoder.logits"] = limits.batch * int(model["vocab_size"]) * FP32
+    return plan
