@@ -37,8 +37,8 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
     p.add_argument("--vision-attention", choices=["auto", "plain"], default="auto",
-                   help="auto: ONNX Runtime's fused attention where it measured faster; plain: standard ONNX ops "
-                        "only (for TensorRT)")
+                   help="auto: ONNX Runtime's fused attention where it measured faster (plain for --int4-format "
+                        "qdq); plain: standard ONNX ops only (for TensorRT)")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")

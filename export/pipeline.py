@@ -42,7 +42,7 @@ class ExportOptions:
     int4_keep_lm_head: bool = False  # True leaves the output projection float32 (4x its int4 bytes)
     int4_format: str = "matmulnbits"  # or "qdq": DequantizeLinear + MatMul, readable beyond ONNX Runtime
     fp32_vision_mlp_blocks: int = 2
-    vision_attention: str = "auto"  # "plain": standard ONNX ops only (TensorRT); see graphs.VisionGraph
+    vision_attention: str = "auto"  # "plain": standard ONNX ops only (TensorRT; int4 qdq bundles); graphs.py
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
     quiet: bool = False
 
@@ -111,8 +111,10 @@ def _export_vision(model, model_cfg, dtype, opts, log):
     from .graphs import VisionGraph
     from .onnx_export import export_graph
 
+    # int4 "qdq" bundles aim at runtimes without ONNX Runtime's contrib ops: "auto" means plain there
+    qdq = opts.precision == "int4" and opts.int4_format == "qdq"
     graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks,
-                        attention=opts.vision_attention).eval()
+                        attention="plain" if qdq else opts.vision_attention).eval()
     names = graph.input_names
     args = _sample_vision_inputs(model_cfg, names)
     proto, info = export_graph(graph, args, names, ["image_embeds"], _VISION_DIMS, opts.prefer_dynamo, log)

@@ -10,10 +10,14 @@ from typing import Any
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
            "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
            "kv_cache_bytes", "kv_row_bytes", "kv_scratch_seq", "kv_scratch_bytes", "io_buffer_plan", "ALIGNMENT",
-           "VISION_INPUTS", "VISION_OUTPUT"]
+           "VISION_INPUTS", "VISION_OUTPUT", "vision_input_names"]
 
+# vision graphs exported before the grouped attention (dense segment masks)
 VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
                  "image_segments")
+# grouped attention (manifest graphs.vision.attention; DESIGN.md, vision graph); no window inputs for Qwen2-VL
+GROUPED_VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "image_gather", "image_scatter", "window_gather",
+                         "window_scatter")
 VISION_OUTPUT = "image_embeds"
 ALIGNMENT = 256  # bytes: TensorRT tensor addresses (IExecutionContext::setTensorAddress)
 FP32, INT64 = 4, 8  # bytes; graph I/O is float32 and int64 for every bundle precision (DESIGN.md)
@@ -124,6 +128,13 @@ Shape = tuple[int, ...]
 Profile = dict[str, tuple[Shape, Shape, Shape]]  # input name -> (min, opt, max)
 
 
+def vision_input_names(manifest: dict) -> tuple[str, ...]:
+    """The vision graph's inputs: grouped-attention graphs say so in the manifest, older ones do not."""
+    if "attention" not in manifest["graphs"]["vision"]:
+        return VISION_INPUTS
+    return GROUPED_VISION_INPUTS if _model(manifest)["vision"].get("window_size") else GROUPED_VISION_INPUTS[:4]
+
+
 def vision_profile(manifest: dict, limits: Limits) -> Profile:
     """One profile over the patch count N = merge_unit * image tokens (every image of one vision call)."""
     pre = manifest["preprocess"]
@@ -131,11 +142,20 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
     unit = merge_unit(manifest)
     n = (unit, unit * limits.max_image_tokens, unit * limits.max_image_tokens * limits.max_images)
     merged = tuple(x // unit for x in n)
-    per_patch = {"pixel_values": (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": ()}
+    per_patch = {"pixel_values": (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": (),
+                 "image_scatter": (), "window_scatter": ()}
+    window = int(_model(manifest)["vision"].get("window_size") or 0) // int(pre["patch_size"])
+    groups = {  # (groups, longest group) of the padded gather tables
+        "image_gather": ((1, unit), (1, n[1]), (limits.max_images, n[1])),
+        "window_gather": ((1, unit), (max(1, n[1] // max(1, window * window)), window * window),
+                          (merged[2], window * window)),
+    }
     profile: Profile = {}
-    for name in VISION_INPUTS:
+    for name in vision_input_names(manifest):
         if name in per_patch:
             profile[name] = tuple((x, *per_patch[name]) for x in n)
+        elif name in groups:
+            profile[name] = groups[name]
         else:  # window_index, reverse_window_index: one entry per merged token
             profile[name] = tuple((x,) for x in merged)
     return profile
