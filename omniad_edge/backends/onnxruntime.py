@@ -196,7 +196,8 @@ class OnnxRuntimeBackend:
         self.session_options = opts
 
         # ONNX Runtime keeps a memory pattern per input shape on top of its arena: for the vision graph (a new shape
-        # per image size) that doubled the peak from the second call on (benchmarks/results/vision-scaling.md)
+        # per image size) that doubled the peak from the second call on
+        # (benchmarks/results/vision-scaling-mem-pattern-on.md)
         opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
         opts.enable_mem_pattern = True
