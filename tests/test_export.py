@@ -196,7 +196,7 @@ def _large_frame_runner(bundle, tokens_side: int):
 
 
 def test_vision_graph_at_1024_image_tokens(tiny_bundle, tiny_checkpoint):
-    """4096 patches, 64 windows: the grouped attention still equals transformers at industrial token counts."""
+    """4096 patches, 256 windows: the grouped attention still equals transformers at industrial token counts."""
     from omniad_edge.preprocess import preprocess_image
 
     runner, frame = _large_frame_runner(tiny_bundle, 32)
