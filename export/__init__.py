@@ -1,4 +1,4 @@
-"""Workstation side of omniad_edge: Hugging Face Qwen2.5-VL checkpoint -> engine bundle (torch, transformers, onnx).
+"""Workstation side of omniad_edge: Hugging Face Qwen2.5-VL/Qwen2-VL checkpoint -> engine bundle (torch, onnx).
 
     python -m export CHECKPOINT_DIR OUT_DIR --precision int4
     from export import export_bundle; export_bundle("ckpt", "bundle", precision="fp16")

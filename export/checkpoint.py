@@ -1,4 +1,4 @@
-"""Load and validate a Hugging Face Qwen2.5-VL checkpoint folder before anything heavy runs.
+"""Load and validate a Hugging Face Qwen2.5-VL or Qwen2-VL checkpoint folder before anything heavy runs.
 
 Every problem is an ExportError that names the file or setting, so a user fixes their folder instead of reading a
 traceback from deep inside transformers.
@@ -12,7 +12,10 @@ from pathlib import Path
 
 from omniad_edge.errors import ExportError
 
-__all__ = ["Checkpoint", "inspect_checkpoint", "load_model"]
+__all__ = ["Checkpoint", "inspect_checkpoint", "load_model", "ARCHITECTURES"]
+
+# config.json model_type -> transformers class; the manifest's model.architecture is the model_type
+ARCHITECTURES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}
 
 _SPECIAL = {
     "image_pad": "<|image_pad|>",
@@ -42,6 +45,10 @@ class Checkpoint:
     @property
     def vision(self) -> dict:
         return self.config["vision_config"]
+
+    @property
+    def architecture(self) -> str:
+        return self.config["model_type"]
 
 
 def read_json_object(path: Path, what: str) -> dict:
@@ -93,7 +100,7 @@ def _tokens(path: Path, config: dict, text: dict, tokenizer: dict) -> dict:
     for key, content in _SPECIAL.items():
         tid = _token_id(tokenizer, content)
         if tid is None:
-            raise ExportError(f"tokenizer.json: has no {content} token; a Qwen2.5-VL tokenizer needs it")
+            raise ExportError(f"tokenizer.json: has no {content} token; a Qwen2-VL/Qwen2.5-VL tokenizer needs it")
         declared = config.get(_CONFIG_IDS[key])
         if declared is not None and int(declared) != tid:
             raise ExportError(f"config.json: {_CONFIG_IDS[key]}={declared} but tokenizer.json has {content} at {tid}")
@@ -138,10 +145,11 @@ def inspect_checkpoint(path) -> Checkpoint:
         raise ExportError(f"checkpoint: {path} is not a directory")
     config = read_json_object(path / "config.json", "config")
     model_type = config.get("model_type")
-    if model_type != "qwen2_5_vl":
-        raise ExportError(f"config.json: model_type is {model_type!r}; only 'qwen2_5_vl' checkpoints can be exported")
+    if model_type not in ARCHITECTURES:
+        raise ExportError(f"config.json: model_type is {model_type!r}; only {', '.join(map(repr, ARCHITECTURES))} "
+                          f"checkpoints can be exported")
     if not isinstance(config.get("vision_config"), dict):
-        raise ExportError("config.json: vision_config is missing; a Qwen2.5-VL checkpoint needs it")
+        raise ExportError(f"config.json: vision_config is missing; a {model_type} checkpoint needs it")
     nested = config.get("text_config") or {}
     text = {**config, **nested}
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
@@ -194,10 +202,10 @@ def inspect_checkpoint(path) -> Checkpoint:
 def load_model(checkpoint: Checkpoint):
     """The transformers model in float32 eval mode, eager attention (plain ops, same math as our graphs)."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
     try:
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model = getattr(transformers, ARCHITECTURES[checkpoint.architecture]).from_pretrained(
             checkpoint.path, dtype=torch.float32, attn_implementation="eager")
     except Exception as exc:  # transformers raises many types for a bad folder; name the folder and the cause
         raise ExportError(f"checkpoint: transformers could not load {checkpoint.path}: {exc}") from exc

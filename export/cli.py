@@ -10,8 +10,8 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Export a Hugging Face Qwen2.5-VL checkpoint folder to an "
-                                "omniad_edge engine bundle (ONNX graphs + manifest).")
+    p = argparse.ArgumentParser(prog=prog, description="Export a Hugging Face Qwen2.5-VL or Qwen2-VL checkpoint "
+                                "folder to an omniad_edge engine bundle (ONNX graphs + manifest).")
     p.add_argument("checkpoint", help="Hugging Face folder: config.json, *.safetensors, tokenizer.json, ...")
     p.add_argument("out", help="bundle directory to create (must not exist unless --overwrite)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="fp32",
@@ -36,6 +36,9 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help="int4 as ONNX Runtime's MatMulNBits (default) or standard DequantizeLinear+MatMul (opset 21)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
+    p.add_argument("--vision-attention", choices=["auto", "plain"], default="auto",
+                   help="auto: ONNX Runtime's fused attention where it measured faster (plain for --int4-format "
+                        "qdq); plain: standard ONNX ops only (for TensorRT)")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
                          int4_format=args.int4_format, int4_keep_lm_head=args.int4_keep_lm_head,
-                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks,
+                         fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, vision_attention=args.vision_attention,
                          embed_dtype=args.embed_dtype, quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)

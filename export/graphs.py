@@ -1,8 +1,8 @@
-"""Export-friendly torch modules over the weights of a transformers Qwen2.5-VL model.
+"""Export-friendly torch modules over the weights of a transformers Qwen2.5-VL or Qwen2-VL model.
 
-The layer math is written out here (RMSNorm, rotary, masked attention, gated MLP) instead of calling transformers'
-forward: its vision tower loops over image grids in Python and its decoder goes through cache objects, neither of
-which exports as one size-independent graph. Parity tests against transformers prove the two agree.
+The layer math is written out here (norms, rotary, grouped attention, the KV-cache step) instead of calling
+transformers' forward: its vision tower loops over image grids in Python and its decoder goes through cache
+objects, neither of which exports as one size-independent graph. Parity tests against transformers prove the two agree.
 
 Precision: the residual stream, norms, rotary and softmax always run in float32; the heavy matmuls run in
 `dtype` (float16 for fp16 bundles). Graph inputs and outputs are float32 whatever `dtype` is.
@@ -43,22 +43,46 @@ def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
 
 
+# a padding key's extra score in the fused form: exp(this * scale) is 0 next to any real score, in fp32 and fp16
+_PAD_KEY = -30000.0
+_FUSED_OP = "com.microsoft::MultiHeadAttention"
+
+
+def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm (Qwen2.5-VL) or LayerNorm (Qwen2-VL), in float32."""
+    if hasattr(module, "variance_epsilon"):
+        return rms_norm(x, module.weight, module.variance_epsilon)
+    return nn.functional.layer_norm(x.float(), module.normalized_shape, module.weight.float(), module.bias.float(),
+                                    module.eps)
+
+
 class VisionGraph(nn.Module):
     """Vision tower with host-computed indices (DESIGN.md, vision graph): one graph for any grid, any image count.
 
+    Attention runs per group, never over all patches at once: window blocks per window, full blocks per frame,
+    each group padded to the longest (`*_gather` rows, -1 = padding) and put back in patch order (`*_scatter`).
+    `attention`: "auto" takes the form measured fastest on ONNX Runtime CPU (benchmarks/results/
+    vision-attention-ops.json): full blocks always, and window blocks in float16, through ONNX Runtime's fused
+    MultiHeadAttention (no (L x L) scores in memory; padding keys get a large negative score from one extra
+    query/key channel, so the kernel needs no mask); "plain" keeps every block in standard ONNX ops (MatMul,
+    Softmax), for runtimes without the fused op such as TensorRT.
     `fp32_mlp_blocks`: how many of the last blocks keep their MLP in float32 when dtype is float16 (the known
     Qwen2.5-VL-3B fp16 overflow in the last blocks' down projection).
     """
 
-    def __init__(self, visual: nn.Module, dtype: torch.dtype = torch.float32, fp32_mlp_blocks: int = 2):
+    def __init__(self, visual: nn.Module, dtype: torch.dtype = torch.float32, fp32_mlp_blocks: int = 2,
+                 attention: str = "auto"):
         super().__init__()
         cfg = visual.config
         self.dtype = dtype
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.num_heads = visual.blocks[0].attn.num_heads
+        self.head_dim = visual.blocks[0].attn.head_dim
         self.unit = cfg.spatial_merge_size ** 2
-        self.fullatt = set(cfg.fullatt_block_indexes)
         depth = len(visual.blocks)
+        # Qwen2-VL has no window blocks: every block attends over its whole frame
+        self.fullatt = set(getattr(cfg, "fullatt_block_indexes", None) or range(depth))
+        self.windowed = len(self.fullatt) < depth
+        self.fused = {"full": attention == "auto", "window": attention == "auto" and dtype == torch.float16}
         self.fp32_mlp = set(range(depth - fp32_mlp_blocks, depth)) if dtype != torch.float32 else set()
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
         weight = visual.patch_embed.proj.weight
@@ -69,44 +93,70 @@ class VisionGraph(nn.Module):
         self.merger = _cast_copy(visual.merger, dtype)
         self.register_buffer("inv_freq", visual.rotary_pos_emb.inv_freq.detach().float().clone(), persistent=False)
 
-    def _attention(self, block, x, cos, sin, allowed):
+    @property
+    def input_names(self) -> list[str]:
+        names = ["pixel_values", "rotary_pos_ids", "image_gather", "image_scatter"]
+        return names + (["window_gather", "window_scatter"] if self.windowed else [])
+
+    def attention_forms(self, exporter: str) -> dict[str, str]:
+        """Which form each block kind was exported in (for the manifest); the legacy TorchScript exporter cannot
+        write the fused op, so it gets the plain form."""
+        kinds = ["full"] + (["window"] if self.windowed else [])
+        fused = {k: self.fused[k] and exporter == "dynamo" for k in kinds}
+        return {k: _FUSED_OP.replace("::", ".") if fused[k] else "plain" for k in kinds}
+
+    def _plain(self, q, k, v, valid):
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (G, H, L, hd)
+        scores = torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5)
+        probs = _masked_softmax(scores, valid[:, None, None, :]).to(self.dtype)
+        return torch.matmul(probs, v).transpose(1, 2)
+
+    def _fused(self, q, k, v, valid):
+        g, length = valid.shape
+        pad = torch.where(valid, 0.0, _PAD_KEY).to(self.dtype)[:, :, None, None].expand(g, length, self.num_heads, 1)
+        q = torch.cat((q, torch.ones_like(pad)), dim=-1).reshape(g, length, -1)
+        k = torch.cat((k, pad), dim=-1).reshape(g, length, -1)
+        v = v.reshape(g, length, -1)
+        return torch.onnx.ops.symbolic(_FUSED_OP, (q, k, v), {"num_heads": self.num_heads,
+                                                             "scale": self.head_dim ** -0.5},
+                                       dtype=v.dtype, shape=v.shape, version=1)
+
+    def _attention(self, block, x, cos, sin, gather, scatter, fused):
         n = x.shape[0]
         qkv = block.attn.qkv(x.to(self.dtype)).reshape(n, 3, self.num_heads, self.head_dim)
-        q = _rotary(qkv[:, 0], cos, sin).to(self.dtype).transpose(0, 1)  # (H, N, hd)
-        k = _rotary(qkv[:, 1], cos, sin).to(self.dtype).transpose(0, 1)
-        v = qkv[:, 2].transpose(0, 1)
-        scores = torch.matmul(q, k.transpose(1, 2)) * (self.head_dim ** -0.5)
-        probs = _masked_softmax(scores, allowed).to(self.dtype)
-        out = torch.matmul(probs, v).transpose(0, 1).reshape(n, -1)
+        q = _rotary(qkv[:, 0], cos, sin).to(self.dtype)
+        k = _rotary(qkv[:, 1], cos, sin).to(self.dtype)
+        valid = gather >= 0
+        rows = gather.clamp(min=0).reshape(-1)
+
+        def grouped(t):  # (N, H, hd) -> (G, L, H, hd): one padded row per group
+            return t.index_select(0, rows).reshape(*gather.shape, self.num_heads, self.head_dim)
+
+        q, k, v = grouped(q), grouped(k), grouped(qkv[:, 2])
+        if fused and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
+            out = self._fused(q, k, v, valid)
+        else:
+            out = self._plain(q, k, v, valid)
+        out = out.reshape(-1, self.num_heads * self.head_dim).index_select(0, scatter)
         return block.attn.proj(out).float()
 
-    def forward(self, pixel_values, rotary_pos_ids, window_index, reverse_window_index, window_segments,
-                image_segments):
+    def forward(self, pixel_values, rotary_pos_ids, image_gather, image_scatter, window_gather=None,
+                window_scatter=None):
         n = pixel_values.shape[0]
         x = torch.matmul(pixel_values.to(self.dtype), self.patch_weight.t()).float()
-        # rotary angles per patch (processor order): (h freqs, w freqs) twice, as transformers lays them out
+        # rotary angles per patch: (h freqs, w freqs) twice, as transformers lays them out
         freqs = rotary_pos_ids.float()[..., None] * self.inv_freq  # (N, 2, F)
         freqs = freqs.reshape(n, -1)
         emb = torch.cat((freqs, freqs), dim=-1)
-        # into window order, one merge unit (2x2 patches) at a time
-        def to_window_order(t):
-            return t.reshape(n // self.unit, self.unit, -1)[window_index].reshape(n, -1)
-        x = to_window_order(x)
-        emb = to_window_order(emb)
         cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]  # broadcast over heads
-        same_window = (window_segments[:, None] == window_segments[None, :])[None]
-        same_image = (image_segments[:, None] == image_segments[None, :])[None]
         for i, block in enumerate(self.blocks):
-            allowed = same_image if i in self.fullatt else same_window
-            x = x + self._attention(block, rms_norm(x, block.norm1.weight, block.norm1.variance_epsilon),
-                                    cos, sin, allowed)
-            h = rms_norm(x, block.norm2.weight, block.norm2.variance_epsilon)
+            kind = "full" if i in self.fullatt else "window"
+            groups = (image_gather, image_scatter) if kind == "full" else (window_gather, window_scatter)
+            x = x + self._attention(block, _norm(block.norm1, x), cos, sin, *groups, self.fused[kind])
             mlp_dtype = torch.float32 if i in self.fp32_mlp else self.dtype
-            x = x + block.mlp(h.to(mlp_dtype)).float()
-        merger = self.merger
-        h = rms_norm(x, merger.ln_q.weight, merger.ln_q.variance_epsilon).to(self.dtype)
-        h = merger.mlp(h.reshape(n // self.unit, -1)).float()
-        return h[reverse_window_index]
+            x = x + block.mlp(_norm(block.norm2, x).to(mlp_dtype)).float()
+        h = _norm(self.merger.ln_q, x).to(self.dtype)
+        return self.merger.mlp(h.reshape(n // self.unit, -1)).float()
 
 
 class DecoderGraph(nn.Module):

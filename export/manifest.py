@@ -131,26 +131,37 @@ def load_output_spec(path=None, preset: str | None = None) -> dict:
     return spec
 
 
+def _vision_section(architecture: str, vision: dict) -> dict:
+    """The tower's shape; Qwen2-VL names its width embed_dim (its hidden_size is the merger's output), has an MLP
+    ratio instead of a size, and no windows: every block attends over the whole frame (window_size None)."""
+    common = {"depth": vision.get("depth", 32), "num_heads": vision.get("num_heads", 16),
+              "patch_size": vision.get("patch_size", 14), "temporal_patch_size": vision.get("temporal_patch_size", 2),
+              "spatial_merge_size": vision.get("spatial_merge_size", 2)}
+    if architecture == "qwen2_vl":
+        width = vision.get("embed_dim", 1280)
+        return {**common, "hidden_size": width, "intermediate_size": int(width * vision.get("mlp_ratio", 4)),
+                "out_hidden_size": vision.get("hidden_size", 3584), "window_size": None,
+                "fullatt_block_indexes": list(range(common["depth"]))}
+    return {**common, "hidden_size": vision.get("hidden_size", 1280),
+            "intermediate_size": vision.get("intermediate_size", 3420),
+            "out_hidden_size": vision.get("out_hidden_size", 3584), "window_size": vision.get("window_size", 112),
+            "fullatt_block_indexes": list(vision.get("fullatt_block_indexes", [7, 15, 23, 31]))}
+
+
 def model_section(checkpoint) -> dict:
-    text, vision = checkpoint.text, checkpoint.vision
+    text = checkpoint.text
     rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
     heads = text["num_attention_heads"]
     head_dim = text["hidden_size"] // heads
     return {
-        "architecture": "qwen2_5_vl",
+        "architecture": checkpoint.architecture,
         "hidden_size": text["hidden_size"], "num_layers": text["num_hidden_layers"],
         "num_attention_heads": heads, "num_key_value_heads": text.get("num_key_value_heads") or heads,
         "head_dim": head_dim, "vocab_size": text["vocab_size"],
         "rope_theta": float(rope.get("rope_theta", text.get("rope_theta", 1000000.0))),
         "mrope_section": list(rope.get("mrope_section", [16, 24, 24])),
         "max_position": int(text.get("max_position_embeddings", 32768)),
-        "vision": {
-            "depth": vision.get("depth", 32), "hidden_size": vision.get("hidden_size", 3584),
-            "num_heads": vision.get("num_heads", 16), "out_hidden_size": vision.get("out_hidden_size", 3584),
-            "patch_size": vision.get("patch_size", 14), "temporal_patch_size": vision.get("temporal_patch_size", 2),
-            "spatial_merge_size": vision.get("spatial_merge_size", 2), "window_size": vision.get("window_size", 112),
-            "fullatt_block_indexes": list(vision.get("fullatt_block_indexes", [7, 15, 23, 31])),
-        },
+        "vision": _vision_section(checkpoint.architecture, checkpoint.vision),
     }
 
 

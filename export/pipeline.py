@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniad_edge.contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, decoder_input_names,
-                                  decoder_output_names)
+from omniad_edge.contract import DECODER_INPUTS, LOGITS, VISION_OUTPUT, decoder_input_names, decoder_output_names
 from omniad_edge.errors import ExportError
 
 from .checkpoint import inspect_checkpoint, load_model
@@ -26,6 +25,7 @@ __all__ = ["ExportOptions", "export_bundle", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 VISION_PRECISIONS = ("fp32", "fp16", "int8")
+VISION_ATTENTION = ("auto", "plain")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class ExportOptions:
     int4_keep_lm_head: bool = False  # True leaves the output projection float32 (4x its int4 bytes)
     int4_format: str = "matmulnbits"  # or "qdq": DequantizeLinear + MatMul, readable beyond ONNX Runtime
     fp32_vision_mlp_blocks: int = 2
+    vision_attention: str = "auto"  # "plain": standard ONNX ops only (TensorRT; int4 qdq bundles); graphs.py
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
     quiet: bool = False
 
@@ -76,36 +77,49 @@ def _check_options(opts: ExportOptions) -> str:
         raise ExportError(f"int4_accuracy_level must be 0..4, got {opts.int4_accuracy_level!r}")
     if not isinstance(opts.int4_keep_lm_head, bool):
         raise ExportError(f"int4_keep_lm_head must be True or False, got {opts.int4_keep_lm_head!r}")
+    if opts.vision_attention not in VISION_ATTENTION:
+        raise ExportError(f"vision_attention must be one of {VISION_ATTENTION}, got {opts.vision_attention!r}")
     if not isinstance(opts.fp32_vision_mlp_blocks, int) or opts.fp32_vision_mlp_blocks < 0:
         raise ExportError(f"fp32_vision_mlp_blocks must be an int >= 0, got {opts.fp32_vision_mlp_blocks!r}")
     return vision
 
 
-def _sample_vision_inputs(model_cfg: dict):
-    """Two images of different grids, so no size is baked in as a constant."""
+def _sample_vision_inputs(model_cfg: dict, names: list[str]):
+    """Two images of different grids, sized so that every dynamic axis (patches, groups, group lengths) has its own
+    value: the exporter would tie axes of equal sample size together."""
     import torch
 
     from omniad_edge.preprocess import vision_indices
 
     v = model_cfg["vision"]
-    m = v["spatial_merge_size"]
-    grids = [(1, 4 * m, 3 * m), (1, 2 * m, 5 * m)]
-    idx = vision_indices(grids, m, v["window_size"], v["patch_size"])
+    m, window = v["spatial_merge_size"], v["window_size"]
+    win = window // m // v["patch_size"] if window else 2
+    grids = [(1, m * (win + 1), m * (2 * win + 1)), (1, m * win, m * (win + 2))]
+    idx = vision_indices(grids, m, window, v["patch_size"])
     n = sum(t * h * w for t, h, w in grids)
     dim = 3 * v["temporal_patch_size"] * v["patch_size"] ** 2
-    pixels = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
-    return (pixels, *[torch.from_numpy(idx[k]) for k in VISION_INPUTS[1:]]), list(VISION_INPUTS)
+    idx["pixel_values"] = torch.randn(n, dim, generator=torch.Generator().manual_seed(0)).numpy()
+    return tuple(torch.from_numpy(idx[k]) for k in names)
+
+
+_VISION_DIMS = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"},
+                "image_gather": {0: "images", 1: "image_len"}, "image_scatter": {0: "patches"},
+                "window_gather": {0: "windows", 1: "window_len"}, "window_scatter": {0: "patches"},
+                VISION_OUTPUT: {0: "tokens"}}
 
 
 def _export_vision(model, model_cfg, dtype, opts, log):
     from .graphs import VisionGraph
     from .onnx_export import export_graph
 
-    graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks).eval()
-    args, names = _sample_vision_inputs(model_cfg)
-    per_token = {"window_index", "reverse_window_index", VISION_OUTPUT}  # one entry per merged token
-    dims = {n: {0: "tokens" if n in per_token else "patches"} for n in [*names, VISION_OUTPUT]}
-    return export_graph(graph, args, names, [VISION_OUTPUT], dims, opts.prefer_dynamo, log)
+    # int4 "qdq" bundles aim at runtimes without ONNX Runtime's contrib ops: "auto" means plain there
+    qdq = opts.precision == "int4" and opts.int4_format == "qdq"
+    graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks,
+                        attention="plain" if qdq else opts.vision_attention).eval()
+    names = graph.input_names
+    args = _sample_vision_inputs(model_cfg, names)
+    proto, info = export_graph(graph, args, names, [VISION_OUTPUT], _VISION_DIMS, opts.prefer_dynamo, log)
+    return proto, {**info, "attention": graph.attention_forms(info["exporter"])}
 
 
 def _export_decoder(model, model_cfg, dtype, opts, log):
@@ -169,7 +183,7 @@ def _place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None, **overrides) -> Path:
-    """Export a Qwen2.5-VL checkpoint folder to a bundle directory; returns the bundle path.
+    """Export a Qwen2.5-VL or Qwen2-VL checkpoint folder to a bundle directory; returns the bundle path.
 
     Options may be passed as an ExportOptions or as keyword overrides (precision="int4", ...)."""
     import torch
@@ -244,7 +258,8 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         manifest = build_manifest(
             name=opts.name or spec["name"] or f"{checkpoint.path.name}-{opts.precision}",
             precision=opts.precision, model=model_cfg, tokens=checkpoint.tokens, preprocess=preprocess, spec=spec,
-            graphs={"vision": {"path": "vision.onnx", "precision": vision_precision},
+            graphs={"vision": {"path": "vision.onnx", "precision": vision_precision,
+                               "attention": graph_info["vision"]["attention"]},
                     "decoder": decoder_graph},
             embed=embed, files=file_entries(tmp), exporter=exporter_section(checkpoint.path.name, graph_info),
             has_chat_template=checkpoint.chat_template is not None)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS", "VISION_OUTPUT",
-           "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
+           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
            "OUTPUT_SECTIONS", "output_blocks"]
 
 # -- the bundle -------------------------------------------------------------------------------------------------
@@ -38,9 +38,21 @@ MANIFEST_KEYS: Mapping[str, tuple[str, ...] | None] = {
 
 # -- graph I/O ----------------------------------------------------------------------------------------------------
 # Vision: every index array is computed on the host (preprocess.vision_indices), so one graph serves every size.
+# Graphs exported before the grouped attention (dense segment masks):
 VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index", "window_segments",
                  "image_segments")
+# Grouped attention (the manifest's graphs.vision.attention says so); Qwen2-VL has no window inputs:
+GROUPED_VISION_INPUTS = ("pixel_values", "rotary_pos_ids", "image_gather", "image_scatter", "window_gather",
+                         "window_scatter")
 VISION_OUTPUT = "image_embeds"
+
+
+def vision_input_names(manifest: Mapping) -> tuple[str, ...]:
+    """The vision graph's inputs: grouped-attention graphs say so in the manifest, older ones do not."""
+    if "attention" not in manifest["graphs"]["vision"]:
+        return VISION_INPUTS
+    return GROUPED_VISION_INPUTS if manifest["model"]["vision"].get("window_size") else GROUPED_VISION_INPUTS[:4]
+
 
 # Decoder: inputs_embeds, 3-D mrope position_ids, attention_mask, then the past K/V per layer (BSHD); outputs the
 # last position's logits and only the new K/V entries.

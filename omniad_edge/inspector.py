@@ -263,7 +263,7 @@ class Inspector:
         spec = self.bundle.preprocess
         vision = self.bundle.model["vision"]
         pre = preprocess_image(rgb, spec)
-        inputs = concat_images([pre], int(vision["spatial_merge_size"]), int(vision["window_size"]),
+        inputs = concat_images([pre], int(vision["spatial_merge_size"]), vision["window_size"],
                                int(vision["patch_size"]))
         t1 = time.perf_counter()
         with self.generator.exclusive:

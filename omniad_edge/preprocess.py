@@ -1,9 +1,9 @@
 """Image -> vision-graph inputs, on the host (numpy + Pillow only).
 
 Mirrors transformers' Qwen2-VL image processor (smart resize, rescale, CLIP normalisation, patchify with 2x2 merge
-blocks contiguous) and the index arrays Qwen2.5-VL's vision tower computes with Python loops (rotary patch
-positions, window permutation, attention segments). Computing the indices here lets one exported vision graph serve
-every image size and several images concatenated.
+blocks contiguous) and the index arrays Qwen2-VL/Qwen2.5-VL vision towers compute with Python loops (rotary patch
+positions, window order, which patches attend to which). Computing the indices here lets one exported vision graph
+serve every image size and several images concatenated.
 """
 from __future__ import annotations
 
@@ -122,20 +122,37 @@ def _grids(grid_thw_list) -> list[tuple[int, int, int]]:
     return grids
 
 
-def vision_indices(grid_thw_list, spatial_merge_size: int, window_size: int, patch_size: int
+def _padded_groups(indices: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of patch indices (concatenated, `lengths` each) -> (gather (G, Lmax) with -1 padding, scatter (n,)):
+    row g of gather lists group g's patches; scatter[p] is patch p's slot in the flattened (G * Lmax) result."""
+    groups, longest = len(lengths), int(lengths.max())
+    row = np.repeat(np.arange(groups), lengths)
+    col = np.arange(len(indices)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    gather = np.full((groups, longest), -1, dtype=np.int64)
+    gather[row, col] = indices
+    scatter = np.empty(n, dtype=np.int64)
+    scatter[indices] = row * longest + col
+    return gather, scatter
+
+
+def vision_indices(grid_thw_list, spatial_merge_size: int, window_size: int | None, patch_size: int
                    ) -> dict[str, np.ndarray]:
     """Index inputs of the vision graph for images concatenated along the patch axis (DESIGN.md, vision graph).
 
     Windows tile the merged-token grid of each frame from its top-left corner, `window_size // merge // patch`
-    merged tokens a side (transformers' get_window_index); segments are ids compared for equality in the graph's
-    attention mask, so only which patches share a window/frame matters, not the id values."""
+    merged tokens a side (transformers' get_window_index); window_size None (Qwen2-VL) means no window blocks.
+    The graph attends within groups (windows, frames) padded to the longest group: `*_gather` (groups, longest)
+    lists each group's patches, -1 for padding, in transformers' order (window order); `*_scatter` (N,) puts the
+    results back in patch order. window_index, reverse_window_index and the *_segments ids are the inputs of
+    graphs exported before the grouped attention (their dense masks compare segment ids for equality)."""
     m = int(spatial_merge_size)
-    win = int(window_size) // m // int(patch_size)
-    if m <= 0 or win <= 0:
+    win = None if window_size is None else int(window_size) // m // int(patch_size)
+    if m <= 0 or (win is not None and win <= 0):
         raise ValueError(f"window_size ({window_size}) must be at least spatial_merge_size * patch_size "
                          f"({spatial_merge_size} * {patch_size})")
-    rotary, window_index, window_of_token, frame_of_token = [], [], [], []
-    token_offset = window_offset = frame_offset = 0
+    unit = m * m
+    rotary, token_order, window_of_token, window_sizes, frame_sizes = [], [], [], [], []
+    token_offset = window_offset = 0
     for t, h, w in _grids(grid_thw_list):
         if h % m or w % m:
             raise ValueError(f"grid ({t}, {h}, {w}): h and w must be multiples of spatial_merge_size {m}")
@@ -144,32 +161,39 @@ def vision_indices(grid_thw_list, spatial_merge_size: int, window_size: int, pat
         rows = rows.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
         cols = cols.reshape(h // m, m, w // m, m).transpose(0, 2, 1, 3).ravel()
         rotary.append(np.tile(np.stack([rows, cols], axis=1), (t, 1)))
-        # merged tokens of each frame, grouped window by window (row-major windows, row-major inside)
         lh, lw = h // m, w // m
-        n_wh, n_ww = -(-lh // win), -(-lw // win)
-        r, c = np.meshgrid(np.arange(lh), np.arange(lw), indexing="ij")
-        window_id = ((r // win) * n_ww + (c // win)).ravel()
-        order = np.lexsort(((r % win).ravel() * win + (c % win).ravel(), window_id))  # by window, then inside
+        if win is None:
+            order, window_id, n_windows = np.arange(lh * lw), np.zeros(lh * lw, np.int64), 1
+        else:  # merged tokens of each frame grouped window by window (row-major windows, row-major inside)
+            n_wh, n_ww = -(-lh // win), -(-lw // win)
+            r, c = np.meshgrid(np.arange(lh), np.arange(lw), indexing="ij")
+            window_id = ((r // win) * n_ww + (c // win)).ravel()
+            order = np.lexsort(((r % win).ravel() * win + (c % win).ravel(), window_id))  # by window, then inside
+            window_id, n_windows = window_id[order], n_wh * n_ww
+        counts = np.bincount(window_id, minlength=n_windows) * unit
         for f in range(t):
-            base = token_offset + f * lh * lw
-            window_index.append(order + base)
-            window_of_token.append(window_id[order] + window_offset + f * n_wh * n_ww)
-            frame_of_token.append(np.full(lh * lw, frame_offset + f))
+            token_order.append(order + token_offset + f * lh * lw)
+            window_of_token.append(window_id + window_offset + f * n_windows)
+            window_sizes.append(counts[counts > 0])
+            frame_sizes.append(lh * lw * unit)
         token_offset += t * lh * lw
-        window_offset += t * n_wh * n_ww
-        frame_offset += t
-    unit = m * m
-    window_index = np.concatenate(window_index).astype(np.int64)
-    return {
-        "rotary_pos_ids": np.concatenate(rotary).astype(np.int64),
-        "window_index": window_index,
-        "reverse_window_index": np.argsort(window_index, kind="stable").astype(np.int64),
-        "window_segments": np.repeat(np.concatenate(window_of_token), unit).astype(np.int64),
-        "image_segments": np.repeat(np.concatenate(frame_of_token), unit).astype(np.int64),
-    }
+        window_offset += t * n_windows
+    window_index = np.concatenate(token_order).astype(np.int64)
+    n = len(window_index) * unit
+    patch_order = (window_index[:, None] * unit + np.arange(unit)).ravel()  # patches in window order
+    frame_of_patch = np.repeat(np.arange(len(frame_sizes)), frame_sizes)
+    out = {"rotary_pos_ids": np.concatenate(rotary).astype(np.int64)}
+    out["image_gather"], out["image_scatter"] = _padded_groups(patch_order, np.asarray(frame_sizes), n)
+    out["image_segments"] = frame_of_patch.astype(np.int64)
+    if win is not None:
+        out["window_gather"], out["window_scatter"] = _padded_groups(patch_order, np.concatenate(window_sizes), n)
+        out["window_index"] = window_index
+        out["reverse_window_index"] = np.argsort(window_index, kind="stable").astype(np.int64)
+        out["window_segments"] = np.repeat(np.concatenate(window_of_token), unit).astype(np.int64)
+    return out
 
 
-def concat_images(images: list[PreprocessedImage], spatial_merge_size: int, window_size: int, patch_size: int
+def concat_images(images: list[PreprocessedImage], spatial_merge_size: int, window_size: int | None, patch_size: int
                   ) -> dict[str, np.ndarray]:
     """All vision-graph inputs for several images run in one call (pixel_values concatenated + indices)."""
     if not images:

@@ -51,7 +51,7 @@ def test_the_embedded_bundle_follows_the_contract():
     vision = ort.InferenceSession(str(b.vision_path), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(b.decoder_path), providers=["CPUExecutionProvider"])
     layers = int(b.model["num_layers"])
-    assert [i.name for i in vision.get_inputs()] == list(contract.VISION_INPUTS)
+    assert [i.name for i in vision.get_inputs()] == list(contract.vision_input_names(b.manifest))
     assert [o.name for o in vision.get_outputs()] == [contract.VISION_OUTPUT]
     assert [i.name for i in decoder.get_inputs()] == contract.decoder_input_names(layers)
     assert [o.name for o in decoder.get_outputs()] == contract.decoder_output_names(layers)

@@ -109,10 +109,12 @@ def test_graph_io_follows_design(tiny_bundle):
     m = json.loads((tiny_bundle / "manifest.json").read_text())
     layers = m["model"]["num_layers"]
     vision = ort_session(tiny_bundle / "vision.onnx")
-    assert [(i.name, i.type) for i in vision.get_inputs()] == [
-        ("pixel_values", "tensor(float)"), ("rotary_pos_ids", "tensor(int64)"), ("window_index", "tensor(int64)"),
-        ("reverse_window_index", "tensor(int64)"), ("window_segments", "tensor(int64)"),
-        ("image_segments", "tensor(int64)")]
+    assert [(i.name, i.type, i.shape) for i in vision.get_inputs()] == [
+        ("pixel_values", "tensor(float)", ["patches", 1176]), ("rotary_pos_ids", "tensor(int64)", ["patches", 2]),
+        ("image_gather", "tensor(int64)", ["images", "image_len"]), ("image_scatter", "tensor(int64)", ["patches"]),
+        ("window_gather", "tensor(int64)", ["windows", "window_len"]),
+        ("window_scatter", "tensor(int64)", ["patches"])]
+    assert m["graphs"]["vision"]["attention"] == {"full": "com.microsoft.MultiHeadAttention", "window": "plain"}
     assert [(o.name, o.type) for o in vision.get_outputs()] == [("image_embeds", "tensor(float)")]
     decoder = ort_session(tiny_bundle / "decoder.onnx")
     names = ["inputs_embeds", "position_ids", "attention_mask"]
@@ -150,21 +152,147 @@ def test_parity_real_qwen_vocab(qwen_bundle, qwen_checkpoint, size):
 
 
 def test_vision_graph_equals_transformers_for_concatenated_images(tiny_bundle, tiny_checkpoint):
+    from omniad_edge.preprocess import preprocess_image
+
+    pre = json.loads((tiny_bundle / "manifest.json").read_text())["preprocess"]
+    images = [preprocess_image(make_frame(*s, seed=i), pre) for i, s in enumerate(SIZES)]
+    assert _vision_vs_transformers(tiny_bundle, tiny_checkpoint, images) < 1e-5
+
+
+def test_parity_at_1024_image_tokens(tiny_bundle, tiny_checkpoint):
+    runner, frame = _large_frame_runner(tiny_bundle, 32)
+    prompt = runner.prompt([frame])
+    ours = runner.generate([prompt], 6)
+    from helpers.hf_reference import hf_generate
+
+    ref_tokens, _, ref_grids = hf_generate(tiny_checkpoint, runner.manifest, [prompt.input_ids], [[frame]], 6)
+    assert ref_grids.tolist() == [[1, 64, 64]]
+    assert ours.tokens == ref_tokens
+
+
+def _vision_vs_transformers(bundle, checkpoint, images) -> float:
     import torch
 
     from helpers.hf_reference import load_hf
-    from omniad_edge.preprocess import concat_images, preprocess_image
+    from omniad_edge.preprocess import concat_images
 
-    runner = BundleRunner(tiny_bundle)
-    images = [preprocess_image(make_frame(*s, seed=i), runner.manifest["preprocess"]) for i, s in enumerate(SIZES)]
+    runner = BundleRunner(bundle)
     ours = runner.image_embeds(images)
-    visual = load_hf(str(tiny_checkpoint)).model.visual
     inputs = concat_images(images, 2, runner.vcfg["window_size"], 14)
     with torch.no_grad():
-        ref = visual(torch.from_numpy(inputs["pixel_values"]),
-                     grid_thw=torch.tensor([im.grid_thw for im in images])).pooler_output.numpy()
+        ref = load_hf(str(checkpoint)).model.visual(torch.from_numpy(inputs["pixel_values"]),
+                                                    grid_thw=torch.tensor([im.grid_thw for im in images]))
+    ref = ref.pooler_output.numpy()
     assert ours.shape == ref.shape
-    assert _rel(ours, ref) < 1e-5
+    return _rel(ours, ref)
+
+
+def _large_frame_runner(bundle, tokens_side: int):
+    """The bundle's runner with its image cap raised in memory, so one frame of tokens_side^2 merged tokens fits."""
+    runner = BundleRunner(bundle)
+    pre = runner.manifest["preprocess"]
+    pre["max_pixels"] = pre["max_image_tokens"] = 28 * 28 * tokens_side ** 2
+    return runner, make_frame(28 * tokens_side, 28 * tokens_side, seed=11)
+
+
+def test_vision_graph_at_1024_image_tokens(tiny_bundle, tiny_checkpoint):
+    """4096 patches, 256 windows: the grouped attention still equals transformers at industrial token counts."""
+    from omniad_edge.preprocess import preprocess_image
+
+    runner, frame = _large_frame_runner(tiny_bundle, 32)
+    image = preprocess_image(frame, runner.manifest["preprocess"])
+    assert image.grid_thw == (1, 64, 64)
+    assert _vision_vs_transformers(tiny_bundle, tiny_checkpoint, [image]) < 1e-5
+
+
+def test_vision_graph_holds_no_patches_squared_tensor(tiny_bundle):
+    """Every intermediate of the vision graph, run at two sizes, stays far below N x N elements: window scores are
+    (windows, heads, L, L), full blocks run the fused op, masks are (groups, L)."""
+    import onnx
+    import onnxruntime as ort
+
+    from omniad_edge.preprocess import concat_images, preprocess_image
+
+    model = onnx.load(str(tiny_bundle / "vision.onnx"))
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in known:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                known.add(name)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runner, _ = _large_frame_runner(tiny_bundle, 24)
+    for side in (448, 672):
+        image = preprocess_image(make_frame(side, side, seed=side), runner.manifest["preprocess"])
+        inputs = concat_images([image], 2, runner.vcfg["window_size"], 14)
+        n = inputs["pixel_values"].shape[0]
+        outputs = session.run(None, {i.name: inputs[i.name] for i in session.get_inputs()})
+        largest = max(np.asarray(o).size for o in outputs)
+        assert largest < n * n / 8, (side, n, largest)
+
+
+# --- Qwen2-VL: full attention in every vision block, LayerNorm, QuickGELU MLP, its own merger -----------------
+
+def _qwen2vl(name: str, tokenizer=None):
+    from helpers.tiny_models import write_tiny_checkpoint
+
+    checkpoint = cached_dir(f"tiny-checkpoint-qwen2vl-{name}", source_key("qwen2vl", name, bundle=False),
+                            lambda p: write_tiny_checkpoint(p, qwen_tokenizer_json=tokenizer, seed=5,
+                                                            architecture="qwen2_vl"))
+    bundle = cached_dir(f"tiny-bundle-qwen2vl-{name}-fp32", source_key("qwen2vl", name),
+                        lambda p: export_bundle(checkpoint, p, quiet=True))
+    return checkpoint, bundle
+
+
+@pytest.fixture(scope="module")
+def qwen2vl():
+    return _qwen2vl("custom")
+
+
+@pytest.fixture(scope="module")
+def qwen2vl_qwen_vocab(qwen_tokenizer_path):
+    return _qwen2vl("qwenvocab", qwen_tokenizer_path)
+
+
+def test_qwen2vl_manifest_and_graph(qwen2vl):
+    from helpers.reference import ort_session
+
+    checkpoint, bundle = qwen2vl
+    m = json.loads((bundle / "manifest.json").read_text())
+    cfg = json.loads((checkpoint / "config.json").read_text())["vision_config"]
+    assert m["model"]["architecture"] == "qwen2_vl"
+    vision = m["model"]["vision"]
+    assert vision["hidden_size"] == cfg["embed_dim"] and vision["out_hidden_size"] == cfg["hidden_size"]
+    assert vision["window_size"] is None and vision["fullatt_block_indexes"] == list(range(cfg["depth"]))
+    assert m["graphs"]["vision"]["attention"] == {"full": "com.microsoft.MultiHeadAttention"}
+    names = [i.name for i in ort_session(bundle / "vision.onnx").get_inputs()]
+    assert names == ["pixel_values", "rotary_pos_ids", "image_gather", "image_scatter"]
+
+
+def test_qwen2vl_vision_graph_equals_transformers(qwen2vl):
+    from omniad_edge.preprocess import preprocess_image
+
+    checkpoint, bundle = qwen2vl
+    pre = json.loads((bundle / "manifest.json").read_text())["preprocess"]
+    images = [preprocess_image(make_frame(*s, seed=i), pre) for i, s in enumerate(SIZES)]
+    assert _vision_vs_transformers(bundle, checkpoint, images) < 1e-5
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_qwen2vl_parity_single_image(qwen2vl, size):
+    _assert_parity(qwen2vl[1], qwen2vl[0], [[make_frame(*size, seed=size[1])]])
+
+
+def test_qwen2vl_parity_batch_left_padding_and_reference_image(qwen2vl):
+    """Two sequences of different lengths (left padding); the second holds a reference image and the query."""
+    frames = [[make_frame(*SIZES[0], seed=21)], [make_frame(*SIZES[2], seed=22), make_frame(*SIZES[1], seed=23)]]
+    out = _assert_parity(qwen2vl[1], qwen2vl[0], frames)
+    assert len(out.tokens) == 2
+
+
+@pytest.mark.parametrize("size", SIZES[:2])
+def test_qwen2vl_parity_real_qwen_vocab(qwen2vl_qwen_vocab, size):
+    _assert_parity(qwen2vl_qwen_vocab[1], qwen2vl_qwen_vocab[0], [[make_frame(*size, seed=8)]], max_new=8)
 
 
 # --- precisions ----------------------------------------------------------------------------------------------
@@ -336,8 +464,8 @@ def test_rejects_missing_dir(tmp_path):
 
 
 def test_rejects_other_model_type(ckpt_copy, tmp_path):
-    _edit_json(ckpt_copy / "config.json", model_type="llama")
-    _export_fails(ckpt_copy, tmp_path, "model_type is 'llama'")
+    _edit_json(ckpt_copy / "config.json", model_type="qwen3_vl")
+    _export_fails(ckpt_copy, tmp_path, "model_type is 'qwen3_vl'; only 'qwen2_5_vl', 'qwen2_vl'")
 
 
 def test_rejects_missing_config(ckpt_copy, tmp_path):
@@ -396,6 +524,7 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
     ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
     ({"int4_keep_lm_head": "yes"}, "int4_keep_lm_head"),
     ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"), ({"embed_dtype": "int8"}, "embed_dtype"),
+    ({"vision_attention": "flash"}, "vision_attention"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
     _export_fails(tiny_checkpoint, tmp_path, match, **options)
@@ -532,6 +661,11 @@ def test_dynamo_failure_falls_back_to_legacy_and_says_why(tiny_checkpoint, tiny_
     for graph in ("vision", "decoder"):
         assert info[graph]["exporter"] == "legacy"
         assert "simulated dynamo failure" in info[graph]["fallback_reason"]
+    # TorchScript cannot write the fused op: standard ops only, and the manifest says so
+    import onnx
+
+    assert info["vision"]["attention"] == {"full": "plain", "window": "plain"}
+    assert "MultiHeadAttention" not in {n.op_type for n in onnx.load(str(out / "vision.onnx")).graph.node}
     frame = make_frame(*SIZES[1], seed=9)
     legacy, dynamo = BundleRunner(out), BundleRunner(tiny_bundle)
     a = legacy.generate([legacy.prompt([frame])], 6)

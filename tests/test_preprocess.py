@@ -156,6 +156,28 @@ def test_vision_indices_match_transformers(grids, window_size):
     assert _boundaries(idx["window_segments"]) == cu_window.tolist()
     assert _boundaries(idx["image_segments"]) == get_vision_cu_seqlens(thw).tolist()
     assert all(v.dtype == np.int64 for v in idx.values())
+    # the graph's groups are transformers' attention segments: windows, then frames, patches in window order
+    patches = (window_index.numpy()[:, None] * 4 + np.arange(4)).ravel()
+    for name, cu in (("window", cu_window.tolist()), ("image", get_vision_cu_seqlens(thw).tolist())):
+        gather = idx[f"{name}_gather"]
+        assert gather.shape == (len(cu) - 1, max(np.diff(cu)))
+        for g, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
+            assert gather[g, :hi - lo].tolist() == patches[lo:hi].tolist()
+            assert np.all(gather[g, hi - lo:] == -1)
+        assert np.array_equal(gather.ravel()[idx[f"{name}_scatter"]], np.arange(len(patches)))
+
+
+@pytest.mark.parametrize("grids", GRID_LISTS)
+def test_vision_indices_without_windows_group_frames_in_patch_order(grids):
+    """Qwen2-VL (window_size None): one group per frame, processor order, and no window inputs."""
+    idx = pp.vision_indices(grids, 2, None, 14)
+    sizes = [h * w for t, h, w in grids for _ in range(t)]
+    assert set(idx) == {"rotary_pos_ids", "image_gather", "image_scatter", "image_segments"}
+    start = 0
+    for g, size in enumerate(sizes):
+        assert idx["image_gather"][g, :size].tolist() == list(range(start, start + size))
+        start += size
+    assert np.array_equal(idx["image_gather"].ravel()[idx["image_scatter"]], np.arange(start))
 
 
 def test_vision_indices_shapes_and_inverse():
@@ -195,7 +217,9 @@ def test_concat_images_stacks_pixels_in_order():
     b = pp.preprocess_image(make_frame(200, 120, 2), SPEC)
     inputs = pp.concat_images([a, b], 2, 112, 14)
     assert np.array_equal(inputs["pixel_values"], np.concatenate([a.pixel_values, b.pixel_values]))
-    assert set(inputs) == {"pixel_values", "rotary_pos_ids", "window_index", "reverse_window_index",
-                           "window_segments", "image_segments"}
+    # the grouped graph's inputs, and the segment inputs that graphs exported before them read
+    assert set(inputs) == {"pixel_values", "rotary_pos_ids", "image_gather", "image_scatter", "window_gather",
+                           "window_scatter", "window_index", "reverse_window_index", "window_segments",
+                           "image_segments"}
     with pytest.raises(ValueError, match="images"):
         pp.concat_images([], 2, 112, 14)

@@ -288,9 +288,9 @@ def _greedy(backend, bundle, ids, steps):
 def tiny_copy(request, tmp_path):
     """A private copy of the tiny exported bundle (the engines are written into it)."""
     try:
-        source = request.getfixturevalue("tiny_bundle")
+        source = request.getfixturevalue("tiny_bundle_plain")
     except pytest.FixtureLookupError:
-        pytest.skip("the tiny_bundle fixture (tests/conftest.py) is not available")
+        pytest.skip("the tiny_bundle_plain fixture (tests/conftest.py) is not available")
     return Path(shutil.copytree(source, tmp_path / "tiny"))
 
 

@@ -116,7 +116,7 @@ def test_tensorrt_11_refuses_fp16_on_any_fp32_graph_before_building(toy_bundle_d
 
 
 @pytest.mark.slow
-def test_fp16_pins_the_tail_mlp_compute_layers_of_a_real_export(tiny_bundle, tmp_path, fake):
+def test_fp16_pins_the_tail_mlp_compute_layers_of_a_real_export(tiny_bundle_plain, tmp_path, fake):
     """The parser names constants after initializers and compute layers after nodes (node_Gemm_N in a dynamo
     export): the pins must reach the MatMul/Gemm layers that consume the tail blocks' MLP weights."""
     import shutil
@@ -124,7 +124,7 @@ def test_fp16_pins_the_tail_mlp_compute_layers_of_a_real_export(tiny_bundle, tmp
     import onnx
 
     trt, cuda = fake
-    root = shutil.copytree(tiny_bundle, tmp_path / "tiny")
+    root = shutil.copytree(tiny_bundle_plain, tmp_path / "tiny")
     lines = []
     record = build.build_engines(root, BuildOptions(fp16=True, max_image_tokens=16, max_seq_len=64),
                                  log=lines.append, trt=trt, cuda=cuda)

@@ -79,6 +79,15 @@ def test_int4_bundles_by_format():
         prec.check_bundle_precision(m)
 
 
+def test_fused_vision_attention_is_refused_with_the_fix():
+    m = qwen3b_manifest(precision="fp16")
+    m["graphs"]["vision"]["attention"] = {"full": "com.microsoft.MultiHeadAttention", "window": "plain"}
+    with pytest.raises(BundleError, match="MultiHeadAttention.*--vision-attention plain"):
+        prec.check_bundle_precision(m)
+    m["graphs"]["vision"]["attention"] = {"full": "plain", "window": "plain"}
+    prec.check_bundle_precision(m)
+
+
 def test_graph_precision_overrides_the_bundle_precision():
     m = qwen3b_manifest(precision="fp16")
     m["graphs"]["vision"]["precision"] = "int8"  # the exporter's int8 vision with an fp16 decoder

@@ -197,7 +197,12 @@ class OnnxRuntimeBackend:
         opts.log_severity_level = 3
         self.session_options = opts
 
+        # ONNX Runtime keeps a memory pattern per input shape on top of its arena: for the vision graph (a new shape
+        # per image size) that doubled the peak from the second call on
+        # (benchmarks/results/vision-scaling-mem-pattern-on.md)
+        opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
+        opts.enable_mem_pattern = True
         self.decoder = self._session(bundle.decoder_path, "decoder")
         self.provider = self.decoder.get_providers()[0]
         log.info("%s %s: decoder on %s, vision on %s", self.runtime["package"], ort.__version__, self.provider,

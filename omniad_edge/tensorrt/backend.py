@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import sha256_file
-from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names
+from ..contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names,
+                        vision_input_names)
 from ..errors import BackendError
 from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda, tensorrt_step
 from .limits import (ALIGNMENT, Limits, decoder_input_names, decoder_output_names, io_buffer_plan, kv_row_bytes,
@@ -169,6 +170,7 @@ class TensorRTBackend:
         self.hidden_size, self.vocab_size = int(model["hidden_size"]), int(model["vocab_size"])
         self.out_hidden = int(model["vision"].get("out_hidden_size", self.hidden_size))
         self.unit = merge_unit(bundle.manifest)
+        self._vision_names = vision_input_names(bundle.manifest)
         self.cuda_graph = bool(cuda_graph)
         self._row = kv_row_bytes(bundle.manifest)  # bytes of one cache position
         self._allocations: list[int] = []
@@ -212,7 +214,7 @@ class TensorRTBackend:
     def _check_io(self) -> None:
         trt = self._trt
         want = {
-            "vision": {**{n: np.float32 if n == _PIXELS else np.int64 for n in VISION_INPUTS},
+            "vision": {**{n: np.float32 if n == _PIXELS else np.int64 for n in self._vision_names},
                        VISION_OUTPUT: np.float32},
             "decoder": {n: np.int64 if n in (_POSITIONS, _MASK) else np.float32  # embeds, K/V and logits: float32
                         for n in [*decoder_input_names(self.bundle.manifest),
@@ -261,7 +263,7 @@ class TensorRTBackend:
         """Every I/O buffer at the build limits, once (sizes from the same plan the build estimate uses)."""
         lim = self.limits
         plan = io_buffer_plan(self.bundle.manifest, lim)
-        self._vision = {n: self._alloc(plan[f"vision.{n}"]) for n in VISION_INPUTS}
+        self._vision = {n: self._alloc(plan[f"vision.{n}"]) for n in self._vision_names}
         self._vision_out = self._alloc(plan[f"vision.{VISION_OUTPUT}"])
         b, s = lim.batch, lim.max_prefill
         self._embeds = self._alloc(plan[f"decoder.{_EMBEDS}"])
@@ -308,11 +310,11 @@ class TensorRTBackend:
 
     # -- interface ---------------------------------------------------------------------------------------------
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
-        missing = [n for n in VISION_INPUTS if n not in vision_inputs]
+        missing = [n for n in self._vision_names if n not in vision_inputs]
         if missing:
             raise BackendError(f"vision inputs missing {missing}")
         arrays = {n: np.ascontiguousarray(vision_inputs[n], np.float32 if n == _PIXELS else np.int64)
-                  for n in VISION_INPUTS}
+                  for n in self._vision_names}
         n = arrays[_PIXELS].shape[0]
         n_max = self.unit * self.limits.max_image_tokens * self.limits.max_images
         if n > n_max or n % self.unit:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import contract
-from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT
+from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, vision_input_names  # noqa: F401
 
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
            "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
-           "kv_cache_bytes", "kv_row_bytes", "kv_scratch_seq", "kv_scratch_bytes", "io_buffer_plan", "ALIGNMENT"]
+           "kv_cache_bytes", "kv_row_bytes", "kv_scratch_seq", "kv_scratch_bytes", "io_buffer_plan", "ALIGNMENT",
+           "vision_input_names"]
 
 _PIXELS = VISION_INPUTS[0]
 _EMBEDS, _POSITIONS, _MASK = DECODER_INPUTS
@@ -132,11 +133,20 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
     unit = merge_unit(manifest)
     n = (unit, unit * limits.max_image_tokens, unit * limits.max_image_tokens * limits.max_images)
     merged = tuple(x // unit for x in n)
-    per_patch = {_PIXELS: (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": ()}
+    per_patch = {_PIXELS: (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": (),
+                 "image_scatter": (), "window_scatter": ()}
+    window = int(_model(manifest)["vision"].get("window_size") or 0) // int(pre["patch_size"])
+    groups = {  # (groups, longest group) of the padded gather tables
+        "image_gather": ((1, unit), (1, n[1]), (limits.max_images, n[1])),
+        "window_gather": ((1, unit), (max(1, n[1] // max(1, window * window)), window * window),
+                          (merged[2], window * window)),
+    }
     profile: Profile = {}
-    for name in VISION_INPUTS:
+    for name in vision_input_names(manifest):
         if name in per_patch:
             profile[name] = tuple((x, *per_patch[name]) for x in n)
+        elif name in groups:
+            profile[name] = groups[name]
         else:  # window_index, reverse_window_index: one entry per merged token
             profile[name] = tuple((x,) for x in merged)
     return profile

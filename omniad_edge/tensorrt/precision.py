@@ -69,6 +69,10 @@ def check_bundle_precision(manifest: dict) -> None:
         elif precision not in ("fp32", "fp16"):
             raise BundleError(f"the bundle's {graph} graph precision {precision!r} is unknown "
                               "(expected fp32, fp16, int8 or int4)")
+    fused = sorted({f for f in manifest["graphs"]["vision"].get("attention", {}).values() if f != "plain"})
+    if fused:
+        raise BundleError(f"the bundle's vision graph uses {', '.join(fused)} (an ONNX Runtime contrib operator), "
+                          "which TensorRT cannot parse; export with --vision-attention plain for TensorRT")
 
 
 def weak_typing_available(trt_version: str) -> bool:

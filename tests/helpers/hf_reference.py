@@ -9,10 +9,13 @@ import numpy as np
 @lru_cache(maxsize=4)
 def load_hf(checkpoint_dir: str):
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
+    from export.checkpoint import ARCHITECTURES, inspect_checkpoint
+
+    model_class = getattr(transformers, ARCHITECTURES[inspect_checkpoint(checkpoint_dir).architecture])
     torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint_dir, dtype=torch.float32).eval()
+    return model_class.from_pretrained(checkpoint_dir, dtype=torch.float32).eval()
 
 
 def hf_processor(preprocess: dict):

@@ -70,7 +70,7 @@ class BundleRunner:
     def image_embeds(self, images) -> np.ndarray:
         inputs = concat_images(images, self.vcfg["spatial_merge_size"], self.vcfg["window_size"],
                                self.vcfg["patch_size"])
-        return self.vision.run(["image_embeds"], inputs)[0]
+        return self.vision.run(["image_embeds"], {i.name: inputs[i.name] for i in self.vision.get_inputs()})[0]
 
     def embed_prompt(self, prompt: Prompt) -> np.ndarray:
         x = np.asarray(self.embed[prompt.input_ids], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Tiny Qwen2.5-VL checkpoints with random weights (fixed seeds), written as Hugging Face folders.
+"""Tiny Qwen2.5-VL and Qwen2-VL checkpoints with random weights (fixed seeds), written as Hugging Face folders.
 
 Two vocabularies: a small custom byte-level tokenizer with Qwen's chat/vision special tokens at ids of its own (so
 nothing may hard-code Qwen's ids), and the real Qwen2.5 tokenizer (151,936 rows) when its tokenizer.json is given.
@@ -31,6 +31,10 @@ VISION = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=2, out_hi
               spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1, 3],
               tokens_per_second=2)
 # window_size 56 -> 2x2 merged tokens per window, so small test images still span several windows
+# Qwen2-VL's tower: LayerNorm, QuickGELU MLP (embed_dim * mlp_ratio), full attention in every block, no window
+VISION_QWEN2 = dict(depth=3, embed_dim=32, hidden_size=TEXT["hidden_size"], num_heads=2, mlp_ratio=2, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2)
+ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl")
 
 
 def custom_tokenizer():
@@ -48,29 +52,35 @@ def custom_tokenizer():
     return tok
 
 
-def _config(vocab_size: int, ids: dict, tie: bool) -> dict:
-    from transformers import Qwen2_5_VLConfig
+def _model(architecture: str, vocab_size: int, ids: dict, tie: bool, text: dict, vision: dict | None):
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
 
-    cfg = Qwen2_5_VLConfig(
-        text_config={**TEXT, "vocab_size": vocab_size, "eos_token_id": ids["<|im_end|>"],
+    config, model, default = {"qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, VISION),
+                              "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration, VISION_QWEN2)}[architecture]
+    cfg = config(
+        text_config={**text, "vocab_size": vocab_size, "eos_token_id": ids["<|im_end|>"],
                      "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=dict(VISION),
+        vision_config=dict(vision or default),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie,
     )
-    return cfg
+    return model(cfg).eval()
 
 
-def write_tiny_checkpoint(out_dir, *, qwen_tokenizer_json=None, seed: int = 0, tie: bool | None = None) -> Path:
+def write_tiny_checkpoint(out_dir, *, qwen_tokenizer_json=None, seed: int = 0, tie: bool | None = None,
+                          architecture: str = "qwen2_5_vl", text: dict | None = None, vision: dict | None = None,
+                          init_std: float = 0.08) -> Path:
     """A Hugging Face folder: config, safetensors, tokenizer files, chat template, preprocessor config.
 
     qwen_tokenizer_json: path of the real Qwen2.5 tokenizer.json (vocab 151,936); None for the custom one.
     tie: tied input/output embeddings; default untied for the custom vocabulary (like Qwen2.5-VL-7B; greedy
-    tokens then vary with the image) and tied for the real one (like 3B; halves its 39 MB of vocabulary rows)."""
+    tokens then vary with the image) and tied for the real one (like 3B; halves its 39 MB of vocabulary rows).
+    architecture: "qwen2_5_vl" (window + full attention blocks) or "qwen2_vl" (full attention, LayerNorm).
+    text, vision: config overrides (benchmarks build wider towers this way); init_std: std of the random matrices."""
     import torch
     from tokenizers import Tokenizer
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,12 +95,12 @@ def write_tiny_checkpoint(out_dir, *, qwen_tokenizer_json=None, seed: int = 0, t
     tok.save(str(out / "tokenizer.json"))
 
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(_config(vocab_size, ids, tie)).eval()
+    model = _model(architecture, vocab_size, ids, tie, text or TEXT, vision)
     with torch.no_grad():
         # larger than the default init so greedy argmax margins dwarf float rounding differences
         for p in model.parameters():
             if p.dim() >= 2:
-                p.normal_(0.0, 0.08)
+                p.normal_(0.0, init_std)
     model.save_pretrained(out)
 
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
