@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "omniad_edge"
-TENSORRT_ORDER = ("cuda", "limits", "memory", "precision", "record", "build", "backend", "cli")
+TENSORRT_ORDER = ("cuda", "limits", "precision", "memory", "record", "build", "backend", "cli")
 
 
 def _modules() -> dict[str, Path]:

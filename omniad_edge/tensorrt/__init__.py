@@ -5,8 +5,8 @@ One job per module, imported in this order (each only from the ones above it):
 
     cuda.py       the native pieces, loaded lazily: libcudart through ctypes, the tensorrt module; DeviceInfo
     limits.py     BuildOptions -> Limits, optimisation profiles, I/O buffer sizes (pure)
-    memory.py     device-memory estimate and check (pure)
     precision.py  precision rules by GPU, TensorRT version and bundle precision (pure)
+    memory.py     device-memory estimate and check (pure)
     record.py     the build record tensorrt/build.json: written by the build, checked by the backend (pure)
     build.py      the engine build (needs TensorRT and a GPU) and its dry-run plan
     backend.py    TensorRTBackend: engines, device buffers, device KV cache, CUDA-graph decode
