@@ -125,6 +125,7 @@ class Inspector:
         self.answer_probe = None if self.has_mask else self._answer_probe()
         # detect on an answer-only model skips the reasoning: the assistant turn starts at the answer's open tag
         self._answer_first = self.answer_probe is not None and mode == "detect"
+        self._answer_lead_text = self.tokenizer.decode(list(self.answer_probe.lead)) if self._answer_first else ""
         self.backend = create_backend(self.bundle, backend, providers=providers, threads=threads,
                                       allow_fallback=allow_fallback, optimization=optimization,
                                       **(backend_options or {}))
@@ -385,7 +386,7 @@ class Inspector:
         t_post = time.perf_counter()
         text = generation.text
         if self._answer_first:  # the answer's open tag was written into the prompt
-            text = self.tokenizer.decode(list(self.answer_probe.lead)) + text
+            text = self._answer_lead_text + text
         blocks = output_blocks(text, self.tags)
         h, w = image.rgb_shape
         grid = mask = defect_type = None
