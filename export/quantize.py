@@ -252,7 +252,11 @@ class _DataWriter:
     def add(self, tensor):
         from onnx import TensorProto, external_data_helper, numpy_helper
 
-        if not tensor.HasField("raw_data"):
+        if tensor.HasField("raw_data"):
+            # a copy: a reference into another message keeps that whole message alive (the one-node graph with
+            # its float32 weight), which would hold every weight quantized so far
+            tensor = TensorProto.FromString(tensor.SerializeToString())
+        else:
             tensor = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
         offset = self.file.tell()
         pad = -offset % 64
