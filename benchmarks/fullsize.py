@@ -142,10 +142,8 @@ def run_transformers(hf: Path, bundle: Path, prompts: list[dict], tokens: int) -
     step, decode per token from the later steps (a logits processor stamps each)."""
     import torch
     import transformers
+    from compare import image_processor, mask_closed_checker
     from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from compare import mask_closed_checker
 
     from export.checkpoint import ARCHITECTURES, inspect_checkpoint
     from omniad_edge import bench
@@ -157,11 +155,7 @@ def run_transformers(hf: Path, bundle: Path, prompts: list[dict], tokens: int) -
     model = cls.from_pretrained(str(hf), dtype=torch.float32).eval()
     load_s = time.perf_counter() - t0
     rss_loaded = bench.peak_rss_mib()
-    pre = manifest["preprocess"]
-    proc = Qwen2VLImageProcessorPil(min_pixels=pre["min_pixels"], max_pixels=pre["max_pixels"],
-                                    patch_size=pre["patch_size"], merge_size=pre["merge_size"],
-                                    temporal_patch_size=pre["temporal_patch_size"], image_mean=pre["mean"],
-                                    image_std=pre["std"])
+    proc = image_processor(manifest)
     toks = manifest["tokens"]
     closed = mask_closed_checker(bundle, manifest)
     stamps: dict = {}
@@ -429,13 +423,19 @@ def markdown(res: dict) -> str:
             same = prec in t.get("run_with", [])
             lines += [f"omniad_edge {prec} bundle: process peak {o['process_peak_rss_mib']:.0f} MiB "
                       f"(load {o['load_average']}); transformers measured "
-                      + ("in the same run." if same else "in an earlier run (--reuse-transformers)."), "",
-                      "| image tokens | prompt | new tokens (ours, transformers) | common greedy prefix | stage | "
-                      "omniad_edge ms | transformers ms | ratio |", "| ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |"]
-            for row in run[key]:
-                for stage, (a, b, r) in row["stages_ms"].items():
-                    lines.append(f"| {row['image_tokens']} | {row['prompt_tokens']} | {row['new_tokens']} | "
-                                 f"{row['common_prefix']} | {names[stage]} | {_f(a)} | {_f(b)} | {_f(r, 3)} |")
+                      + ("in the same run." if same else "in an earlier run (--reuse-transformers)."), ""]
+            frames = run[key]
+            for row in frames:
+                lines.append(f"- {row['image_tokens']} image tokens (grid {row['grid']}), prompt {row['prompt_tokens']} "
+                             f"tokens; new tokens omniad_edge / transformers {row['new_tokens'][0]} / "
+                             f"{row['new_tokens'][1]}; identical greedy prefix {row['common_prefix']} tokens")
+            head = "".join(f" omniad_edge ms ({r['image_tokens']}) | transformers ms ({r['image_tokens']}) | ratio |"
+                           for r in frames)
+            lines += ["", "| stage |" + head, "| --- |" + " ---: | ---: | ---: |" * len(frames)]
+            for stage, name in names.items():
+                cells = "".join(f" {_f(r['stages_ms'][stage][0])} | {_f(r['stages_ms'][stage][1])} | "
+                                f"{_f(r['stages_ms'][stage][2], 3)} |" for r in frames)
+                lines.append(f"| {name} |" + cells)
             lines.append("")
     if "vision_1280" in res:
         lines += ["### Vision graph alone at 1280 image tokens (896x1120), peak extra memory", "",
