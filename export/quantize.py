@@ -94,8 +94,8 @@ def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, 
                 graph.node.remove(node)
                 for offset, new in enumerate(replacement):
                     graph.node.insert(at + offset, new)
+        _drop_dead(graph)  # first: the Casts that fed quantized weights must not be folded into float32 copies
         _fold_weight_casts(graph, weights)
-        _drop_dead(graph)
         used = {i for n in graph.node for i in n.input}
         kept = [i.name for i in graph.initializer if i.name in used]
         del graph.initializer[:]
@@ -171,7 +171,7 @@ class _Weights:
 def _quantized_node(node, weights: _Weights, settings: dict, opsets: dict, writer: "_DataWriter"):
     """The int4 replacement of one MatMul/Gemm with a constant weight (None when it has none or is not a plain
     x @ W (+ C)): onnxruntime's quantizer run over a one-node graph holding just that weight."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import NodeProto, TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     found = weights.source(node.input[1])
@@ -204,7 +204,7 @@ def _quantized_node(node, weights: _Weights, settings: dict, opsets: dict, write
         opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
     for init in result.graph.initializer:
         writer.add(init)
-    nodes = list(result.graph.node)
+    nodes = [NodeProto.FromString(n.SerializeToString()) for n in result.graph.node]  # copies, as _DataWriter.add
     if bias:
         nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=f"{node.name}_bias"))
     return nodes
