@@ -395,7 +395,7 @@ class Generator:
             if not active:
                 return
             if call.native is not None and allowed is None and self._native_ready(call):
-                return self._native_loop(call)
+                return self._native_loop(call, logits)
             if allowed is not None:
                 for b, row in enumerate(rows):
                     live = row.constraint is not None and not row.finish
@@ -443,8 +443,10 @@ class Generator:
         return all(row.finish or (row.constraint is None and row.mask_stream is None and row.detok is None and
                                   (row.answer is None or row.answer.done)) for row in call.rows)
 
-    def _native_loop(self, call: _Call) -> None:
+    def _native_loop(self, call: _Call, logits: np.ndarray) -> None:
         """The rest of the call in the backend's compiled loop; the rows' state is read back after it."""
+        if logits is not call.native.logits:  # the loop samples from the step's own buffer
+            np.copyto(call.native.logits, logits)
         rows = call.rows
         finish = np.array([1 if row.finish else 0 for row in rows], np.uint8)
         generated = np.array([len(row.generated) for row in rows], np.int64)
@@ -454,8 +456,7 @@ class Generator:
         out = np.empty((steps, len(rows)), np.int64)
         hook = getattr(self.backend, "on_forward", None)
         timings = np.zeros((steps, 2), np.int64) if hook is not None else None
-        sampler = self.sampler
-        done, forwards = call.native.loop(sampler._native, call.rng, self.eos, self.pad_id, call.max_new_tokens,
+        done, forwards = call.native.loop(self.sampler._native, call.rng, self.eos, self.pad_id, call.max_new_tokens,
                                           self._score_target, finish, generated, score_pos, score_logp, self._table,
                                           call.next_pos, call.mask, call.length, out, timings)
         call.length += forwards

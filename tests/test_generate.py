@@ -218,9 +218,9 @@ def _recorded(monkeypatch):
         seen["ids"].append([(g.ids, g.finish_reason, g.score, g.forwards) for g in out])
         return out
 
-    def counting_loop(self, call):
+    def counting_loop(self, call, logits):
         seen["loops"] += 1
-        return loop(self, call)
+        return loop(self, call, logits)
 
     monkeypatch.setattr(Generator, "generate", recording_generate)
     monkeypatch.setattr(Generator, "_native_loop", counting_loop)
