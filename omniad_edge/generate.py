@@ -223,7 +223,9 @@ class Generator:
         self.exclusive = nullcontext() if getattr(backend, "concurrent", False) else threading.RLock()
         self._lock = threading.Lock()  # guards the pool
         self._prefill_lock = threading.Lock()  # one prefix prefill at a time
-        self._native_step = getattr(backend, "native_step", None)
+        # the compiled step gathers float32 / float16 tables itself; any other dtype is converted in Python
+        native_table = self._table.dtype in (np.float32, np.float16) and self._table.flags.c_contiguous
+        self._native_step = getattr(backend, "native_step", None) if native_table else None
         self._score_target = np.array(self.empty_mask_ids or [0], np.int64)
         self._prefix: _Prefix | None = None
         self._pool: dict[int, list[_Slot]] = {}  # batch -> idle working caches

@@ -287,3 +287,48 @@ def test_onnxruntime_older_than_the_floor_is_refused():
     for old in ("1.19.2", "1.9.0", "0.5"):
         with pytest.raises(BackendError, match=r"too old.*>= 1\.20"):
             check_version(old)
+
+
+def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
+    """The binding description is generic: a BNSH-style cache (the fused decoder's contract) bound whole, with
+    constant dims, as both the past input and the present output at one address, updated in place by the graph
+    (a toy graph: present = past + 1, logits = mean(embeds) @ W), batch 1 and 2, no copies."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from omniad_edge import _native
+    from omniad_edge.backends.onnxruntime import onnxruntime_library
+
+    hidden, kv, slots, hd, vocab = 4, 2, 6, 3, 5
+    w = np.arange(hidden * vocab, dtype=np.float32).reshape(hidden, vocab) / 10
+    cache_shape = ["B", kv, slots, hd]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["inputs_embeds", "axis"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+         helper.make_node("Add", ["past_key.0", "one"], ["present_key.0"])],
+        "shared_cache",
+        [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["B", "S", hidden]),
+         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [3, "B", "S"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"]),
+         helper.make_tensor_value_info("past_key.0", TensorProto.FLOAT, cache_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", vocab]),
+         helper.make_tensor_value_info("present_key.0", TensorProto.FLOAT, cache_shape)],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], np.int64), "axis"),
+         numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    session = _native.OrtSession(str(onnxruntime_library(onnxruntime)[0]), str(path), 1, 99, True)
+    for batch in (1, 2):
+        buf = np.zeros((batch, kv, slots, hd), np.float32)
+        whole = [-1, kv, slots, hd]
+        tensors = [(name, output, whole, buf.ctypes.data, buf.strides[0], 0, False)
+                   for name, output in (("past_key.0", False), ("present_key.0", True))]
+        step = _native.DecodeStep(session, batch, vocab, slots, tensors,
+                                  ["inputs_embeds", "position_ids", "attention_mask", "logits"])
+        rng = np.random.default_rng(batch)
+        for past, s in ((0, 3), (3, 1)):
+            embeds = rng.standard_normal((batch, s, hidden)).astype(np.float32)
+            step.run(embeds, np.zeros((3, batch, s), np.int64), np.ones((batch, past + s), np.int64), past)
+            np.testing.assert_allclose(step.logits, embeds.mean(axis=1) @ w, rtol=1e-5)
+        assert (buf == 2).all()  # two runs, each adding one in place
