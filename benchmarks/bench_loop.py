@@ -9,15 +9,15 @@ DIR holds another copy of the package (DIR/omniad_edge), e.g. the last commit:
 
 Each round runs one child process per tree (order alternating between rounds, so drift on a shared machine hits
 both alike). With --python-loop a third child runs this tree with the native decode step turned off
-(backend_options native=False: the Python session and loop, the fallback). A child runs --runs frames through Inspector.run (explain and detect mode, after one warm-up frame) and
-splits every decode step into time inside the decoder session's run (run_with_iobinding, or the native session's
-own run timings when the tree runs the native decode step) and the rest of the step (the
-host overhead: sampling, embedding gather, positions, binding, detokenizing, stop checks). Wall time swings with a
-shared machine's load, so it also reports host CPU per frame: the thread's CPU time (time.thread_time, which a
-preempted process does not accrue) outside the vision and decoder session runs, i.e. preprocessing, prompt, the
-decode loop's host work and postprocessing (with --threads 1 onnxruntime computes on the calling thread, so its
-share is subtracted exactly). Prints per tree the median over rounds of the per-round medians, and the ratio
-current / baseline.
+(backend_options native=False: the Python session and loop, the fallback). A child runs --runs frames through
+Inspector.run (explain and detect mode, after one warm-up frame) and splits every decode step into time inside the
+decoder session's run (run_with_iobinding, or the native session's own run timings when the tree runs the native
+decode step) and the rest of the step (the host overhead: sampling, embedding gather, positions, binding,
+detokenizing, stop checks). Wall time swings with a shared machine's load, so it also reports host CPU per frame:
+the thread's CPU time (time.thread_time, which a preempted process does not accrue) outside the vision and decoder
+session runs, i.e. preprocessing, prompt, the decode loop's host work and postprocessing (with --threads 1
+onnxruntime computes on the calling thread, so its share is subtracted exactly). Prints per tree the median over
+rounds of the per-round medians, and the ratio current / baseline.
 """
 from __future__ import annotations
 

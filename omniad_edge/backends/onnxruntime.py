@@ -272,22 +272,20 @@ class OnnxRuntimeBackend:
             reason = f"providers {[p for p, _ in self.requested]} (the native step runs the CPU provider only)"
         elif self.kv_layout != "BSHD":
             reason = f"kv_layout {self.kv_layout!r} has no native binding description"
+        elif not hasattr(_native_module(), "OrtSession"):
+            reason = "omniad_edge._native was built without it (rebuild: python setup.py build_ext --inplace)"
         else:
-            from .. import _native
-
-            errors = []
-            for library in onnxruntime_library(ort) or [None]:
-                if library is None:
-                    errors.append(f"no library exporting the C API under {Path(ort.__file__).parent / 'capi'}")
-                    break
+            libraries = onnxruntime_library(ort)
+            errors = [] if libraries else [f"no library exporting the C API under {Path(ort.__file__).parent / 'capi'}"]
+            for library in libraries:
                 try:
-                    return _native.OrtSession(str(library), str(self.bundle.decoder_path), int(threads or 0),
-                                              _OPT_CODES[optimization], True)
+                    return _native_module().OrtSession(str(library), str(self.bundle.decoder_path), int(threads or 0),
+                                                       _OPT_CODES[optimization], True)
                 except RuntimeError as exc:
-                    errors.append(str(exc))
-                    if "loading" in str(exc):  # the library works, the graph does not: no other library helps
+                    if str(exc).startswith("loading "):  # the library works, the graph does not: no other one helps
                         raise BackendError(f"onnxruntime cannot load the decoder graph "
                                            f"{self.bundle.decoder_path.name}: {exc}") from None
+                    errors.append(str(exc))
             reason = "; ".join(errors)
         if native:
             raise BackendError(f"the native decode step is not available: {reason}")
@@ -398,10 +396,8 @@ class OnnxRuntimeBackend:
         return state.step
 
     def _new_step(self, cache: KVCache):
-        from .. import _native
-
-        return _native.DecodeStep(self.native, cache.batch, self.vocab_size, cache.max_len, self._kv_tensors(cache),
-                                  [*DECODER_INPUTS, LOGITS])
+        return _native_module().DecodeStep(self.native, cache.batch, self.vocab_size, cache.max_len,
+                                           self._kv_tensors(cache), [*DECODER_INPUTS, LOGITS])
 
     def _kv_tensors(self, cache: KVCache) -> list[tuple]:
         """The binding description of a cache's buffers for the native step, per tensor: (name, is output, dims,
@@ -477,6 +473,12 @@ def _binders(ort, io, fast: bool = True):
         io.bind_output(name, "cpu", 0, element_type, shape, address)
 
     return bind_input, bind_output, None
+
+
+def _native_module():
+    from .. import _native
+
+    return _native
 
 
 def default_threads() -> int:
