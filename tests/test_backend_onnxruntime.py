@@ -165,6 +165,9 @@ def test_native_step_unavailable_falls_back_or_is_refused(toy, monkeypatch, capl
     backend = OnnxRuntimeBackend(toy, threads=1)
     assert backend.describe()["decode_step"] == "Python" and backend.native_step(backend.new_cache(1, 4)) is None
     assert "the decode loop runs in Python" in caplog.text
+    monkeypatch.setattr(module, "_native_module", lambda: object())  # a module built before the native step
+    with pytest.raises(BackendError, match="built without it"):
+        OnnxRuntimeBackend(toy, threads=1, native=True)
 
 
 def test_a_new_cache_gets_its_own_addresses(backend):
