@@ -314,7 +314,7 @@ def main(argv=None) -> int:
 
     def save():
         res["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        out.write_text(json.dumps(res, indent=1, default=_json_default))
+        out.write_text(json.dumps(_compact(res), indent=1, default=_json_default))
         out.with_suffix(".md").write_text(markdown(res) + "\n")
 
     if "build" in args.steps:
@@ -449,6 +449,16 @@ def markdown(res: dict) -> str:
     lines.append(f"Machine: {m['cpu']}, {m['usable_cores']} cores usable, {m.get('memory_gib')} GiB, shared with "
                  f"other work (load averages per row); " + ", ".join(f"{k} {v}" for k, v in res["libraries"].items()))
     return "\n".join(lines)
+
+
+def _compact(res: dict) -> dict:
+    """The results as committed: prompt ids (WORK/MODEL/prompts.json) by their count."""
+    res = json.loads(json.dumps(res, default=_json_default))
+    for name, run in res.get("run", {}).items():
+        for row in run.get("rows", []) if isinstance(run, dict) else []:
+            if isinstance(row.get("prompt_ids"), list):
+                row["prompt_ids"] = len(row["prompt_ids"])
+    return res
 
 
 def _json_default(v):
