@@ -65,7 +65,9 @@ def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
     assert m["model"]["head_dim"] == text["hidden_size"] // text["num_attention_heads"]
     assert m["model"]["mrope_section"] == text["rope_parameters"]["mrope_section"]
     assert m["model"]["vision"]["fullatt_block_indexes"] == cfg["vision_config"]["fullatt_block_indexes"]
-    assert m["graphs"]["decoder"]["kv_layout"] == "BSHD"
+    assert m["target"] == "ort" and m["graphs"]["decoder"]["kv_layout"] == "BNSH"
+    assert m["graphs"]["decoder"]["contrib_ops"] == ["GroupQueryAttention", "RotaryEmbedding",
+                                                     "SkipSimplifiedLayerNormalization"]
     assert m["embed_tokens"]["shape"] == [text["vocab_size"], text["hidden_size"]]
     for key in ("torch", "transformers", "onnx", "created", "source", "version"):
         assert m["exporter"][key], key
@@ -103,10 +105,15 @@ def test_runtime_loader_accepts_the_bundle(tiny_bundle):
     assert bundle.decoder_path.name == "decoder.onnx" and bundle.embed_tokens().shape[0] == bundle.model["vocab_size"]
 
 
-def test_graph_io_follows_design(tiny_bundle):
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_graph_io_follows_design(request, target):
+    import onnx
+
     from helpers.reference import ort_session
 
+    tiny_bundle = request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain")
     m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["target"] == target
     layers = m["model"]["num_layers"]
     vision = ort_session(tiny_bundle / "vision.onnx")
     assert [(i.name, i.type, i.shape) for i in vision.get_inputs()] == [
@@ -114,17 +121,28 @@ def test_graph_io_follows_design(tiny_bundle):
         ("image_gather", "tensor(int64)", ["images", "image_len"]), ("image_scatter", "tensor(int64)", ["patches"]),
         ("window_gather", "tensor(int64)", ["windows", "window_len"]),
         ("window_scatter", "tensor(int64)", ["patches"])]
-    assert m["graphs"]["vision"]["attention"] == {"full": "com.microsoft.MultiHeadAttention", "window": "plain"}
+    fused = "com.microsoft.MultiHeadAttention" if target == "ort" else "plain"
+    assert m["graphs"]["vision"]["attention"] == {"full": fused, "window": "plain"}
     assert [(o.name, o.type) for o in vision.get_outputs()] == [("image_embeds", "tensor(float)")]
     decoder = ort_session(tiny_bundle / "decoder.onnx")
     names = ["inputs_embeds", "position_ids", "attention_mask"]
     names += [f"past_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
     assert [i.name for i in decoder.get_inputs()] == names
+    kv_out = "present" if target == "ort" else "new"
     assert [o.name for o in decoder.get_outputs()] == ["logits"] + [
-        f"new_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+        f"{kv_out}_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
     shapes = {i.name: i.shape for i in decoder.get_inputs()}
-    assert shapes["position_ids"][0] == 3 and shapes["past_key.0"][2:] == [m["model"]["num_key_value_heads"],
-                                                                           m["model"]["head_dim"]]
+    heads, hd = m["model"]["num_key_value_heads"], m["model"]["head_dim"]
+    if target == "ort":  # BNSH, past and present the same buffer of any capacity
+        assert m["graphs"]["decoder"]["kv_layout"] == "BNSH"
+        assert shapes["past_key.0"] == ["batch", heads, "capacity", hd]
+        assert decoder.get_outputs()[1].shape == ["batch", heads, "capacity", hd]
+    else:  # BSHD, standard ONNX ops only
+        assert m["graphs"]["decoder"]["kv_layout"] == "BSHD"
+        assert shapes["past_key.0"] == ["batch", "past", heads, hd]
+        assert all(n.domain in ("", "ai.onnx") for g in ("decoder", "vision")
+                   for n in onnx.load(str(tiny_bundle / f"{g}.onnx")).graph.node)
+    assert shapes["position_ids"][0] == 3
     assert all(i.type == "tensor(float)" for i in decoder.get_inputs() if i.name.startswith(("past", "inputs")))
 
 
