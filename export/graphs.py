@@ -269,11 +269,27 @@ class FusedDecoderGraph(DecoderGraph):
     Only the dynamo exporter writes these ops (torch.onnx.ops.symbolic); the module is not meant to run eagerly.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, packed: bool = True):
         super().__init__(model, dtype)
-        self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
-                                 for l in self.layers)
-        self.gate_up = nn.ModuleList(_packed([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers)
+        self.packed = packed  # False: separate projections (benchmarks/decoder_graphs.py measures both)
+        if packed:
+            self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
+                                     for l in self.layers)
+            self.gate_up = nn.ModuleList(_packed([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers)
+
+    def _qkv(self, i, h):
+        if self.packed:
+            qkv = self.qkv[i](h).float()
+            q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv * self.head_dim
+            return qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
+        attn = self.layers[i].self_attn
+        return attn.q_proj(h).float(), attn.k_proj(h).float(), attn.v_proj(h).float()
+
+    def _gate_up(self, i, h):
+        if self.packed:
+            return self.gate_up[i](h).chunk(2, dim=-1)
+        mlp = self.layers[i].mlp
+        return mlp.gate_proj(h), mlp.up_proj(h)
 
     def _skip_norm(self, x, residual, weight, eps):
         """(RMSNorm(x + residual) * weight, x + residual) in one op."""
@@ -286,7 +302,6 @@ class FusedDecoderGraph(DecoderGraph):
     def forward(self, inputs_embeds, position_ids, attention_mask, past):
         b, s, _ = inputs_embeds.shape
         total = attention_mask.shape[1]
-        q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv * self.head_dim
         freqs = self._rotary_angles(position_ids).reshape(b * s, -1)  # one table row per token of this step
         cos, sin = freqs.cos(), freqs.sin()
         rows = torch.arange(b * s, device=inputs_embeds.device).reshape(b, s)
@@ -301,8 +316,7 @@ class FusedDecoderGraph(DecoderGraph):
         h = rms_norm(x, first.weight, first.variance_epsilon)
         present = []
         for i, layer in enumerate(self.layers):
-            qkv = self.qkv[i](h.to(self.dtype)).float()
-            q, k, v = qkv[..., :q_dim], qkv[..., q_dim:q_dim + kv_dim], qkv[..., q_dim + kv_dim:]
+            q, k, v = self._qkv(i, h.to(self.dtype))
             q = _contrib("RotaryEmbedding", (q, rows, cos, sin), {"num_heads": self.num_heads}, torch.float32,
                          q.shape)
             k = _contrib("RotaryEmbedding", (k, rows, cos, sin), {"num_heads": self.num_kv}, torch.float32, k.shape)
@@ -318,7 +332,7 @@ class FusedDecoderGraph(DecoderGraph):
             a = layer.self_attn.o_proj(out.to(self.dtype)).float()
             post = layer.post_attention_layernorm
             h, x = self._skip_norm(a, x, post.weight, post.variance_epsilon)
-            gate, up = self.gate_up[i](h.to(self.dtype)).chunk(2, dim=-1)
+            gate, up = self._gate_up(i, h.to(self.dtype))
             m = layer.mlp.down_proj(layer.mlp.act_fn(gate) * up).float()
             if i + 1 < len(self.layers):
                 norm = self.layers[i + 1].input_layernorm

@@ -64,6 +64,9 @@ def _check_options(opts: ExportOptions) -> str:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
     if opts.target not in TARGETS:
         raise ExportError(f"target must be one of {TARGETS}, got {opts.target!r}")
+    if opts.target == "ort" and not opts.prefer_dynamo:
+        raise ExportError("target ort needs the dynamo exporter (the legacy one cannot write GroupQueryAttention); "
+                          "drop --legacy-exporter or export with --target tensorrt")
     if opts.int4_format is None:
         opts.int4_format = "qdq" if opts.target == "tensorrt" else "matmulnbits"
     if opts.target == "tensorrt":
@@ -137,17 +140,15 @@ def _export_vision(model, model_cfg, dtype, opts, log):
     return proto, {**info, "attention": graph.attention_forms(info["exporter"])}
 
 
-def _export_decoder(model, model_cfg, dtype, opts, log):
+def _export_decoder(model, model_cfg, dtype, opts, log, packed: bool = True):
+    """packed=False keeps separate q/k/v and gate/up projections in the fused decoder (for benchmarks only)."""
     import torch
 
     from .graphs import DecoderGraph, FusedDecoderGraph
     from .onnx_export import export_graph
 
     fused = opts.target == "ort"
-    if fused and not opts.prefer_dynamo:
-        raise ExportError("target ort needs the dynamo exporter (the legacy one cannot write GroupQueryAttention); "
-                          "drop --legacy-exporter or export with --target tensorrt")
-    graph = (FusedDecoderGraph if fused else DecoderGraph)(model, dtype=dtype).eval()
+    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed) if fused else DecoderGraph(model, dtype=dtype)).eval()
     layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
     b, s, p = 2, 5, 3  # sizes > 1 so the exporter keeps batch, seq and past dynamic
     gen = torch.Generator().manual_seed(0)
@@ -165,11 +166,12 @@ def _export_decoder(model, model_cfg, dtype, opts, log):
     dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "past"}
                  for n in in_names[len(DECODER_INPUTS):]})
     dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "seq"} for n in out_names[1:]})
-    proto, info = export_graph(graph, args, in_names, out_names, dims, opts.prefer_dynamo, log)
-    if fused and info["exporter"] != "dynamo":
-        raise ExportError(f"target ort: the dynamo exporter failed on the decoder ({info.get('fallback_reason')}); "
-                          "export with --target tensorrt for the plain decoder")
-    return proto, info
+    try:
+        return export_graph(graph, args, in_names, out_names, dims, opts.prefer_dynamo, log,
+                            fallback=None if fused else "legacy")
+    except ExportError as exc:  # only the fused decoder refuses the fallback
+        raise ExportError(f"target ort: the dynamo exporter failed on the decoder ({exc}); export with --target "
+                          "tensorrt for the plain decoder") from None
 
 
 def _quantized(source, precision: str, opts: ExportOptions, log):

@@ -191,16 +191,23 @@ def test_cache_overflow_and_batch_mismatch_are_typed(backend):
                         cache, 0)
 
 
-def test_copy_prefix_broadcasts_row():
-    src = KVCache(2, 1, 6, 1, 4)
+@pytest.mark.parametrize("layout", ["BSHD", "BNSH"])
+def test_copy_prefix_broadcasts_row(layout):
+    src = KVCache(2, 1, 6, 2, 4, layout=layout)
     for a in src.keys + src.values:
         a[...] = np.arange(a.size, dtype=np.float32).reshape(a.shape)
-    dst = KVCache(2, 3, 8, 1, 4)
+    dst = KVCache(2, 3, 8, 2, 4, layout=layout)
     dst.copy_prefix(src, 4)
+    seq = 1 if layout == "BSHD" else 2  # the slot axis
     for d, s in zip(dst.keys + dst.values, src.keys + src.values):
         for b in range(3):
-            np.testing.assert_array_equal(d[b, :4], s[0, :4])
-        assert not d[:, 4:].any()
+            np.testing.assert_array_equal(d[b].take(range(4), seq - 1), s[0].take(range(4), seq - 1))
+        assert not d.take(range(4, 8), seq).any()
+
+
+def test_copy_prefix_refuses_a_cache_of_another_layout():
+    with pytest.raises(ValueError, match="source cache is BSHD"):
+        KVCache(2, 1, 8, 2, 4, layout="BNSH").copy_prefix(KVCache(2, 1, 8, 2, 4), 2)
 
 
 def test_vision_encoder_runs(backend):
@@ -259,3 +266,37 @@ def test_onnxruntime_older_than_the_floor_is_refused():
     for old in ("1.19.2", "1.9.0", "0.5"):
         with pytest.raises(BackendError, match=r"too old.*>= 1\.20"):
             check_version(old)
+
+
+def test_a_runtime_without_the_graph_s_contrib_op_gets_a_clear_error(tmp_path):
+    """A graph using a com.microsoft operator this ONNX Runtime build lacks: the error names the op and the fix."""
+    import json
+
+    import onnx
+    from onnx import helper
+
+    from toy_graphs import write_manifest
+
+    root = make_toy_bundle(tmp_path / "toy")
+    model = onnx.load(str(root / "decoder.onnx"))
+    node = model.graph.node[0]  # an op this build lacks, in front of the first node
+    model.graph.node.insert(0, helper.make_node("NoSuchFusedAttention", [node.input[0]], ["unused_fused"],
+                                                domain="com.microsoft"))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(root / "decoder.onnx"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["target"] = "ort"
+    manifest["graphs"]["decoder"]["contrib_ops"] = ["NoSuchFusedAttention"]
+    write_manifest(root, manifest)
+    with pytest.raises(BackendError, match=r"lacks the contrib operator\(s\) \['NoSuchFusedAttention'\].*"
+                                           r"--target tensorrt"):
+        OnnxRuntimeBackend(load_bundle(root), threads=1)
+
+
+def test_a_cache_of_the_other_layout_is_refused(backend):
+    from omniad_edge.backends import KVCache
+
+    foreign = KVCache(backend.num_layers, 1, 8, backend.kv_heads, backend.head_dim, layout="BNSH")
+    with pytest.raises(BackendError, match="layout BNSH does not match"):
+        backend.forward(np.zeros((1, 1, backend.hidden_size), np.float32), np.zeros((3, 1, 1), np.int64),
+                        np.ones((1, 1), np.int64), foreign, 0)
