@@ -58,7 +58,11 @@ def _model(name: str):
     return model, cfg
 
 
-def export_graphs(name: str, forms, precisions, out: Path) -> dict[str, Path]:
+def export_graphs(name: str, forms, precisions, out: Path) -> tuple[dict[str, Path], dict]:
+    """Export (and quantize) what is missing under `out`; every fp32 graph first, then the model is dropped so that
+    a quantization never holds the torch weights beside the graph's."""
+    import gc
+
     import torch
 
     from export.onnx_export import quiet_tools, save_onnx
@@ -66,7 +70,6 @@ def export_graphs(name: str, forms, precisions, out: Path) -> dict[str, Path]:
     from export.quantize import quantize_int4
 
     model, cfg = _model(name)
-    paths = {}
     for form in forms:
         target, packed = FORMS[form]
         fp32 = out / f"{name}-{form}-fp32.onnx"
@@ -75,11 +78,17 @@ def export_graphs(name: str, forms, precisions, out: Path) -> dict[str, Path]:
                 proto, _ = _export_decoder(model, cfg, torch.float32, ExportOptions(target=target), print, packed)
             save_onnx(proto, fp32, threshold=0)
             del proto
+            gc.collect()
+    del model
+    gc.collect()
+    paths = {}
+    for form in forms:
         for precision in precisions:
             path = out / f"{name}-{form}-{precision}.onnx"
             if precision == "int4" and not path.exists():
                 with quiet_tools():
-                    save_onnx(quantize_int4(fp32), path, threshold=0)
+                    save_onnx(quantize_int4(out / f"{name}-{form}-fp32.onnx"), path, threshold=0)
+                gc.collect()
             paths[f"{form} {precision}"] = path
     return paths, cfg
 
@@ -159,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--spinning", action="store_true", help="ONNX Runtime thread spinning on (default off)")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "omniad_decoder_graphs"))
     p.add_argument("--json", default=None)
+    p.add_argument("--export-only", action="store_true", help="write the graphs, time nothing")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -169,6 +179,8 @@ def main(argv=None) -> int:
     out["onnxruntime"] = onnxruntime.__version__
     for name in args.model:
         paths, cfg = export_graphs(name, args.forms, args.precision, work)
+        if args.export_only:
+            continue
         result = out["models"][name] = {}
         for precision in args.precision:
             keys = [f"{form} {precision}" for form in args.forms]
