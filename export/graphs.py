@@ -305,15 +305,19 @@ class FusedDecoderGraph(DecoderGraph):
         freqs = self._rotary_angles(position_ids).reshape(b * s, -1)  # one table row per token of this step
         cos, sin = freqs.cos(), freqs.sin()
         rows = torch.arange(b * s, device=inputs_embeds.device).reshape(b, s)
-        seqlens = (torch.ones_like(attention_mask).sum(1) - 1).to(torch.int32)  # T-1 per row: slots, not tokens
+        # T-1 for every row (slots, not tokens: left padding stays in place), from the mask's last column
+        last = attention_mask[:, -1].to(torch.int32)
+        seqlens = last * 0 + (total - 1)
         total_len = seqlens[0] + 1
         # every row appends all S tokens; saying so lets GQA take multi-token steps over a past in batches > 1
-        new_lens = torch.full_like(seqlens, s)
+        new_lens = last * 0 + s
         bias = torch.where(attention_mask[:, None, None, :] == 1, 0.0, _PAD_BIAS).expand(b, 1, s, total)
 
         x = inputs_embeds.float()
         first = self.layers[0].input_layernorm
-        h = rms_norm(x, first.weight, first.variance_epsilon)
+        h = torch.onnx.ops.symbolic("SimplifiedLayerNormalization", (x, first.weight.float()),
+                                    {"epsilon": float(first.variance_epsilon), "axis": -1}, dtype=torch.float32,
+                                    shape=x.shape, version=1)
         present = []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, h.to(self.dtype))
