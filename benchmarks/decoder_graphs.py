@@ -200,17 +200,38 @@ def main(argv=None) -> int:
                 entry = {"median_ms": statistics.median(times[k]) * 1e3, "min_ms": min(times[k]) * 1e3,
                          "steps": len(times[k]), "nodes": node_counts(paths[k])}
                 if k in ratios:
-                    entry[f"ratio_vs_{keys[0].split()[0]}"] = statistics.median(ratios[k])
+                    entry["ratio_vs_plain"] = statistics.median(ratios[k])
+                    entry["min_ratio_vs_plain"] = min(times[k]) / min(times[keys[0]])
                 result[k] = entry
                 print(f"{name:9s} {k:22s} median {entry['median_ms']:8.3f} ms  min {entry['min_ms']:8.3f} ms  "
                       f"nodes {entry['nodes']['file']:4d} file / {entry['nodes']['optimized']:4d} optimized"
-                      + (f"  x{entry[f'ratio_vs_{keys[0].split()[0]}']:.3f} vs {keys[0]}" if k in ratios else "")
+                      + (f"  x{entry['ratio_vs_plain']:.3f} vs {keys[0]}" if k in ratios else "")
                       + f"  (load {load[0]:.2f})", flush=True)
             del steps
     out["loadavg_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        Path(args.json).with_suffix(".md").write_text(markdown(out))
     return 0
+
+
+def markdown(out: dict) -> str:
+    lines = [f"### Decoder graph step: plain (BSHD, --target tensorrt) vs fused (GroupQueryAttention, --target ort)",
+             "",
+             f"onnxruntime {out['onnxruntime']}, {out['threads']} threads, spinning {'on' if out['spinning'] else 'off'}, "
+             f"batch 1, one new token after {out['past']} cached positions; {out['rounds']} alternating rounds of "
+             f"{out['steps_per_round']} steps per graph. Load average at start {out['loadavg_start'][0]:.2f}, at end "
+             f"{out['loadavg_end'][0]:.2f} (shared machine). Ratio: median over rounds of fused/plain round medians; "
+             "min ratio: fastest step against fastest step.", "",
+             "| model | graph | median ms | min ms | ratio vs plain | min ratio | nodes (file / after ORT optimization) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model, graphs in out["models"].items():
+        for name, e in graphs.items():
+            ratio = f"{e['ratio_vs_plain']:.3f}" if "ratio_vs_plain" in e else "1"
+            mratio = f"{e['min_ratio_vs_plain']:.3f}" if "min_ratio_vs_plain" in e else "1"
+            lines.append(f"| {model} | {name} | {e['median_ms']:.3f} | {e['min_ms']:.3f} | {ratio} | {mratio} | "
+                         f"{e['nodes']['file']} / {e['nodes']['optimized']} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

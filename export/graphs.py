@@ -232,8 +232,9 @@ class DecoderGraph(nn.Module):
         return (logits, *new_kv)
 
 
-# ONNX Runtime contrib ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
-DECODER_CONTRIB_OPS = ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization")
+# ONNX Runtime's own ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
+DECODER_CONTRIB_OPS = ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization",
+                       "SimplifiedLayerNormalization")
 # a left-padding key's score: far below any real score, still finite after adding one
 _PAD_BIAS = -1e9
 

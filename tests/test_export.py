@@ -67,7 +67,11 @@ def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
     assert m["model"]["vision"]["fullatt_block_indexes"] == cfg["vision_config"]["fullatt_block_indexes"]
     assert m["target"] == "ort" and m["graphs"]["decoder"]["kv_layout"] == "BNSH"
     assert m["graphs"]["decoder"]["contrib_ops"] == ["GroupQueryAttention", "RotaryEmbedding",
-                                                     "SkipSimplifiedLayerNormalization"]
+                                                     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"]
+    import onnx
+
+    used = {n.op_type for n in onnx.load(str(tiny_bundle / "decoder.onnx"), load_external_data=False).graph.node}
+    assert set(m["graphs"]["decoder"]["contrib_ops"]) <= used
     assert m["embed_tokens"]["shape"] == [text["vocab_size"], text["hidden_size"]]
     for key in ("torch", "transformers", "onnx", "created", "source", "version"):
         assert m["exporter"][key], key
