@@ -4,9 +4,9 @@ Fused decoders (graphs.decoder.kv_layout "BNSH", export --target ort): each laye
 both the past input and the present output, and GroupQueryAttention writes the new entries in place. Those binds
 and the logits buffer are made once per cache; a step rebinds only its three small inputs, for any batch.
 
-Plain decoders (kv_layout "BSHD": --target tensorrt and bundles exported before targets): every decode step binds the valid past `cache[:, :P]` as the graph's past inputs and the cache slot
-`cache[:, P:P+S]` as the graph's new_key/new_value outputs, so the graph writes straight into the cache; logits go
-to a buffer reused across steps. For batch 1 (the common edge case) nothing is copied or allocated per step on the
+Plain decoders (kv_layout "BSHD": --target tensorrt and bundles exported before targets): every decode step binds
+the valid past `cache[:, :P]` as the graph's past inputs and the cache slot `cache[:, P:P+S]` as the graph's
+new_key/new_value outputs, so the graph writes straight into the cache; logits go to a buffer reused across steps. For batch 1 (the common edge case) nothing is copied or allocated per step on the
 host; for batch > 1 the strided past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
 Binding is by address: per cache the base address of each buffer is computed once, and the binds go to the pybind
 IOBinding with an OrtDevice built once (see `_binders`), which cuts the Python cost of a step's 4 x layers + 4 binds
@@ -16,6 +16,13 @@ Threads: the sessions are shared (ONNX Runtime allows concurrent runs of one ses
 the IO binding, the logits buffer and the buffer addresses, is kept per KV cache (`_CacheState`), so forwards on
 different caches may run at once. A cache must not be used by two threads at once (the Generator checks its
 working caches out of a pool).
+
+Native decode step: on the CPU provider the decoder runs through ONNX Runtime's C API from the compiled module
+(cpp_ext/src/ort_decoder.cpp; the library is the imported onnxruntime package's own, found at run time), and
+`native_step(cache)` hands the Generator a step that binds, runs, samples and checks stop conditions without
+Python. The KV binding is described per cache (`_kv_tensors`) from the bundle's kv_layout. The Python session
+above stays the path for CUDA/TensorRT providers, for `native=False`, and when the C API cannot be loaded
+(a build without it, an onnxruntime without the library): a warning names the reason.
 
 Providers: CPU by default. "cuda" and "tensorrt" need onnxruntime-gpu; a requested provider that is missing or that
 ONNX Runtime silently drops at session creation raises BackendError unless allow_fallback=True (then a warning is
@@ -145,6 +152,27 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
     return resolved
 
 
+_OPT_CODES = {"disable": 0, "basic": 1, "extended": 2, "all": 99}  # ONNX Runtime's GraphOptimizationLevel
+
+
+def onnxruntime_library(ort) -> list[Path]:
+    """Candidate libraries of the imported onnxruntime package that export the C API (OrtGetApiBase): the wheel's
+    capi/libonnxruntime.so.* (or .dylib), else its pybind module, which links the runtime statically in some builds."""
+    capi = Path(ort.__file__).resolve().parent / "capi"
+    found = []
+    for pattern in ("libonnxruntime.so*", "libonnxruntime*.dylib", "onnxruntime_pybind11_state*"):
+        found += sorted(p for p in capi.glob(pattern) if p.is_file() and "providers" not in p.name)
+    return found
+
+
+class _NativeState:
+    """What forward keeps per KV cache on the native path: the compiled step bound to this cache's buffers."""
+
+    def __init__(self, step):
+        self.step = step
+        self.logits = step.logits  # a view of the step's buffer, reused by every run on this cache
+
+
 class _CacheState:
     """What forward keeps per KV cache: its IO binding with the binders, the logits buffer, buffer addresses."""
 
@@ -166,7 +194,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
-                 device_id: int = 0):
+                 device_id: int = 0, native: bool | None = None):
         ort = _ort()
         check_version(ort.__version__)
         if threads is not None and (not isinstance(threads, int) or threads < 0):
@@ -211,11 +239,18 @@ class OnnxRuntimeBackend:
         opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
         opts.enable_mem_pattern = True
-        self.decoder = self._session(bundle.decoder_path, "decoder")
-        self.provider = self.decoder.get_providers()[0]
-        log.info("%s %s: decoder on %s, vision on %s", self.runtime["package"], ort.__version__, self.provider,
-                 self.vision.get_providers()[0])
-        self._check_decoder_io()
+        self.native = self._native_session(ort, native, threads, optimization)
+        if self.native is None:
+            self.decoder = self._session(bundle.decoder_path, "decoder")
+            self.provider = self.decoder.get_providers()[0]
+            io = ([i.name for i in self.decoder.get_inputs()], [o.name for o in self.decoder.get_outputs()])
+        else:
+            self.decoder = None
+            self.provider = "CPUExecutionProvider"
+            io = (self.native.inputs, self.native.outputs)
+        log.info("%s %s: decoder on %s (%s decode step), vision on %s", self.runtime["package"], ort.__version__,
+                 self.provider, "native" if self.native is not None else "Python", self.vision.get_providers()[0])
+        self._check_decoder_io(*io)
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
         self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
@@ -224,14 +259,7 @@ class OnnxRuntimeBackend:
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options, providers=self.requested)
         except Exception as exc:  # onnxruntime raises its own exception types, not exported consistently
-            missing = missing_contrib_ops(str(exc), self.bundle.graphs[what].get("contrib_ops", ()))
-            if missing:
-                raise BackendError(
-                    f"this ONNX Runtime build ({ort.__version__}) lacks the contrib operator(s) {missing} that the "
-                    f"{what} graph {path.name} uses (the bundle was exported with --target ort): install the full "
-                    "onnxruntime (or onnxruntime-gpu) >= 1.20, or re-export the bundle with --target tensorrt "
-                    "(standard ONNX ops only)") from None
-            raise BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}") from None
+            raise self._load_error(exc, what, path) from None
         wanted = self.requested[0][0]
         got = session.get_providers()
         if wanted not in got:
@@ -241,9 +269,47 @@ class OnnxRuntimeBackend:
             log.warning(message)
         return session
 
-    def _check_decoder_io(self) -> None:
-        inputs = {i.name for i in self.decoder.get_inputs()}
-        outputs = {o.name for o in self.decoder.get_outputs()}
+    def _load_error(self, exc: Exception, what: str, path: Path) -> BackendError:
+        missing = missing_contrib_ops(str(exc), self.bundle.graphs[what].get("contrib_ops", ()))
+        if missing:
+            return BackendError(
+                f"this ONNX Runtime build ({_ort().__version__}) lacks the contrib operator(s) {missing} that the "
+                f"{what} graph {path.name} uses (the bundle was exported with --target ort): install the full "
+                "onnxruntime (or onnxruntime-gpu) >= 1.20, or re-export the bundle with --target tensorrt "
+                "(standard ONNX ops only)")
+        return BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}")
+
+    def _native_session(self, ort, native: bool | None, threads: int | None, optimization: str):
+        """The decoder session over the C API, or None (with the reason logged) where the Python one must run.
+        native: None = when possible, True = required (BackendError otherwise), False = never."""
+        if native is False:
+            return None
+        reason = None
+        if [p for p, _ in self.requested] != ["CPUExecutionProvider"]:
+            reason = f"providers {[p for p, _ in self.requested]} (the native step runs the CPU provider only)"
+        elif self.kv_layout not in ("BSHD", "BNSH"):
+            reason = f"kv_layout {self.kv_layout!r} has no native binding description"
+        elif not hasattr(_native_module(), "OrtSession"):
+            reason = "omniad_edge._native was built without it (rebuild: python setup.py build_ext --inplace)"
+        else:
+            libraries = onnxruntime_library(ort)
+            errors = [] if libraries else [f"no library exporting the C API under {Path(ort.__file__).parent / 'capi'}"]
+            for library in libraries:
+                try:
+                    return _native_module().OrtSession(str(library), str(self.bundle.decoder_path), int(threads or 0),
+                                                       _OPT_CODES[optimization], True)
+                except RuntimeError as exc:
+                    if str(exc).startswith("loading "):  # the library works, the graph does not: no other one helps
+                        raise self._load_error(exc, "decoder", self.bundle.decoder_path) from None
+                    errors.append(str(exc))
+            reason = "; ".join(errors)
+        if native:
+            raise BackendError(f"the native decode step is not available: {reason}")
+        log.warning("native decode step not used (%s): the decode loop runs in Python", reason)
+        return None
+
+    def _check_decoder_io(self, input_names, output_names) -> None:
+        inputs, outputs = set(input_names), set(output_names)
         need_in, need_out = set(DECODER_INPUTS), {LOGITS}
         for i in range(self.num_layers):
             need_in |= set(past_names(i))
@@ -260,7 +326,7 @@ class OnnxRuntimeBackend:
     # -- interface ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Drops the sessions (their memory goes with the last reference); the backend is unusable afterwards."""
-        self.vision = self.decoder = None
+        self.vision = self.decoder = self.native = None
 
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
         if self.vision is None:
@@ -287,8 +353,8 @@ class OnnxRuntimeBackend:
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         decoder = self.decoder
-        if decoder is None:
-            raise BackendError("this onnxruntime backend is closed")
+        if decoder is None:  # the native session, or closed
+            return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started)
         state = cache.backend_state
         if state is None:
             state = cache.backend_state = _CacheState(_ort(), decoder, self._fast_binding, b, self.vocab_size)
@@ -350,6 +416,59 @@ class OnnxRuntimeBackend:
                 bind_in(past_name, dev, _FLOAT, list(past.shape), past.ctypes.data)
                 bind_out(new_name, dev, _FLOAT, kv_shape, out.ctypes.data)
 
+    def native_step(self, cache: KVCache):
+        """The compiled decode step bound to this cache (None on the Python path): the Generator feeds tokens and
+        runs the token loop through it (`feed`, `loop`; cpp_ext/python/bind_decoder.cpp)."""
+        if self.native is None:
+            return None
+        state = cache.backend_state
+        if state is None:
+            state = cache.backend_state = _NativeState(self._new_step(cache))
+        return state.step
+
+    def _new_step(self, cache: KVCache):
+        return _native_module().DecodeStep(self.native, cache.batch, self.vocab_size, cache.max_len,
+                                           self._kv_tensors(cache), [*DECODER_INPUTS, LOGITS])
+
+    def _kv_tensors(self, cache: KVCache) -> list[tuple]:
+        """The binding description of a cache's buffers for the native step, per tensor: (name, is output, dims,
+        buffer address, bytes between batch rows, bytes per slot, starts at the past length). Dims are constants or
+        the step's sizes (-1 batch, -2 past, -3 new tokens, -4 past + new; ort_decoder.hpp).
+        BSHD: past_* are slots [0, P) of each row, new_* the S slots from P. BNSH: past_* and present_* are both the
+        whole buffer (B, KV, max_len, hd) at one address; the graph updates it in place."""
+        batch, past, new = -1, -2, -3
+        if getattr(cache, "layout", "BSHD") != self.kv_layout:
+            raise BackendError(f"KV cache layout {getattr(cache, 'layout', 'BSHD')} does not match the decoder "
+                               f"graph's {self.kv_layout}: use this backend's new_cache()")
+        tensors = []
+        for i in range(self.num_layers):
+            for past_name, out_name, buf in zip(past_names(i), self._kv_outputs(i), (cache.keys[i], cache.values[i])):
+                if buf.dtype != np.float32 or not buf.flags.c_contiguous:
+                    raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
+                address, rows, slot = buf.ctypes.data, buf.strides[0], buf.strides[1]
+                if self.kv_layout == "BNSH":
+                    whole = [batch, self.kv_heads, cache.max_len, self.head_dim]
+                    tensors.append((past_name, False, whole, address, rows, 0, False))
+                    tensors.append((out_name, True, whole, address, rows, 0, False))
+                else:
+                    dims = [self.kv_heads, self.head_dim]
+                    tensors.append((past_name, False, [batch, past, *dims], address, rows, slot, False))
+                    tensors.append((out_name, True, [batch, new, *dims], address, rows, slot, True))
+        return tensors
+
+    def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started):
+        if self.native is None:
+            raise BackendError("this onnxruntime backend is closed")
+        step = self.native_step(cache)
+        b, s, _ = embeds.shape
+        try:
+            step.run(embeds, position_ids, attention_mask, past_len)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
+        if hook is not None:
+            hook(s, time.perf_counter() - started, step.last_run_ns * 1e-9)
+        return cache.backend_state.logits
+
     def _layout(self, cache: KVCache, state: _CacheState) -> list[tuple[str, str, int, int]]:
         """Per cache buffer: (past input name, new/present output name, base address, bytes per slot (BSHD)).
         Computed once per cache: its buffers are allocated once and never replaced."""
@@ -370,6 +489,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "threads": self.threads,
+                "decode_step": "Python" if self.native is None else "native",
                 "providers": [p for p, _ in self.requested], "onnxruntime": self.runtime}
 
 
@@ -406,6 +526,12 @@ def missing_contrib_ops(error: str, ops) -> list[str]:
         return []
     named = [op for op in ops if op in error]
     return named or (list(ops) if "com.microsoft" in error else [])
+
+
+def _native_module():
+    from .. import _native
+
+    return _native
 
 
 def default_threads() -> int:
