@@ -376,3 +376,35 @@ def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
             step.run(embeds, np.zeros((3, batch, s), np.int64), np.ones((batch, past + s), np.int64), past)
             np.testing.assert_allclose(step.logits, embeds.mean(axis=1) @ w, rtol=1e-5)
         assert (buf == 2).all()  # two runs, each adding one in place
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fused_decoder_binds_the_same_way_on_every_path(tiny_bundle, batch):
+    """The fused decoder (export --target ort: one BNSH buffer per layer bound as past and present, once per cache)
+    through the native step, the fast Python binding and the public-API binding: the same logits and cache, bit for
+    bit, over a left-padded prefill, decode steps and a two-token step."""
+    bundle = load_bundle(tiny_bundle)
+    native, fast, public = (OnnxRuntimeBackend(bundle, threads=1, native=n) for n in (True, False, False))
+    public._fast_binding = False
+    assert native.kv_layout == "BNSH" and native.describe()["decode_step"] == "native"
+    rng = np.random.default_rng(batch)
+    hidden = bundle.model["hidden_size"]
+    embeds = rng.standard_normal((batch, 9, hidden)).astype(np.float32)
+    positions = np.broadcast_to(np.arange(9), (3, batch, 9)).copy()
+    positions[1:, :, 2:5] += 7  # an image's rows and columns on two of the mrope axes
+    mask = np.ones((batch, 9), np.int64)
+    mask[-1, :2] = 0  # the last row left-padded
+    runs = []
+    for backend in (native, fast, public):
+        cache = backend.new_cache(batch, 12)
+        logits = [backend.forward(embeds[:, p:p + s], positions[:, :, p:p + s], mask[:, :p + s], cache, p).copy()
+                  for p, s in [(0, 5), (5, 1), (6, 1), (7, 2)]]
+        runs.append((logits, cache))
+    (want, want_cache), *others = runs
+    assert all(np.isfinite(x).all() for x in want)
+    for got, got_cache in others:
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+            np.testing.assert_array_equal(a[..., :9, :], b[..., :9, :])
+            assert not a[..., 9:, :].any()  # slots past the sequence untouched

@@ -6,8 +6,9 @@ and the logits buffer are made once per cache; a step rebinds only its three sma
 
 Plain decoders (kv_layout "BSHD": --target tensorrt and bundles exported before targets): every decode step binds
 the valid past `cache[:, :P]` as the graph's past inputs and the cache slot `cache[:, P:P+S]` as the graph's
-new_key/new_value outputs, so the graph writes straight into the cache; logits go to a buffer reused across steps. For batch 1 (the common edge case) nothing is copied or allocated per step on the
-host; for batch > 1 the strided past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
+new_key/new_value outputs, so the graph writes straight into the cache; logits go to a buffer reused across steps.
+For batch 1 (the common edge case) nothing is copied or allocated per step on the host; for batch > 1 the strided
+past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
 Binding is by address: per cache the base address of each buffer is computed once, and the binds go to the pybind
 IOBinding with an OrtDevice built once (see `_binders`), which cuts the Python cost of a step's 4 x layers + 4 binds
 several times over.
