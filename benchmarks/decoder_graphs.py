@@ -216,14 +216,16 @@ def main(argv=None) -> int:
 
 
 def markdown(out: dict) -> str:
-    lines = [f"### Decoder graph step: plain (BSHD, --target tensorrt) vs fused (GroupQueryAttention, --target ort)",
+    spinning = "on" if out["spinning"] else "off"
+    lines = ["### Decoder graph step: plain (BSHD, --target tensorrt) vs fused (GroupQueryAttention, --target ort)",
              "",
-             f"onnxruntime {out['onnxruntime']}, {out['threads']} threads, spinning {'on' if out['spinning'] else 'off'}, "
-             f"batch 1, one new token after {out['past']} cached positions; {out['rounds']} alternating rounds of "
+             f"onnxruntime {out['onnxruntime']}, {out['threads']} threads, spinning {spinning}, batch 1,"
+             f" one new token after {out['past']} cached positions; {out['rounds']} alternating rounds of "
              f"{out['steps_per_round']} steps per graph. Load average at start {out['loadavg_start'][0]:.2f}, at end "
              f"{out['loadavg_end'][0]:.2f} (shared machine). Ratio: median over rounds of fused/plain round medians; "
              "min ratio: fastest step against fastest step.", "",
-             "| model | graph | median ms | min ms | ratio vs plain | min ratio | nodes (file / after ORT optimization) |",
+             "| model | graph | median ms | min ms | ratio vs plain | min ratio "
+             "| nodes (file / after ORT optimization) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for model, graphs in out["models"].items():
         for name, e in graphs.items():

@@ -18,7 +18,8 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                    help="decoder weights precision (graph inputs/outputs stay float32)")
     p.add_argument("--target", choices=["ort", "tensorrt"], default="ort",
                    help="runtime the graphs are for: ort (default): ONNX Runtime's fused contrib ops "
-                        "(GroupQueryAttention decoder); tensorrt: standard ONNX ops only (plain attention, int4 as qdq)")
+                        "(GroupQueryAttention decoder); tensorrt: standard ONNX ops only (plain attention, int4 as "
+                        "qdq)")
     p.add_argument("--vision-precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="vision graph precision (default: fp16 for fp16, int8 for int8/int4, else fp32)")
     p.add_argument("--max-image-tokens", type=int, default=1280,

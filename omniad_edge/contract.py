@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
-           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "present_names", "decoder_input_names", "decoder_output_names",
-           "TARGETS", "bundle_target", "KV_LAYOUTS", "decoder_kv_layout",
+           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names",
+           "new_names", "present_names", "decoder_input_names", "decoder_output_names", "TARGETS", "bundle_target",
+           "KV_LAYOUTS", "decoder_kv_layout",
            "OUTPUT_SECTIONS", "output_blocks"]
 
 # -- the bundle -------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from ..errors import BackendError, BundleError
 from .cuda import DeviceInfo
 from .limits import BuildOptions
 
-__all__ = ["check_precision", "check_bundle_target", "check_bundle_precision", "check_quantization", "strongly_typed", "graph_precision",
-           "graph_precisions", "weak_typing_available", "min_compute_capability", "LayerInfo", "vision_fp32_layers",
+__all__ = ["check_precision", "check_bundle_target", "check_bundle_precision", "check_quantization", "strongly_typed",
+           "graph_precision", "graph_precisions", "weak_typing_available", "min_compute_capability", "LayerInfo", "vision_fp32_layers",
            "rotary_fp32_layers", "norm_fp32_layers"]
 
 
