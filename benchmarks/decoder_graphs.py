@@ -37,13 +37,15 @@ REFERENCE = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, nu
 FORMS = {"plain": ("tensorrt", True), "fused": ("ort", True), "fused-unpacked": ("ort", False)}
 
 
-def _model(name: str):
+def _model(name: str, layers: int | None = None):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from models import INIT_STD, TEXT_05B, VISION_SMALL
 
     text = dict(REFERENCE) if name == "reference" else {**TEXT_05B, "vocab_size": 151936}
+    if layers:
+        text["num_hidden_layers"] = layers
     vision = {**VISION_SMALL, "out_hidden_size": text["hidden_size"]}
     config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=name == "05b")
     torch.manual_seed(0)
@@ -58,7 +60,8 @@ def _model(name: str):
     return model, cfg
 
 
-def export_graphs(name: str, forms, precisions, out: Path) -> tuple[dict[str, Path], dict]:
+def export_graphs(name: str, forms, precisions, out: Path,
+                  layers: int | None = None) -> tuple[dict[str, Path], dict]:
     """Export (and quantize) what is missing under `out`; every fp32 graph first, then the model is dropped so that
     a quantization never holds the torch weights beside the graph's."""
     import gc
@@ -69,7 +72,8 @@ def export_graphs(name: str, forms, precisions, out: Path) -> tuple[dict[str, Pa
     from export.pipeline import ExportOptions, _export_decoder
     from export.quantize import quantize_int4
 
-    model, cfg = _model(name)
+    model, cfg = _model(name, layers)
+    name = f"{name}-{layers}layers" if layers else name
     for form in forms:
         target, packed = FORMS[form]
         fp32 = out / f"{name}-{form}-fp32.onnx"
@@ -169,6 +173,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "omniad_decoder_graphs"))
     p.add_argument("--json", default=None)
     p.add_argument("--export-only", action="store_true", help="write the graphs, time nothing")
+    p.add_argument("--layers", type=int, default=None,
+                   help="keep only the first N decoder layers (a partial model, named so in the results; for "
+                        "machines without the memory to export the whole one)")
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,10 +185,10 @@ def main(argv=None) -> int:
 
     out["onnxruntime"] = onnxruntime.__version__
     for name in args.model:
-        paths, cfg = export_graphs(name, args.forms, args.precision, work)
+        paths, cfg = export_graphs(name, args.forms, args.precision, work, args.layers)
         if args.export_only:
             continue
-        result = out["models"][name] = {}
+        result = out["models"][f"{name}-{args.layers}layers" if args.layers else name] = {}
         for precision in args.precision:
             keys = [f"{form} {precision}" for form in args.forms]
             steps = {k: Step(paths[k], cfg, args.past, args.threads, args.spinning) for k in keys}
