@@ -188,7 +188,8 @@ def main(argv=None) -> int:
         paths, cfg = export_graphs(name, args.forms, args.precision, work, args.layers)
         if args.export_only:
             continue
-        result = out["models"][f"{name}-{args.layers}layers" if args.layers else name] = {}
+        label = f"{name}-{args.layers}layers" if args.layers else name
+        result = out["models"][label] = {}
         for precision in args.precision:
             keys = [f"{form} {precision}" for form in args.forms]
             steps = {k: Step(paths[k], cfg, args.past, args.threads, args.spinning) for k in keys}
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
                     entry["ratio_vs_plain"] = statistics.median(ratios[k])
                     entry["min_ratio_vs_plain"] = min(times[k]) / min(times[keys[0]])
                 result[k] = entry
-                print(f"{name:9s} {k:22s} median {entry['median_ms']:8.3f} ms  min {entry['min_ms']:8.3f} ms  "
+                print(f"{label:11s} {k:22s} median {entry['median_ms']:8.3f} ms  min {entry['min_ms']:8.3f} ms  "
                       f"nodes {entry['nodes']['file']:4d} file / {entry['nodes']['optimized']:4d} optimized"
                       + (f"  x{entry['ratio_vs_plain']:.3f} vs {keys[0]}" if k in ratios else "")
                       + f"  (load {load[0]:.2f})", flush=True)
