@@ -44,7 +44,8 @@ def run_mode(bundle, mode: str, n: int, threads: int) -> dict:
         r = inspector.run(sample.image)
         row = {"seed": sample.seed, "defect": sample.defect or "none", "anomalous": bool(sample.anomalous),
                "verdict": bool(r.is_anomalous), "score": r.score, "probability": r.anomaly_probability,
-               "refined": bool(r.mask_refined), "refine_ms": r.timings["refine"], "total_ms": r.timings["total"]}
+               "refined": bool(r.mask_refined), "ran": bool(r.grid.any()), "refine_ms": r.timings["refine"],
+               "total_ms": r.timings["total"]}
         if sample.anomalous:
             coarse = tam.grid_to_mask(r.grid, sample.mask.shape)
             row["iou_coarse"] = iou(coarse, sample.mask)
@@ -54,7 +55,7 @@ def run_mode(bundle, mode: str, n: int, threads: int) -> dict:
     inspector.close()
     truth = [r["anomalous"] for r in rows]
     bad = [r for r in rows if r["anomalous"]]
-    ran = [r["refine_ms"] for r in rows if r["refined"] or r["refine_ms"] > 0]
+    ran = [r["refine_ms"] for r in rows if r["ran"]]  # an empty grid skips the graph
 
     def pixel(subset):
         return {k: round(float(np.mean([r[f"iou_{k}"] for r in subset])), 4) for k in ("coarse", "refined", "ceiling")}
@@ -86,6 +87,36 @@ def run_mode(bundle, mode: str, n: int, threads: int) -> dict:
     return out
 
 
+PHOTOS = ("brick", "gravel", "grass", "camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon")
+
+
+def photo_patches(n: int, side: int = 224):
+    """n defect-free patches of the photographs bundled with scikit-image (textures and scenes), grey ones as RGB."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    images = [np.asarray(getattr(data, name)()) for name in PHOTOS]
+    images = [np.repeat(im[..., None], 3, axis=2) if im.ndim == 2 else im[..., :3] for im in images]
+    for i in range(n):
+        im = images[i % len(images)]
+        y, x = (int(rng.integers(0, d - side + 1)) for d in im.shape[:2])
+        yield np.ascontiguousarray(im[y:y + side, x:x + side])
+
+
+def run_photos(bundle, n: int, threads: int) -> dict:
+    """Score semantics off the training distribution: the default detect Inspector on photograph patches."""
+    from omniad_edge import Inspector
+
+    with Inspector(bundle, threads=threads) as inspector:
+        results = [inspector.run(frame) for frame in photo_patches(n)]
+    return {"frames": n, "sources": list(PHOTOS), "flagged": sum(r.is_anomalous for r in results),
+            "score_disagrees_with_verdict": sum((r.score >= 0.5) != r.is_anomalous for r in results),
+            "normal_verdict_probability_above_half": sum(r.anomaly_probability > 0.5 and not r.is_anomalous
+                                                         for r in results),
+            "anomalous_verdict_probability_below_half": sum(r.anomaly_probability < 0.5 and r.is_anomalous
+                                                            for r in results)}
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Mask refinement and score semantics ({result['bundle']})", "",
              f"load average before {result['loadavg_before']}, after {result['loadavg_after']}; "
@@ -107,6 +138,12 @@ def markdown(result: dict) -> str:
                   "| score semantics | value |", "| --- | ---: |"]
         lines += [f"| {k} | {v} |" for k, v in s.items()]
         lines.append("")
+    if result.get("photos"):
+        ph = result["photos"]
+        lines += [f"## photographs: {ph['frames']} defect-free 224 px patches of scikit-image's "
+                  f"{', '.join(ph['sources'])} (detect mode)", "", "| score semantics | value |", "| --- | ---: |"]
+        lines += [f"| {k} | {v} |" for k, v in ph.items() if k not in ("frames", "sources")]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -116,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--modes", nargs="+", default=["explain", "detect"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--photos", type=int, default=140, help="photograph patches for the score check (0: none)")
     ap.add_argument("--out", default="refine", help="results name under benchmarks/results/")
     args = ap.parse_args(argv)
     before = [round(x, 2) for x in os.getloadavg()]
@@ -125,11 +163,12 @@ def main(argv=None) -> int:
     for mode in args.modes:
         modes.append(run_mode(args.bundle, mode, args.n, args.threads))
         print(json.dumps(modes[-1], indent=1), flush=True)
+    photos = run_photos(args.bundle, args.photos, args.threads) if args.photos else None
     after = [round(x, 2) for x in os.getloadavg()]
     print(f"load average {after}; {time.time() - t0:.0f} s", flush=True)
     result = {"bundle": args.bundle or "embedded default", "n": args.n, "threads": args.threads,
               "loadavg_before": before, "loadavg_after": after,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "modes": modes}
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "modes": modes, "photos": photos}
     out = ROOT / "benchmarks" / "results"
     (out / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     (out / f"{args.out}.md").write_text(markdown(result), encoding="utf-8")

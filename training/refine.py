@@ -141,7 +141,7 @@ def pixel_iou(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def train(out: Path, minutes: float, frames: int, batch_size: int, lr: float, threads: int, seed: int = 0,
-          max_steps: int | None = None, log=print):
+          max_steps: int | None = None, init_from: Path | None = None, log=print):
     """Trains until `minutes` (or max_steps) and returns the model (eval mode); writes out/refine.pt + log."""
     import torch
 
@@ -149,9 +149,11 @@ def train(out: Path, minutes: float, frames: int, batch_size: int, lr: float, th
     torch.set_num_threads(threads)
     spec = S.load_spec()
     t0 = time.time()
-    data = examples(frames, 0, spec, seed)
+    data = examples(frames, seed * frames, spec, seed)  # another seed draws other train frames
     log(json.dumps({"event": "data", "frames": len(data), "s": round(time.time() - t0, 1)}))
     model = build_model()
+    if init_from is not None:  # a state dict this function wrote (torch tensors only, weights_only)
+        model.load_state_dict(torch.load(init_from, weights_only=True))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed + 1)
     deadline = time.time() + 60 * minutes
@@ -232,6 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--init-from", type=Path, help="continue from a refine.pt this script wrote")
+    ap.add_argument("--seed", type=int, default=0, help="draws the examples and the perturbations")
     ap.add_argument("--val", type=int, default=100, help="val-split frames for the check after training")
     ap.add_argument("--bundle", type=Path, help="add the exported graph to this bundle (export/refine.py)")
     args = ap.parse_args(argv)
@@ -242,8 +246,8 @@ def main(argv=None) -> int:
         with open(args.out / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    model = train(args.out, args.minutes, args.frames, args.batch, args.lr, args.threads,
-                  max_steps=args.max_steps, log=log)
+    model = train(args.out, args.minutes, args.frames, args.batch, args.lr, args.threads, seed=args.seed,
+                  max_steps=args.max_steps, init_from=args.init_from, log=log)
     if args.val:
         log(json.dumps({"event": "val", **validate(model, args.val)}))
     onnx_path = export_onnx(model, args.out / "refine.onnx")
