@@ -215,6 +215,10 @@ class Inspector:
             refs = self._references
             self._generate(refs, [self._request(refs, image, None)], max_new_tokens=min(8, self.max_new_tokens),
                            stop_on_mask_close=False)
+            if self.refiner is not None:
+                grid = np.zeros((self.codec.grid, self.codec.grid), np.uint8)
+                grid[0, 0] = 1
+                self.refiner.logits(frame, grid)
             ms = (time.perf_counter() - t0) * 1e3
         log.info("warm-up of %s on %s: %.1f ms", self.bundle.name, self.backend.provider, ms)
         return ms
