@@ -28,7 +28,7 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .contract import output_blocks
-from .errors import InspectorClosedError, OmniADError
+from .errors import BackendError, InspectorClosedError, OmniADError
 from .frame import to_rgb
 from .generate import Generation, Generator, Request
 from .inspection import UNKNOWN_DEFECT, Box, Inspection, verdict_score
@@ -242,7 +242,13 @@ class Inspector:
             return None
         from .refine import Refiner
 
-        return Refiner(self.bundle, threads=threads)
+        try:
+            return Refiner(self.bundle, threads=threads)
+        except BackendError as exc:
+            if refine:
+                raise InspectorError(f"refine=True: {exc}") from None
+            log.warning("%s: mask refinement off: %s", self.bundle.name, exc)
+            return None
 
     def _answer_probe(self):
         """Token ids after which an answer-only model writes its answer, and the first token of each spelling of

@@ -11,7 +11,8 @@ pixel IoU above ~0.1 however right the model is. A bundle may carry a small full
   pixels of context, in multiples of 4): a defect covering a few cells costs a fraction of the frame;
 - the refined mask: logits > 0 inside the coarse mask dilated by `graphs.refine.dilate` grid cells. Refinement can
   move a boundary within that margin and drop pixels, never add a region the model did not write. When nothing is
-  left (or the graph returns non-finite values) the coarse mask is kept: the model's own claim is never erased.
+  left (or the graph returns non-finite values or a wrong shape) the coarse mask is kept: the model's own claim is
+  never erased, and a malformed output never raises.
 
 Frames with an empty grid skip the graph (normal frames cost nothing). The graph runs on ONNX Runtime's CPU provider
 (one session, shared by every thread; ONNX Runtime runs concurrent calls of a session). Training and export:
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .contract import REFINE_INPUT, REFINE_OUTPUT
-from .errors import BundleError
+from .errors import BackendError, BundleError
 
 __all__ = ["Refiner", "refine_input", "dilate_grid", "work_size", "window"]
 
@@ -85,7 +86,11 @@ class Refiner:
     """The refine graph of a bundle (an ONNX Runtime session) and the rule that turns its logits into a mask."""
 
     def __init__(self, bundle, threads: int | None = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("the refine graph runs on ONNX Runtime, which is not installed "
+                               "(pip install onnxruntime)") from None
 
         spec = bundle.graphs["refine"]
         self.size, self.dilate = int(spec["size"]), int(spec["dilate"])  # checked by load_bundle
@@ -103,15 +108,22 @@ class Refiner:
             raise BundleError(f"bundle {bundle.root}: the refine graph has inputs/outputs {names}, expected "
                               f"[{REFINE_INPUT!r}], [{REFINE_OUTPUT!r}]")
 
-    def logits(self, rgb: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    def logits(self, rgb: np.ndarray, grid: np.ndarray) -> np.ndarray | None:
         """The graph's logits for a frame (run on the window around the coarse region), resized to the frame:
-        (H, W) float32."""
+        (H, W) float32; None when the coarse region vanishes at the working size or the graph's output has
+        another shape than its input window."""
         from . import tam
 
         x = refine_input(rgb, grid, self.size)
         hw = x.shape[2:]
-        ys, xs = window(tam.grid_to_mask(dilate_grid(grid, self.dilate).astype(np.uint8), hw))
-        out = self.session.run([REFINE_OUTPUT], {REFINE_INPUT: np.ascontiguousarray(x[:, :, ys, xs])})[0]
+        gate = tam.grid_to_mask(dilate_grid(grid, self.dilate).astype(np.uint8), hw)
+        if not gate.any():
+            return None
+        ys, xs = window(gate)
+        tile = np.ascontiguousarray(x[:, :, ys, xs])
+        out = self.session.run([REFINE_OUTPUT], {REFINE_INPUT: tile})[0]
+        if out.shape != (1, 1) + tile.shape[2:]:
+            return None
         full = np.full(hw, _OUTSIDE, np.float32)
         full[ys, xs] = out[0, 0]
         return _resize(full, rgb.shape[:2])
@@ -123,7 +135,7 @@ class Refiner:
         from . import tam
 
         logits = self.logits(rgb, grid)
-        if not np.isfinite(logits).all():
+        if logits is None or not np.isfinite(logits).all():
             return coarse, False
         gate = tam.grid_to_mask(dilate_grid(grid, self.dilate).astype(np.uint8), rgb.shape[:2])
         mask = (logits > 0) & gate

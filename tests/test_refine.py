@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from omniad_edge import Inspector, load_bundle, tam
 from omniad_edge.bundle import DEFAULT_BUNDLE_DIR
-from omniad_edge.errors import BundleError
+from omniad_edge.errors import BackendError, BundleError
 from omniad_edge.inspector import InspectorError
 from omniad_edge.refine import Refiner, dilate_grid, refine_input, window, work_size
 
@@ -203,3 +203,38 @@ def test_embedded_bundle_ships_a_refine_graph():
     assert bundle.refine is not None and bundle.refine["path"] in bundle.manifest["files"]
     inspector = Inspector(threads=1)
     assert inspector.refiner is not None
+
+
+def test_a_wrong_output_shape_or_a_vanishing_region_keeps_the_coarse_mask(tmp_path):
+    w = numpy_helper.from_array(np.ones((1, 4, 2, 2), np.float32), "W")
+    graph = helper.make_graph(  # a 2x2 convolution with stride 2: half the window's size
+        [helper.make_node("Conv", ["image", "W"], ["logits"], strides=[2, 2])], "halving",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 4, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, "h2", "w2"])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "half.onnx"))
+    refiner = Refiner(load_bundle(bundle_copy(tmp_path, tmp_path / "half.onnx", size=224, dilate=1)))
+    grid = np.zeros((16, 16), np.uint8)
+    grid[5, 5] = 1
+    coarse = tam.grid_to_mask(grid, (224, 224))
+    mask, refined = refiner.refine(red_frame(), grid, coarse)
+    assert not refined and mask is coarse
+    # a 4 px high working size samples 4 of the 16 grid rows: a defect in another row vanishes there
+    thin = np.zeros((8, 900, 3), np.uint8)
+    grid = np.zeros((16, 16), np.uint8)
+    grid[1, 3] = 1
+    refiner = Refiner(load_bundle(bundle_copy(tmp_path / "t", conv_graph(tmp_path / "r.onnx"), size=224, dilate=0)))
+    assert refiner.logits(thin, grid) is None
+
+
+def test_without_onnxruntime_the_inspector_runs_without_refinement(monkeypatch, caplog):
+    import sys
+
+    inspector = Inspector(threads=1)  # the backend needs onnxruntime; the refine stage alone is checked here
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    with pytest.raises(BackendError, match="not installed"):
+        Refiner(inspector.bundle)
+    assert inspector._refiner(None, 1) is None and "mask refinement off" in caplog.text
+    with pytest.raises(InspectorError, match="refine=True.*not installed"):
+        inspector._refiner(True, 1)
