@@ -2,14 +2,17 @@
 checkpoint loads as a plain model, exports with `export_bundle`, and its bundle runs through Inspector and writes what
 transformers writes with the merged weights.
 
-Needs the `train` extra (peft); without it the test skips, saying so.
+Needs the `train` extra (peft); without it the end-to-end test skips, saying so.
 """
+import importlib.util
 import json
+import sys
 
-import numpy as np
 import pytest
 
-pytest.importorskip("peft", reason="peft is not installed: pip install -e \".[train]\" (the `train` extra)")
+from omniad_edge.errors import OmniADError
+
+NO_PEFT = importlib.util.find_spec("peft") is None
 
 # short prompts keep the sequences (and the test) small; the output grammar is the judo preset's
 SHORT_PROMPT = {"prompt": {"system": "Inspect parts.", "detect": "Mask, reason, answer."}}
@@ -22,6 +25,15 @@ def _loss(model, batch) -> float:
         return float(model(**batch).loss)
 
 
+def test_without_peft_the_error_names_the_extra(monkeypatch, tmp_path):
+    from training import lora as L
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
+    with pytest.raises(OmniADError, match=r"needs the `train` extra: pip install \"omniad-edge\[train\]\""):
+        L.finetune(tmp_path / "data", tmp_path / "base", tmp_path / "run")
+
+
+@pytest.mark.skipif(NO_PEFT, reason="peft is not installed: pip install -e \".[train]\" (the `train` extra)")
 def test_lora_loss_falls_and_the_merged_checkpoint_exports_and_runs(tiny_checkpoint, tmp_path):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omniad_edge.errors import OmniADError
@@ -184,18 +184,33 @@ def merge(base, adapter, out, spec: dict, preprocess: dict) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.lora", description=__doc__.splitlines()[0])
+    d = LoraOptions()
+    ap = argparse.ArgumentParser(prog="python -m training.lora",
+                                 description="LoRA fine-tuning of a Qwen2-VL / Qwen2.5-VL checkpoint on a chat data "
+                                             "set, merged into a checkpoint folder that `python -m export` takes.")
     ap.add_argument("data", type=Path, help="chat data set folder (python -m training.hf_data)")
     ap.add_argument("base", type=Path, help="Hugging Face Qwen2-VL / Qwen2.5-VL checkpoint folder")
     ap.add_argument("run", type=Path, help="run folder: trainer/ checkpoints, adapter/, merged/")
-    defaults = LoraOptions()
-    for name, value in asdict(defaults).items():
-        if name in ("quiet", "resume", "vision", "gradient_checkpointing"):
-            continue
-        ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    ap.add_argument("--rank", type=int, default=d.rank, help=f"LoRA rank (default {d.rank})")
+    ap.add_argument("--alpha", type=int, default=d.alpha, help=f"LoRA alpha; scale alpha/rank (default {d.alpha})")
+    ap.add_argument("--dropout", type=float, default=d.dropout, help=f"LoRA dropout (default {d.dropout})")
     ap.add_argument("--vision", action="store_true", help="also put adapters on the vision tower")
+    ap.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"peak (default {d.learning_rate})")
+    ap.add_argument("--epochs", type=float, default=d.epochs, help=f"passes over train.jsonl (default {d.epochs})")
+    ap.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps; overrides --epochs")
+    ap.add_argument("--batch-size", type=int, default=d.batch_size, help=f"frames per step (default {d.batch_size})")
+    ap.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                    help=f"batches per optimizer step (default {d.grad_accum})")
+    ap.add_argument("--warmup", type=float, default=d.warmup, help=f"share of the steps (default {d.warmup})")
+    ap.add_argument("--max-image-tokens", type=int, default=d.max_image_tokens,
+                    help=f"image bound; give export the same (default {d.max_image_tokens})")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
+                    help="auto: bf16 on a GPU that has it, else fp32")
     ap.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto",
                     help="auto: on for a GPU")
+    ap.add_argument("--logging-steps", type=int, default=d.logging_steps)
+    ap.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps in RUN/trainer")
+    ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN/trainer")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = vars(ap.parse_args(argv))
