@@ -65,6 +65,18 @@ def synthetic_samples(n: int, size: int = 224, start: int = 0):
     return generate("train", n, start, size=size)
 
 
+def _label_grid(spec: dict, sample) -> np.ndarray:
+    """The label grid of a sample under the spec: its defect's own label when the spec lists it, else the first
+    foreground label (the presets have one class, "anomaly", for every defect)."""
+    from types import SimpleNamespace
+
+    m = spec["output"]["mask"]
+    if sample.anomalous and sample.defect not in m["labels"]:
+        label = next(name for i, name in enumerate(m["labels"]) if i != m["background"])
+        sample = SimpleNamespace(anomalous=True, defect=label, mask=sample.mask)
+    return S.sample_grid(spec, sample)
+
+
 def _record(spec: dict, image: str, target: str, meta: dict) -> dict:
     p = spec["prompt"]
     return {"messages": [{"role": "system", "content": [{"type": "text", "text": p["system"]}]},
@@ -93,7 +105,7 @@ def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed:
         for i, sample in enumerate(samples):
             name = f"images/{i:06d}.png"
             Image.fromarray(np.asarray(sample.image, np.uint8)).save(tmp / name)
-            target = S.target_text(spec, S.sample_grid(spec, sample))
+            target = S.target_text(spec, _label_grid(spec, sample))
             records.append(_record(spec, name, target, {"anomalous": bool(sample.anomalous),
                                                         "defect": sample.defect}))
         if not records:

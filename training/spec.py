@@ -93,21 +93,13 @@ def target_text(spec: dict, grid: np.ndarray) -> str:
     return "".join(out["tags"][k][0] + parts[k] + out["tags"][k][1] for k in out["order"])
 
 
-def defect_label(spec: dict, defect: str | None) -> int:
-    """The mask label of a defect type: its own when the spec lists it, else the first foreground label (a spec
-    with one class, such as the presets' ["others", "anomaly"], marks every defect with it)."""
-    m = spec["output"]["mask"]
-    if defect in m["labels"]:
-        return m["labels"].index(defect)
-    return next(i for i in range(len(m["labels"])) if i != m["background"])
-
-
 def sample_grid(spec: dict, sample) -> np.ndarray:
     """The label grid a synth.Sample should produce (all background for a normal part)."""
+    labels = spec["output"]["mask"]["labels"]
     if not sample.anomalous:
         g = spec["output"]["mask"]["grid"]
         return np.full((g, g), spec["output"]["mask"]["background"], np.uint8)
-    label = defect_label(spec, sample.defect)
+    label = labels.index(sample.defect)
     grid = mask_grid(spec, sample.mask, label)
     if not grid.any():
         # spread too thin for the coverage rule in every cell: keep the cell it covers most, so an anomalous
