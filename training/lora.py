@@ -62,6 +62,7 @@ class TrainResult:
     merged: Path
     adapter: Path
     losses: list[float] = field(default_factory=list)  # training loss at each logging step
+    eval_losses: list[float] = field(default_factory=list)  # loss on eval.jsonl at each checkpoint
     trainable_parameters: int = 0
     total_parameters: int = 0
 
@@ -109,6 +110,7 @@ def finetune(data_dir, base, run_dir, options: LoraOptions | None = None) -> Tra
     checkpoint = inspect_checkpoint(base)  # refuse what export would refuse before any training
     spec = load_spec(data_dir)
     records = load_records(data_dir, "train")
+    held_out = load_records(data_dir, "eval")  # its loss is logged at every checkpoint
     collator = ChatCollator(base, spec, opts.max_image_tokens)
     dtype = _dtype(opts.precision)
     gpu = torch.cuda.is_available()
@@ -129,8 +131,11 @@ def finetune(data_dir, base, run_dir, options: LoraOptions | None = None) -> Tra
         save_total_limit=2, bf16=dtype == torch.bfloat16, use_cpu=not gpu, seed=opts.seed,
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if checkpointing else {}),
-        remove_unused_columns=False, report_to="none", dataloader_num_workers=0, disable_tqdm=opts.quiet)
-    trainer = Trainer(model=model, args=args, train_dataset=records, data_collator=collator)
+        remove_unused_columns=False, report_to="none", dataloader_num_workers=0, disable_tqdm=opts.quiet,
+        **({"eval_strategy": "steps", "eval_steps": opts.save_steps, "per_device_eval_batch_size": opts.batch_size}
+           if held_out else {}))
+    trainer = Trainer(model=model, args=args, train_dataset=records, eval_dataset=held_out or None,
+                      data_collator=collator)
     last = None
     if opts.resume:
         from transformers.trainer_utils import get_last_checkpoint
@@ -140,9 +145,10 @@ def finetune(data_dir, base, run_dir, options: LoraOptions | None = None) -> Tra
     adapter = run_dir / "adapter"
     model.save_pretrained(adapter)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     del trainer, model
     merged = merge(base, adapter, run_dir / "merged", spec, collator.preprocess)
-    return TrainResult(merged, adapter, losses, trainable, total)
+    return TrainResult(merged, adapter, losses, eval_losses, trainable, total)
 
 
 def merge(base, adapter, out, spec: dict, preprocess: dict) -> Path:
@@ -224,6 +230,8 @@ def main(argv=None) -> int:
         return 2
     print(f"trained {result.trainable_parameters:,} of {result.total_parameters:,} parameters; loss "
           f"{result.losses[0]:.3f} -> {result.losses[-1]:.3f}" if result.losses else "no loss logged")
+    if result.eval_losses:
+        print(f"held-out loss at each checkpoint: {', '.join(f'{x:.3f}' for x in result.eval_losses)}")
     print(f"merged checkpoint: {result.merged}\nexport it with:\n  python -m export {result.merged} BUNDLE "
           f"--output-spec {result.merged / SPEC_IN_CHECKPOINT} --max-image-tokens {opts.max_image_tokens}")
     return 0
