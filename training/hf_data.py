@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +98,9 @@ def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed:
         raise DatasetError(f"eval_fraction must be in [0, 1), got {eval_fraction!r}")
     if out.exists() and not overwrite:
         raise DatasetError(f"{out} already exists (pass overwrite to replace it)")
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    try:
+    counts = {}
+    with staged(out) as tmp:
+        (tmp / "images").mkdir()
         records = []
         for i, sample in enumerate(samples):
             name = f"images/{i:06d}.png"
@@ -112,20 +112,34 @@ def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed:
             raise DatasetError("no samples to write")
         n_eval = int(round(len(records) * eval_fraction))
         held = set(np.random.default_rng(seed).permutation(len(records))[:n_eval].tolist())
-        counts = {}
         for split in SPLITS:
             rows = [r for i, r in enumerate(records) if (i in held) == (split == "eval")]
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             counts[split] = len(rows)
-        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_spec(tmp / SPEC_FILE, spec)
+    return counts
+
+
+@contextmanager
+def staged(out: Path):
+    """A hidden sibling folder to write into; it replaces `out` when the block ends and is removed when the block
+    fails, so an interrupted run never leaves a half-written folder."""
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return counts
+
+
+def write_spec(path: Path, spec: dict) -> None:
+    path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_spec(data_dir) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -160,11 +159,11 @@ def merge(base, adapter, out, spec: dict, preprocess: dict) -> Path:
 
     from export.checkpoint import inspect_checkpoint, read_json_object
 
+    from .hf_data import staged, write_spec
+
     checkpoint = inspect_checkpoint(base)
     out = Path(out).absolute()
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(out) as tmp:
         model = _model_class(checkpoint).from_pretrained(checkpoint.path, dtype="auto")
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
         model.save_pretrained(tmp)
@@ -177,15 +176,8 @@ def merge(base, adapter, out, spec: dict, preprocess: dict) -> Path:
         bounds = {"min_pixels": preprocess["min_pixels"], "max_pixels": preprocess["max_pixels"]}
         pre.update(bounds, size={"shortest_edge": bounds["min_pixels"], "longest_edge": bounds["max_pixels"]})
         (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=1) + "\n", encoding="utf-8")
-        (tmp / SPEC_IN_CHECKPOINT).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+        write_spec(tmp / SPEC_IN_CHECKPOINT, spec)
         inspect_checkpoint(tmp)  # what export will check first
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
