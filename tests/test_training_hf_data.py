@@ -58,7 +58,17 @@ def test_targets_parse_back_to_the_mask_and_verdict(preset, tmp_path):
             assert labels == {m["labels"].index(name)}
 
 
-def test_collator_gives_the_runtime_prompt_pixels_and_loss_mask(tiny_checkpoint, tmp_path):
+@pytest.fixture(params=["qwen2_5_vl", "qwen2_5_vl-qwen-vocab", "qwen2_vl"])
+def any_checkpoint(request, tmp_path):
+    """Tiny checkpoints: Qwen2.5-VL with the custom and the real Qwen vocabulary, and Qwen2-VL."""
+    if request.param == "qwen2_vl":
+        from helpers.tiny_models import write_tiny_checkpoint
+
+        return write_tiny_checkpoint(tmp_path / "qwen2vl", architecture="qwen2_vl")
+    return request.getfixturevalue("qwen_checkpoint" if "qwen-vocab" in request.param else "tiny_checkpoint")
+
+
+def test_collator_gives_the_runtime_prompt_pixels_and_loss_mask(any_checkpoint, tmp_path):
     from export.checkpoint import inspect_checkpoint
     from omniad_edge.preprocess import preprocess_image
     from omniad_edge.prompt import PromptBuilder
@@ -69,9 +79,9 @@ def test_collator_gives_the_runtime_prompt_pixels_and_loss_mask(tiny_checkpoint,
                for i, size in enumerate([(56, 56), (90, 150), (224, 224), (200, 70)])]
     H.write_dataset(samples, tmp_path / "d", spec, eval_fraction=0.0)
     records = H.load_records(tmp_path / "d")
-    collator = H.ChatCollator(tiny_checkpoint, spec, max_image_tokens=32)
-    tokens = inspect_checkpoint(tiny_checkpoint).tokens
-    builder = PromptBuilder(spec["prompt"], tokens, Tokenizer(tiny_checkpoint / "tokenizer.json"))
+    collator = H.ChatCollator(any_checkpoint, spec, max_image_tokens=32)
+    tokens = inspect_checkpoint(any_checkpoint).tokens
+    builder = PromptBuilder(spec["prompt"], tokens, Tokenizer(any_checkpoint / "tokenizer.json"))
     grids = []
     for record, sample in zip(records, samples):
         ex = collator.example(record)
