@@ -1,7 +1,7 @@
 """Training samples as chat records for Hugging Face trainers, and the collator that turns records into inputs of
 Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration.
 
-    python -m training.hf_data OUT --preset judo --synthetic 400     # OUT/train.jsonl, eval.jsonl, images/, output_spec.json
+    python -m training.hf_data OUT --preset judo --synthetic 400   # train.jsonl, eval.jsonl, images/, output_spec.json
 
 One JSONL line per sample, in the layout TRL's SFTTrainer and most vision-language fine-tuning scripts read:
 
@@ -16,7 +16,7 @@ output_spec.json holds the whole resolved spec (export/manifest.py's defaults, t
 to `python -m export --output-spec`, so the manifest carries exactly the prompt and grammar the model was trained on.
 
 The collator renders the prompt with that spec's template (the runtime's own layout, not the checkpoint's chat
-template, which may differ: Qwen's adds its own system prompt), turns images into patches with transformers' image
+template, which may lay the turns out otherwise), turns images into patches with transformers' image
 processor bounded as the bundle will be (export's preprocess_section at --max-image-tokens), and puts the loss on
 the assistant turn and its end-of-turn token only. Why not transformers' Qwen2_5_VLProcessor: it cannot be built
 without its video processor, which needs torchvision; a still-image fine-tune needs only its image processor and

@@ -10,8 +10,8 @@ RUN/merged the base weights with the adapter folded in (same architecture and to
 Why peft: low-rank adapters on the decoder's projections train under 1% of the parameters (0.49-0.84% at rank 16
 for 2B-7B, benchmarks/results/lora-params.md), so a 7B model fine-tunes on one workstation GPU with the frozen weights
 in bf16 and no optimizer state for them, and `merge_and_unload` folds the adapters back into plain Linear weights;
-writing adapter injection and merging by hand would repeat what peft already does for these architectures. transformers' Trainer runs the loop (accumulation, bf16, gradient
-checkpointing, checkpoints and resume).
+writing adapter injection and merging by hand would repeat what peft already does for these architectures.
+transformers' Trainer runs the loop (accumulation, bf16, gradient checkpointing, checkpoints and resume).
 """
 from __future__ import annotations
 
