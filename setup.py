@@ -20,7 +20,8 @@ VERSION = re.search(r'__version__\s*=\s*"([^"]+)"', (HERE / "omniad_edge" / "_ve
 native = Pybind11Extension(
     "omniad_edge._native",
     sorted(glob("cpp_ext/src/*.cpp") + glob("cpp_ext/python/*.cpp")),
-    include_dirs=["cpp_ext/include", "cpp_ext/src"],
+    include_dirs=["cpp_ext/include", "cpp_ext/src", "cpp_ext/third_party/onnxruntime"],
+    libraries=["dl"],  # dlopen of the onnxruntime package's library (cpp_ext/src/ort_decoder.cpp)
     cxx_std=17,
     # -ffp-contract=off: the same float results from the AVX2 and baseline kernels, so seeded runs repeat.
     # -fno-trapping-math: lets the compiler vectorise branch-free selects (we never read FP exception flags).
