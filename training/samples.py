@@ -25,7 +25,7 @@ from omniad_edge.errors import DataError
 
 from . import spec as S
 from .anomalies import ANOMALY_LABEL, GENERATORS, synthesize
-from .userdata import Labeled, read_good, read_mvtec
+from .userdata import IMAGE_EXTENSIONS, Labeled, MVTecSet, read_good, read_mvtec
 
 __all__ = ["PartData", "SampleBuilder", "load_part", "part_spec", "grid", "target"]
 
@@ -53,13 +53,17 @@ def load_part(normal_dir: str | Path, defects_dir: str | Path | None = None, hel
     and held-out images by seed: a fraction `held_out` of the good images (at least one) and of each defect type."""
     if not 0.0 < held_out < 1.0:
         raise DataError(f"held_out must be in (0, 1), got {held_out}")
-    good = read_good(normal_dir)
-    defects: list[Labeled] = []
-    types: list[str] = []
-    if defects_dir is not None:
-        mv = read_mvtec(defects_dir, size=good[0].original)
-        good += mv.good
-        defects, types = mv.defects, mv.types
+    mv = read_mvtec(defects_dir) if defects_dir is not None else MVTecSet([], [])
+    folder = Path(normal_dir)
+    has_images = folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+    first = (mv.good + mv.defects)[:1]
+    normal = read_good(folder, first[0].original if first else None) if has_images or not mv.defects else []
+    seen = {Path(item.source).resolve() for item in normal}  # NORMAL_DIR may be the set's own train/good
+    good = normal + [item for item in mv.good if Path(item.source).resolve() not in seen]
+    defects, types = mv.defects, mv.types
+    if not good:
+        raise DataError(f"{defects_dir}: only defect images ({len(defects)}), and {normal_dir} has no image: adapt "
+                        "needs good images of the part to learn what normal looks like")
     if len(good) < 2:
         raise DataError(f"{normal_dir}: {len(good)} good image; adapt needs at least 2 (one is held out to "
                         "evaluate the model)")
