@@ -237,6 +237,10 @@ def run(args) -> dict:
     from .train import Objective, lr_at, save_hf
 
     torch.set_num_threads(args.threads)
+    if args.quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     start = (args.start or _embedded()).resolve()
     model, tok_path, base_spec, start_runner = _load_start(start)
     spec = part_spec(base_spec, data.labels)
@@ -249,13 +253,14 @@ def run(args) -> dict:
 
     objective = Objective(model, encoder, spec)
     opt = torch.optim.AdamW(objective.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    step, elapsed, curve = 0, 0.0, []
+    step, elapsed, curve, resumed_at = 0, 0.0, [], None
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         objective.aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        resumed_at = step
         curve = json.loads((work / "curve.json").read_text(encoding="utf-8"))
         say(f"adapt: resuming at step {step} ({elapsed / 60:.1f} of {args.minutes} minutes spent)")
     baseline_path = work / "baseline.json"
@@ -339,7 +344,8 @@ def run(args) -> dict:
             quiet=True))
         say("adapt: evaluating the adapted bundle on the held-out frames")
         adapted = evaluate_items(EdgeRunner(tmp_bundle, 2), held)
-        report = {"baseline": baseline, "adapted": adapted, "steps": step, "train_minutes": round(trained / 60, 2),
+        report = {"baseline": baseline, "adapted": adapted, "steps": step, "resumed_at_step": resumed_at,
+                  "train_minutes": round(trained / 60, 2),
                   "clock": args.clock,
                   "cpu_minutes_this_call": round((time.process_time() - t_cpu) / 60, 2),
                   "wall_minutes_this_call": round((time.monotonic() - t_wall) / 60, 2),
