@@ -149,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--keep-old-surfaces", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/adapt-texture"))
+    ap.add_argument("--resume", action="store_true", help="continue the run in OUT: keep the stages already in its "
+                    "JSON, train on from its state for the later ones")
     args = ap.parse_args(argv)
     from PIL import Image
 
@@ -162,34 +164,51 @@ def main(argv=None):
     import omniad_edge
 
     embedded = Path(omniad_edge.__file__).resolve().parent / "models" / "default"
-    result = {"texture": args.texture, "n_train": args.n_train, "n_held_per_class": args.n_held,
-              "unseen_defects": list(UNSEEN), "keep_old_surfaces": args.keep_old_surfaces,
-              "load_average_start": os.getloadavg(), "stages": []}
-    result["embedded"] = evaluate_bundle(embedded, items, 0)
-    print("embedded:", json.dumps(result["embedded"]["texture"]), flush=True)
+    out = args.out / f"adapt-texture-{args.texture}.json"
+    if args.resume and out.is_file():
+        result = json.loads(out.read_text(encoding="utf-8"))
+    else:
+        result = {"texture": args.texture, "n_train": args.n_train, "n_held_per_class": args.n_held,
+                  "unseen_defects": list(UNSEEN), "keep_old_surfaces": args.keep_old_surfaces,
+                  "load_average_start": os.getloadavg(), "stages": []}
+    if "embedded" not in result:
+        result["embedded"] = evaluate_bundle(embedded, items, 0)
+        print("embedded:", json.dumps(result["embedded"]["texture"]), flush=True)
     bundle = args.out / "bundle"
-    for k, minutes in enumerate(args.stages):
+    done = max([s["train_cpu_minutes"] for s in result["stages"]], default=0)
+    stages = [m for m in args.stages if m > done]
+    for k, minutes in enumerate(stages):
         cmd = [sys.executable, "-m", "training.adapt", str(good), "--out", str(bundle), "--minutes", str(minutes),
                "--clock", "cpu", "--threads", "1", "--augment", "--overwrite", "--allow-worse", "--quiet",
                "--keep-old-surfaces", str(args.keep_old_surfaces), "--seed", str(args.seed)]
-        if k == 0:
+        if k == 0 and not args.resume:
             cmd.append("--restart")
-        cpu0, t0 = _children_cpu(), time.monotonic()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        stage = {"train_cpu_minutes": minutes, "adapt_call_cpu_minutes": round((_children_cpu() - cpu0) / 60, 2),
-                 "adapt_call_wall_minutes": round((time.monotonic() - t0) / 60, 2), "load_average": os.getloadavg()}
-        report = json.loads((bundle.with_name(bundle.name + ".adapt") / "report.json").read_text())
+        report_path = bundle.with_name(bundle.name + ".adapt") / "report.json"
+        earlier = json.loads(report_path.read_text()) if args.resume and k == 0 and report_path.is_file() else None
+        if earlier and bundle.is_dir() and abs(earlier["train_minutes"] - minutes) < 0.05:
+            # an adapt call of an interrupted benchmark finished this stage: take its bundle and its own figures
+            stage = {"train_cpu_minutes": minutes, "adapt_call_cpu_minutes": earlier["cpu_minutes_this_call"],
+                     "adapt_call_wall_minutes": earlier["wall_minutes_this_call"],
+                     "load_average": earlier["load_average"]}
+        else:
+            cpu0, t0 = _children_cpu(), time.monotonic()
+            subprocess.run(cmd, check=True, cwd=ROOT)
+            stage = {"train_cpu_minutes": minutes, "adapt_call_cpu_minutes": round((_children_cpu() - cpu0) / 60, 2),
+                     "adapt_call_wall_minutes": round((time.monotonic() - t0) / 60, 2),
+                     "load_average": os.getloadavg()}
+        report = json.loads(report_path.read_text())
         stage["steps"] = report["steps"]
         stage["adapt_held_out"] = report["adapted"]
-        last = k == len(args.stages) - 1
+        last = k == len(stages) - 1
         stage["eval"] = evaluate_bundle(bundle, items, args.old_n if last else 0)
         print(f"stage {minutes} CPU min:", json.dumps({"steps": stage["steps"], **stage["eval"]["texture"]}),
               flush=True)
         result["stages"].append(stage)
         result["curve"] = report["curve"]
+        result["load_average_end"] = os.getloadavg()
+        out.write_text(json.dumps(result, indent=1), encoding="utf-8")  # a stage at a time: --resume goes on
     result["adapt_cpu_minutes_total"] = round(sum(s["adapt_call_cpu_minutes"] for s in result["stages"]), 2)
     result["load_average_end"] = os.getloadavg()
-    out = args.out / f"adapt-texture-{args.texture}.json"
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
