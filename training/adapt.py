@@ -148,7 +148,7 @@ def _embedded() -> Path:
     return Path(omniad_edge.__file__).resolve().parent / "models" / "default"
 
 
-def _load_start(start: Path):
+def _load_start(start: Path, threads: int):
     """(model, tokenizer.json path, base spec, runner factory for the starting model)."""
     from .evaluate import EdgeRunner, TorchRunner
 
@@ -157,14 +157,14 @@ def _load_start(start: Path):
 
         model, _ = model_from_bundle(start)
         manifest = json.loads((start / "manifest.json").read_text(encoding="utf-8"))
-        return model, start / manifest["tokenizer"]["path"], bundle_spec(start), lambda: EdgeRunner(start, 2)
+        return model, start / manifest["tokenizer"]["path"], bundle_spec(start), lambda: EdgeRunner(start, threads)
     if (start / "config.json").is_file() and (start / "output_spec.json").is_file():
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
         spec = json.loads((start / "output_spec.json").read_text(encoding="utf-8"))
-        return model, start / "tokenizer.json", spec, lambda: TorchRunner(start, 2)
+        return model, start / "tokenizer.json", spec, lambda: TorchRunner(start, threads)
     raise BundleError(f"{start}: neither a bundle (manifest.json) nor a checkpoint folder written by training "
                       "(config.json, output_spec.json)")
 
@@ -242,7 +242,7 @@ def run(args) -> dict:
 
         hf_logging.disable_progress_bar()
     start = (args.start or _embedded()).resolve()
-    model, tok_path, base_spec, start_runner = _load_start(start)
+    model, tok_path, base_spec, start_runner = _load_start(start, args.threads)
     spec = part_spec(base_spec, data.labels)
     encoder = Encoder(tok_path, spec)
     builder = SampleBuilder(data, kinds=tuple(args.generators), augment=args.augment)
@@ -343,7 +343,7 @@ def run(args) -> dict:
             output_spec=str(work / "output_spec.json"), name=f"{spec['name']}-adapted-{args.normal_dir.name}",
             quiet=True))
         say("adapt: evaluating the adapted bundle on the held-out frames")
-        adapted = evaluate_items(EdgeRunner(tmp_bundle, 2), held)
+        adapted = evaluate_items(EdgeRunner(tmp_bundle, args.threads), held)
         report = {"baseline": baseline, "adapted": adapted, "steps": step, "resumed_at_step": resumed_at,
                   "train_minutes": round(trained / 60, 2),
                   "clock": args.clock,
