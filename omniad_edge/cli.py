@@ -161,7 +161,11 @@ def _adapt(args) -> int:
         return 2
     from training.adapt import run
 
-    run(args)
+    try:
+        run(args)
+    except KeyboardInterrupt:  # outside training (which checkpoints and says how to resume): nothing to keep
+        print(f"adapt: stopped by user; {args.out} was not written or changed", file=sys.stderr)
+        return 130
     return 0
 
 
