@@ -158,7 +158,8 @@ def main(argv=None):
     good = args.out / "good"
     good.mkdir(parents=True, exist_ok=True)
     for i, p in enumerate(train_patches(img, args.n_train, args.seed)):
-        Image.fromarray(p).save(good / f"{args.texture}_{i:03d}.png")
+        if not (good / f"{args.texture}_{i:03d}.png").is_file():  # --resume: the run's own files stay
+            Image.fromarray(p).save(good / f"{args.texture}_{i:03d}.png")
     items = held_out_set(img, args.n_held, args.seed)
     print("load average", os.getloadavg(), flush=True)
     import omniad_edge

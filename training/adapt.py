@@ -175,9 +175,8 @@ def _fingerprint(args, data_files: list[str]) -> str:
     keys = {k: str(getattr(args, k)) for k in ("normal_dir", "defects", "start", "keep_old_surfaces", "held_out",
                                                "augment", "generators", "batch", "lr", "seed", "clock")}
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
-    for f in data_files:
-        st = os.stat(f)
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for f in data_files:  # by content: rewriting the same images does not orphan a run
+        h.update(f.encode() + b"\0" + hashlib.sha256(Path(f).read_bytes()).digest())
     return h.hexdigest()[:16]
 
 
