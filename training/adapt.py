@@ -89,8 +89,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def predict_items(runner, items: list[Labeled], background: int = 0) -> list[dict]:
     """A runner's (training.evaluate's EdgeRunner / TorchRunner) score, verdict and grid IoU (any defect label
     against the truth's cells; anomalous items) on each Labeled item."""
-    from omniad_edge import tam
-
     from .evaluate import iou_f1
 
     rows = []
@@ -125,7 +123,8 @@ def _fmt(v) -> str:
 
 
 def report_table(rows: dict[str, dict]) -> str:
-    lines = ["| model | frames (anomalous) | AUROC | verdict accuracy | grid IoU |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | frames (anomalous) | AUROC | verdict accuracy | grid IoU |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for name, m in rows.items():
         lines.append(f"| {name} | {m['n']} ({m['n_anomalous']}) | {_fmt(m['auroc'])} | {_fmt(m['verdict_acc'])} | "
                      f"{_fmt(m['grid_iou'])} |")
