@@ -8,7 +8,7 @@
 Images are shrunk to the reference model's pixel budget (training/spec.py PREPROCESS: the runtime's resize does the
 same at inference) so a data set of 1024 px frames fits in memory. Anything that cannot be used raises DataError
 naming the file and the problem: a folder without images, an unreadable file, images of several sizes, a missing
-mask or one of another size than its image, defects without any good image.
+or empty mask or one of another size than its image (defects without any good image: training/samples.py).
 """
 from __future__ import annotations
 
