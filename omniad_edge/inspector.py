@@ -440,7 +440,7 @@ class Inspector:
             is_anomalous=is_anomalous, score=float(score), mask=mask, boxes=boxes, defect_type=defect_type,
             explanation=explanation.strip() if explanation is not None else None, answer=answer, text=text,
             grid=grid, mask_repaired=repaired, prompt_tokens=generation.prompt_tokens,
-            generated_tokens=len(generation.ids), finish_reason=generation.finish_reason, timings=timings,
+            generated_tokens=len(generation.ids), decode_forwards=generation.forwards, finish_reason=generation.finish_reason, timings=timings,
             provider=self.backend.provider, options=dict(self.options, prefix_tokens=int(
                 generation.timings.get("prefix_len", 0))))
 

@@ -177,6 +177,18 @@ def test_forward_timer_records_the_backend_hook():
     assert timer.decode_session_ms() == (0.0, 0)
 
 
+def test_decode_speed_counts_forwards_not_tokens():
+    # a detect frame: 2 tokens, the first sampled from the prefill's logits, so one decoder forward in 10 ms
+    assert bench.decode_speed(10.0, 1) == {"ms_per_token": 10.0, "tokens_per_s": 100.0}
+    assert bench.decode_speed(62.5, 5) == {"ms_per_token": 12.5, "tokens_per_s": 80.0}
+    assert bench.decode_speed(0.4, 0) is None  # one token: no forward ran
+    for forwards, needle in ((-1, "forwards"), (1.0, "forwards"), (True, "forwards")):
+        with pytest.raises(bench.BenchError, match=needle):
+            bench.decode_speed(1.0, forwards)
+    with pytest.raises(bench.BenchError, match="decode_ms"):
+        bench.decode_speed(float("nan"), 3)
+
+
 # -- helpers ----------------------------------------------------------------------------------------------------
 def test_machine_and_libraries():
     info = bench.machine_info()
@@ -210,7 +222,8 @@ def _result():
                         "references": 0, "threads": None},
             "stages_ms": {"prefill": stage, "total": {**stage, "p50": 20.0}},
             "tokens_per_s": {**stage, "p50": 50.0}, "decode_overhead_pct": {**stage, "p50": 1.5},
-            "generated_tokens": {**stage, "p50": 8.0}, "prompt_tokens": {**stage, "p50": 100.0},
+            "generated_tokens": {**stage, "p50": 8.0}, "decode_forwards": {**stage, "p50": 7.0},
+            "prompt_tokens": {**stage, "p50": 100.0},
             "finish_reasons": {"length": 3}, "tam_decode_source": [], "peak_rss_mib": 300.0,
             "device_memory_mib": None,
             "machine": {"cpu": "CPU X", "usable_cores": 2, "logical_cores": 2, "os": "Linux"},
@@ -223,6 +236,16 @@ def test_format_report_lists_the_measured_stages_only():
     assert [r.split("|")[1].strip() for r in rows] == ["stage (ms)", "prefill", "end to end"]
     assert "20.000" in rows[2]
     assert "50.0 tokens/s" in text and "1.50%" in text and "CPU X" in text and "no device memory" in text
+    assert "(7 per frame, p50)" in text and "warning" not in text  # no device state recorded: no lines about it
+    state = {"kind": "jetson", "start": {"cpu": {"load_average": [0.5, 0.4, 0.3]},
+                                         "jetson": {"power_mode": {"name": "15W", "id": 0}, "clocks_locked": False,
+                                                    "gpu_freq_mhz": {"cur": 624.75}}},
+             "energy": {"per_frame_j": 0.25, "source": "VDD_IN, 40 samples"},
+             "missing": {"emc": "no access"}, "warnings": ["Jetson clocks are not locked"]}
+    text = bench.format_report({**_result(), "device_state": state})
+    assert ("- device jetson, power mode 15W (0), clocks NOT locked, GPU 625 MHz, load 0.50/0.40/0.30, "
+            "energy 0.250 J per frame (VDD_IN, 40 samples)") in text
+    assert "- not read: emc (no access)" in text and "- **warning**: Jetson clocks are not locked" in text
 
 
 @pytest.mark.slow
@@ -233,6 +256,13 @@ def test_run_bench_on_the_tiny_bundle(tiny_bundle, tmp_path, capsys):
     for stage in ("preprocess", "vision", "prefill", "tam_decode", "postprocess", "total"):
         assert result["stages_ms"][stage]["n"] == 2
     assert 1 <= result["generated_tokens"]["max"] <= 3
+    # decode speed from forwards: one fewer than the tokens when no forced tokens are fed together
+    assert result["decode_forwards"]["max"] <= result["generated_tokens"]["max"] - 1
+    if result["tokens_per_s"] is not None:
+        assert result["tokens_per_s"]["n"] == result["stages_ms"]["decode_per_token"]["n"]
+    state = result["device_state"]
+    assert state["kind"] in ("cpu", "nvidia-gpu", "jetson") and isinstance(state["warnings"], list)
+    assert state["start"]["cpu"]["load_average"] and ("energy" in state["missing"]) == (state["energy"] is None)
     stages = result["stages_ms"]
     # end to end holds every other stage of the same frames
     assert stages["total"]["min"] >= stages["prefill"]["min"]
