@@ -548,8 +548,12 @@ def describe(result: dict) -> list[str]:
     if temps:
         parts.append(f"max temperature {max(temps.values()):.1f} C")
     energy = result.get("energy")
-    parts.append(f"energy {energy['per_frame_j']:.3f} J per frame ({energy['source']})" if energy
-                 else "energy not measured")
+    if energy is None:
+        parts.append("energy not measured")
+    elif energy.get("per_frame_j") is None:
+        parts.append(f"energy {energy['joules']:.1f} J over the run ({energy['source']})")
+    else:
+        parts.append(f"energy {energy['per_frame_j']:.3f} J per frame ({energy['source']})")
     lines = ["- " + ", ".join(parts)]
     if result["missing"]:
         lines.append("- not read: " + "; ".join(f"{k} ({v})" for k, v in sorted(result["missing"].items())))

@@ -345,6 +345,11 @@ def test_genai_wrapper_graphs_do_the_host_embedding(tmp_path):
     assert (config["image_token_id"], config["vision_start_token_id"]) == (7, 6)
     assert config["embedding"]["filename"] == "embedding.onnx" and config["vision"]["filename"] == "vision.onnx"
     assert (out / "model.onnx").read_bytes() == b"decoder"
+    genai_wrap.set_session_options(out, 2)  # omniad_edge's settings: same threads, spinning off
+    for section in ("decoder", "embedding", "vision"):
+        options = json.loads((out / "genai_config.json").read_text())["model"][section]["session_options"]
+        assert options["intra_op_num_threads"] == 2 and options["inter_op_num_threads"] == 1
+        assert options["session.intra_op.allow_spinning"] == options["session.inter_op.allow_spinning"] == "0"
 
     ids = np.array([[1, 6, 7, 7, 2, 7]], np.int64)
     image = -np.arange(3 * 4, dtype=np.float32).reshape(3, 4) - 1  # distinct from every table row
@@ -359,3 +364,20 @@ def test_genai_wrapper_graphs_do_the_host_embedding(tmp_path):
     vis = ort.InferenceSession(str(out / "vision.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(vis.run(None, {"pixel_values": image,
                                                  "image_grid_thw": np.array([[1, 2, 6]], np.int64)})[0], image)
+
+
+def test_native_benchmark_numpy_top_p_keeps_the_float64_nucleus():
+    """The float32 argpartition baseline of bench_native.py must sample what top-p means, or its time is no
+    baseline: every draw lies in the nucleus of the plain float64 definition, including the growing-k path."""
+    bench_native = _benchmarks_module("bench_native")
+    rng = np.random.default_rng(0)
+    x = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    x[:3] += 9.0
+    for logits in (x, x * np.float32(0.05)):  # peaked (nucleus of a few) and flat (k must grow past 64)
+        n = bench_native.nucleus_size_f64(logits, 0.8, 0.9)
+        order = np.argsort(-logits.astype(np.float64), kind="stable")
+        nucleus = set(order[:n].tolist())
+        draws = [bench_native.np_top_p(logits, 0.8, 0.9, rng) for _ in range(200)]
+        assert set(draws) <= nucleus
+        assert len(set(draws)) > (1 if n > 1 else 0)
+    assert bench_native.nucleus_size_f64(x * np.float32(0.05), 0.8, 0.9) > 64
