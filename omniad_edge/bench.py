@@ -1,6 +1,7 @@
 """`omniad-edge bench`: per-stage latency of Inspector.run on one bundle, as a Markdown table (and JSON).
 
     omniad-edge bench [BUNDLE] [--frames 20] [--warmup 2] [--mode detect|explain] [--provider cpu] [--json FILE]
+        [--markdown FILE]
 
 Stages (ms): preprocess, vision, prefill, decode per token, Text-as-Mask decode, postprocess, end to end; each as
 min / p50 / p90 / p99 over the measured frames (warm-up frames are dropped). Also tokens per second (both decode
@@ -405,6 +406,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_arg_int(0), default=0,
                    help="first synthetic frame, counted from synth.FIRST_UNSEEN_SEED (frames never trained on)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the printed report to FILE")
     return p
 
 
@@ -428,9 +430,11 @@ def main(args=None) -> int:
     result = run_bench(args.bundle, frames=args.frames, warmup=args.warmup, mode=args.mode, providers=args.provider,
                        threads=args.threads, max_new_tokens=args.max_new_tokens, size=tuple(args.size),
                        references=args.references, seed=args.seed)
-    print(format_report(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+    report = format_report(result)
+    print(report)
+    for name, text in ((args.json, json.dumps(result, indent=1)), (args.markdown, report + "\n")):
+        if name:
+            path = Path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     return 0
