@@ -321,12 +321,12 @@ def markdown(res: dict) -> str:
                      s["ratios_omniad_over"]["transformers"][k], s["ratios_omniad_over"]["onnxruntime_genai"][k]])
     o = res["options"]
     own = res["tokens"].get("genai_own_tokens")
-    replayed = (f" (onnxruntime-genai differs: timed free-running on its own greedy tokens, which agree with "
+    differs = (f" (onnxruntime-genai differs: timed free-running on its own greedy tokens, which agree with "
                 f"omniad_edge's for the first {_span(own)} tokens of a frame)") if own else ""
     lines = [f"### {res['model_name']} ({o['precision']}), {o['frames']} frames {o['size']}x{o['size']}, "
              f"mode {o['mode']}, at most {o['tokens']} new tokens, {o['threads']} threads"
              + (f", genai model {res['genai_model']}" if res.get("genai_model") else ""), "",
-             f"Tokens identical across runtimes: **{res['tokens']['identical']}**{replayed} "
+             f"Tokens identical across runtimes: **{res['tokens']['identical']}**{differs} "
              f"({res['tokens']['frames']} frames, {_span(res['tokens']['tokens_per_frame'])} tokens each); "
              f"prompt {res['prompt_tokens']} tokens. Medians in ms.", "",
              bench.markdown_table(["stage", "transformers", "onnxruntime-genai", "omniad_edge", "omniad / transformers",
