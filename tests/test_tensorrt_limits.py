@@ -112,3 +112,32 @@ def test_io_buffer_plan():
     assert plan["decoder.inputs_embeds"] == 2 * 256 * 16 * 4
     assert plan["decoder.attention_mask"] == 2 * (512 + 256) * 8
     assert plan["decoder.logits"] == 2 * 100 * 4
+
+
+def test_window_bound_holds_for_every_frame_shape_the_preprocessor_makes():
+    """The profile's window count is the most any frame within the token cap can produce, thin frames included
+    (windows tile from the corner, so a 1 x T grid has the most), and far below one window per token."""
+    from omniad_edge.preprocess import smart_resize, vision_indices
+
+    cap = 256
+    bound = lim.max_windows(cap, 4)
+    seen = 0
+    for height in (28, 29, 56, 84, 112, 140, 200, 280, 448, 700):
+        for ratio in (1, 1.5, 3, 7, 13, 37, 80, 150, 199.9):
+            for h, w in ((height, int(height * ratio)), (int(height * ratio), height)):
+                gh, gw = smart_resize(h, w, max_pixels=28 * 28 * cap)
+                windows = vision_indices([(1, gh // 14, gw // 14)], 2, 112, 14)["window_gather"].shape[0]
+                assert (gh // 28) * (gw // 28) <= cap
+                assert windows <= bound, (h, w)
+                seen = max(seen, windows)
+    assert seen > 16 * 2  # thin frames need more than twice a square frame's 16 windows
+    assert bound <= cap // 4  # a 1 x 256 grid; the profile used to allow one window per token
+
+
+def test_window_profile_is_bounded_by_the_frame_shapes():
+    limits = Limits(batch=1, max_image_tokens=1280, max_images=2, max_seq_len=4096, max_prefill=4096)
+    m = qwen3b_manifest()
+    m["graphs"]["vision"]["attention"] = {"full": "plain", "window": "plain"}  # the grouped graph's inputs
+    p = lim.vision_profile(m, limits)
+    assert p["window_gather"][2] == (2 * lim.max_windows(1280, 4), 64)
+    assert p["window_gather"][2][0] < 2 * 1280 // 8

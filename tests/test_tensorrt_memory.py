@@ -62,13 +62,13 @@ ONE_FRAME = Limits(batch=1, max_image_tokens=16, max_images=1, max_seq_len=1024,
 def test_vision_estimate_by_hand():
     est = mem.estimate_memory(_grouped(PLAIN), ONE_FRAME)  # fp32: b = 4
     p = est.parts
-    # N 64; the profile allows 16 windows (one per image token) of Lw 64: Nw 1024; one frame: Nf = Lf = 64
+    # N 64; at most 4 windows of Lw 64 (a 1 x 16 token grid, windows 4 tokens a side): Nw 256; Nf = Lf = 64
     assert p["vision_live"] == 4 * 64 * 64 + 8 * 64 * 16 == 24576
     # every block: N D (4 + 3b) = 64 * 64 * 16 = 65536
     assert p["vision_full_block"] == 65536 + 4 * 64 * 64 * 4 + 12 * 64 * 4 * 64 == 327680
-    assert p["vision_window_block"] == 65536 + 4 * 1024 * 64 * 4 + 12 * 1024 * 4 * 64 == 4259840
+    assert p["vision_window_block"] == 65536 + 4 * 256 * 64 * 4 + 12 * 256 * 4 * 64 == 1114112
     assert p["vision_mlp"] == 64 * 64 * 8 + 4 * 64 * 128 * 4 == 163840
-    assert p["vision_activations"] == 24576 + 4259840  # live + the largest term, whatever the depth
+    assert p["vision_activations"] == 24576 + 1114112  # live + the largest term, whatever the depth
     half = mem.estimate_memory(_grouped(PLAIN), ONE_FRAME, fp16=True).parts  # b = 2; softmax and MLP stay fp32
     assert half["vision_full_block"] == 64 * 64 * 10 + 4 * 64 * 64 * 2 + 12 * 64 * 4 * 64 == 270336
     assert half["vision_mlp"] == 163840

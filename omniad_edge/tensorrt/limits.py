@@ -136,10 +136,11 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
     per_patch = {_PIXELS: (channels,), "rotary_pos_ids": (2,), "window_segments": (), "image_segments": (),
                  "image_scatter": (), "window_scatter": ()}
     window = int(_model(manifest)["vision"].get("window_size") or 0) // int(pre["patch_size"])
+    side = max(1, window // int(math.isqrt(unit)))  # a window's side in merged tokens
     groups = {  # (groups, longest group) of the padded gather tables
         "image_gather": ((1, unit), (1, n[1]), (limits.max_images, n[1])),
         "window_gather": ((1, unit), (max(1, n[1] // max(1, window * window)), window * window),
-                          (merged[2], window * window)),
+                          (limits.max_images * max_windows(limits.max_image_tokens, side), window * window)),
     }
     profile: Profile = {}
     for name in vision_input_names(manifest):
@@ -150,6 +151,24 @@ def vision_profile(manifest: dict, limits: Limits) -> Profile:
         else:  # window_index, reverse_window_index: one entry per merged token
             profile[name] = tuple((x,) for x in merged)
     return profile
+
+
+def max_windows(tokens: int, side: int) -> int:
+    """The most windows one image of at most `tokens` merged tokens can have, windows `side` tokens a side.
+
+    Windows tile the merged grid from its top-left corner, so a thin grid needs the most (a 1 x T grid needs
+    ceil(T / side) where a square one needs about T / side^2). frame.py caps the frame's aspect ratio at
+    MAX_ASPECT, and smart_resize rounds each side to the nearest token: a side of `a` tokens comes from fewer than
+    a + 0.5 tokens' worth of pixels, so the other side has at most MAX_ASPECT * (a + 0.5) + 0.5 tokens."""
+    from ..frame import MAX_ASPECT
+
+    best = 1
+    for a in range(1, tokens + 1):
+        b = min(tokens // a, MAX_ASPECT * a + MAX_ASPECT // 2 + 1)
+        if b < 1 or a > MAX_ASPECT * b + MAX_ASPECT // 2 + 1:
+            continue
+        best = max(best, -(-a // side) * -(-b // side))
+    return best
 
 
 def decoder_input_names(manifest: dict) -> list[str]:
