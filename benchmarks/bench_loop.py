@@ -1,20 +1,23 @@
 """Per-token host overhead of the decode loop: this tree vs a baseline tree, interleaved in one run.
 
     nice -n 10 python benchmarks/bench_loop.py BUNDLE_DIR --baseline DIR [--rounds 5] [--runs 15] [--tokens 32]
+        [--python-loop]
 
 DIR holds another copy of the package (DIR/omniad_edge), e.g. the last commit:
     mkdir /tmp/base && git archive HEAD omniad_edge | tar -x -C /tmp/base
     cp omniad_edge/_native*.so /tmp/base/omniad_edge/
 
 Each round runs one child process per tree (order alternating between rounds, so drift on a shared machine hits
-both alike). A child runs --runs frames through Inspector.run (explain and detect mode, after one warm-up frame) and
-splits every decode step into time inside the decoder session's run_with_iobinding and the rest of the step (the
-host overhead: sampling, embedding gather, positions, binding, detokenizing, stop checks). Wall time swings with a
-shared machine's load, so it also reports host CPU per frame: the thread's CPU time (time.thread_time, which a
-preempted process does not accrue) outside the vision and decoder session runs, i.e. preprocessing, prompt, the
-decode loop's host work and postprocessing (with --threads 1 onnxruntime computes on the calling thread, so its
-share is subtracted exactly). Prints per tree the median over rounds of the per-round medians, and the ratio
-current / baseline.
+both alike). With --python-loop a third child runs this tree with the native decode step turned off
+(backend_options native=False: the Python session and loop, the fallback). A child runs --runs frames through
+Inspector.run (explain and detect mode, after one warm-up frame) and splits every decode step into time inside the
+decoder session's run (run_with_iobinding, or the native session's own run timings when the tree runs the native
+decode step) and the rest of the step (the host overhead: sampling, embedding gather, positions, binding,
+detokenizing, stop checks). Wall time swings with a shared machine's load, so it also reports host CPU per frame:
+the thread's CPU time (time.thread_time, which a preempted process does not accrue) outside the vision and decoder
+session runs, i.e. preprocessing, prompt, the decode loop's host work and postprocessing (with --threads 1
+onnxruntime computes on the calling thread, so its share is subtracted exactly). Prints per tree the median over
+rounds of the per-round medians, and the ratio current / baseline.
 """
 from __future__ import annotations
 
@@ -43,9 +46,9 @@ def child(args) -> None:
 
     out = {"tree": args.tree}
     for mode in ("explain", "detect"):
-        ins = Inspector(args.bundle, mode=mode, threads=args.threads, max_new_tokens=args.tokens)
-        session = ins.backend.decoder
-        inner = session.run_with_iobinding
+        options = {"backend_options": {"native": False}} if args.python_loop else {}
+        ins = Inspector(args.bundle, mode=mode, threads=args.threads, max_new_tokens=args.tokens, **options)
+        native = getattr(ins.backend, "native", None)
         inner_vision = ins.backend.vision.run
         calls: list[float] = []
         cpu_inside = [0.0]
@@ -62,15 +65,29 @@ def child(args) -> None:
             cpu_inside[0] += time.thread_time() - c
             return out
 
-        session.run_with_iobinding = run
+        def native_runs():  # the native session's own (wall, thread CPU) per run since the last call
+            for wall_ns, cpu_ns in native.take_runs():
+                calls.append(wall_ns * 1e-6)
+                cpu_inside[0] += cpu_ns * 1e-9
+
+        if native is None:
+            session = ins.backend.decoder
+            inner = session.run_with_iobinding
+            session.run_with_iobinding = run
+        else:
+            native.record(True)
         ins.backend.vision.run = run_vision
         ins.run(frame(0))
         walls, insides, overheads, tokens, host_cpu = [], [], [], [], []
         for seed in range(1, args.runs + 1):
+            if native is not None:
+                native.take_runs()
             calls.clear()
             cpu_inside[0] = 0.0
             c0 = time.thread_time()
             r = ins.run(frame(seed))
+            if native is not None:
+                native_runs()
             host_cpu.append((time.thread_time() - c0 - cpu_inside[0]) * 1e3)
             steps = ins.generator._last_forwards
             if steps == 0:
@@ -97,6 +114,8 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--python-loop", action="store_true",
+                   help="also run this tree with the native decode step off (the Python loop)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tree", default=str(ROOT), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -106,13 +125,16 @@ def main(argv=None):
         p.error(f"--baseline: expected a directory holding omniad_edge/__init__.py, got {args.baseline}")
 
     trees = {"baseline": str(Path(args.baseline).resolve()), "current": str(ROOT)}
+    if args.python_loop:
+        trees["current-py"] = str(ROOT)
     results = {name: [] for name in trees}
+    print(f"load average before: {tuple(round(x, 2) for x in os.getloadavg())}")
     for r in range(args.rounds):
         order = list(trees) if r % 2 == 0 else list(reversed(trees))
         for name in order:
             cmd = [sys.executable, __file__, args.bundle, "--baseline", args.baseline, "--child", "--tree",
                    trees[name], "--runs", str(args.runs), "--tokens", str(args.tokens), "--threads",
-                   str(args.threads)]
+                   str(args.threads)] + (["--python-loop"] if name == "current-py" else [])
             env = dict(os.environ, PYTHONPATH="")  # the child puts its own tree first
             line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip()
             results[name].append(json.loads(line.splitlines()[-1]))
@@ -128,13 +150,15 @@ def main(argv=None):
             figures[name] = {k: statistics.median(row[k] for row in rows)
                              for k in ("steps", "wall", "inside", "overhead", "host_cpu")}
         for name, f in figures.items():
-            print(f"{mode:8s} {name:9s} tokens {f['steps']:.0f}: step {f['wall']:.3f}, inside onnxruntime "
+            print(f"{mode:8s} {name:10s} tokens {f['steps']:.0f}: step {f['wall']:.3f}, inside onnxruntime "
                   f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%); "
                   f"host CPU per frame {f['host_cpu']:.2f} ms")
-        if len(figures) == 2:
-            b, c = figures["baseline"], figures["current"]
-            print(f"{mode:8s} current / baseline: host overhead {c['overhead'] / b['overhead']:.2f}x, "
-                  f"step {c['wall'] / b['wall']:.2f}x, host CPU per frame {c['host_cpu'] / b['host_cpu']:.2f}x")
+        b = figures.get("baseline")
+        for name in ("current", "current-py"):
+            c = figures.get(name)
+            if b and c:
+                print(f"{mode:8s} {name} / baseline: host overhead {c['overhead'] / b['overhead']:.2f}x, "
+                      f"step {c['wall'] / b['wall']:.2f}x, host CPU per frame {c['host_cpu'] / b['host_cpu']:.2f}x")
     print(f"load average after: {tuple(round(x, 2) for x in os.getloadavg())}")
 
 

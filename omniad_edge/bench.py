@@ -311,6 +311,8 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
                     "max_new_tokens": inspector.max_new_tokens, "size": [height, width], "references": references,
                     "seed": seed, **{k: v for k, v in (inspector_options or {}).items() if _jsonable(v)}},
         "provider": inspector.backend.provider,
+        # the C API decode step (backends/onnxruntime.py) or the Python loop: its host share differs several-fold
+        "decode_step": "native" if getattr(inspector.backend, "native", None) is not None else "Python",
         "load_ms": load_ms,
         "stages_ms": {k: summarize(v) for k, v in per_stage.items() if v},
         "tokens_per_s": summarize(tokens_per_s) if tokens_per_s else None,
@@ -345,7 +347,8 @@ def format_report(result: dict) -> str:
         if s is not None:
             rows.append([STAGE_TITLES[k], s["min"], s["p50"], s["p90"], s["p99"]])
     b, o, m = result["bundle"], result["options"], result["machine"]
-    lines = [f"## omniad-edge bench: {b['name']} ({b['precision']}, {result['provider']})", "",
+    step = f", {result['decode_step']} decode step" if result.get("decode_step") else ""
+    lines = [f"## omniad-edge bench: {b['name']} ({b['precision']}, {result['provider']}{step})", "",
              f"{o['frames']} frames of {o['size'][0]}x{o['size'][1]} after {o['warmup']} warm-up, mode {o['mode']}, "
              f"max_new_tokens {o['max_new_tokens']}, references {o['references']}, threads "
              f"{o['threads'] if o['threads'] is not None else 'default'}; prompt "

@@ -13,7 +13,11 @@ from typing import Mapping, Sequence
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
            "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
-           "OUTPUT_SECTIONS", "output_blocks"]
+           "OUTPUT_SECTIONS", "output_blocks", "MAX_ASPECT"]
+
+# Qwen2-VL / Qwen2.5-VL image processors refuse frames with an aspect ratio above this; frame.py, preprocess.py and
+# the TensorRT vision profile (the most windows a frame can span) all rely on it.
+MAX_ASPECT = 200
 
 # -- the bundle -------------------------------------------------------------------------------------------------
 BUNDLE_FORMAT = "omniad-edge-bundle"

@@ -9,6 +9,12 @@ Structure: `_prefill` (the prompts, left-padded, one forward) and `_decode` (sam
 helpers: `_accept` appends one token to a row, sampled or grammar-forced (score, grammar, text, stop conditions),
 and `_feed_tokens` runs token ids through the decoder at each row's next positions.
 
+Native loop: a backend with a compiled decode step (`native_step(cache)`, the ONNX Runtime backend on the CPU)
+feeds tokens without Python, and once no row needs Python per token (no grammar, no streamed or mask-watched
+text, no pending answer probe, no repetition penalty) `_native_loop` hands it the rest of the call: sample, the
+empty-mask score, end-of-sequence and length checks and the next forward, all native, in the same order as
+`_decode` and `_accept`, so the tokens are the same as the Python loop's.
+
 Score: the probability that the model writes the empty mask, P(E) with E = tokens of open_tag + encode(empty
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output
 leaves E at step j, the score uses P(E[:j+1]) (the model's probability of staying on the empty text there), an upper
@@ -173,6 +179,7 @@ class _Call:
     emit: Callable[[str], None] | None  # the caller's stream callback (batch 1 only)
     rng: object | None  # the sampler's generator for this call (None: greedy)
     step_pos: np.ndarray  # (3, batch, 1) positions buffer reused by every single-token step
+    native: object | None = None  # the backend's compiled step for this call's cache (None: Python feeding)
     forwards: int = 0
     forced: int = 0
 
@@ -216,6 +223,10 @@ class Generator:
         self.exclusive = nullcontext() if getattr(backend, "concurrent", False) else threading.RLock()
         self._lock = threading.Lock()  # guards the pool
         self._prefill_lock = threading.Lock()  # one prefix prefill at a time
+        # the compiled step gathers float32 / float16 tables itself; any other dtype is converted in Python
+        native_table = self._table.dtype in (np.float32, np.float16) and self._table.flags.c_contiguous
+        self._native_step = getattr(backend, "native_step", None) if native_table else None
+        self._score_target = np.array(self.empty_mask_ids or [0], np.int64)
         self._prefix: _Prefix | None = None
         self._pool: dict[int, list[_Slot]] = {}  # batch -> idle working caches
         self._last_forwards = 0  # forwards of the latest call (diagnostics of single-thread runs)
@@ -356,7 +367,8 @@ class Generator:
         return _Call(rows=rows, cache=cache, mask=mask, length=prefix_len,
                      next_pos=np.array(lengths, np.int64) + np.asarray(deltas, np.int64),
                      max_new_tokens=max_new_tokens, emit=emit, rng=rng,
-                     step_pos=np.empty((3, batch, 1), np.int64))
+                     step_pos=np.empty((3, batch, 1), np.int64),
+                     native=None if self._native_step is None else self._native_step(cache))
 
     def _prefill(self, call: _Call, rows, lengths, prefix_len: int, width: int) -> np.ndarray:
         """The prompts after the prefix, left-padded to one width, in one forward; -> logits of the last position."""
@@ -384,6 +396,8 @@ class Generator:
             active = [b for b in range(batch) if not rows[b].finish]
             if not active:
                 return
+            if call.native is not None and allowed is None and self._native_ready(call):
+                return self._native_loop(call, logits)
             if allowed is not None:
                 for b, row in enumerate(rows):
                     live = row.constraint is not None and not row.finish
@@ -424,6 +438,43 @@ class Generator:
                 return
             logits = self._feed_tokens(call, run)
 
+    def _native_ready(self, call: _Call) -> bool:
+        """No row needs Python per token from here on (what `_accept` would do beyond score, eos and length)."""
+        if self.needs_previous or call.emit is not None:
+            return False
+        return all(row.finish or (row.constraint is None and row.mask_stream is None and row.detok is None and
+                                  (row.answer is None or row.answer.done)) for row in call.rows)
+
+    def _native_loop(self, call: _Call, logits: np.ndarray) -> None:
+        """The rest of the call in the backend's compiled loop; the rows' state is read back after it."""
+        if logits is not call.native.logits:  # the loop samples from the step's own buffer
+            np.copyto(call.native.logits, logits)
+        rows = call.rows
+        finish = np.array([1 if row.finish else 0 for row in rows], np.uint8)
+        generated = np.array([len(row.generated) for row in rows], np.int64)
+        score_pos = np.array([row.score.pos if row.score.active else -1 for row in rows], np.int64)
+        score_logp = np.array([row.score.logp for row in rows], np.float64)
+        steps = int(max(call.max_new_tokens - generated[finish == 0]))
+        out = np.empty((steps, len(rows)), np.int64)
+        hook = getattr(self.backend, "on_forward", None)
+        timings = np.zeros((steps, 2), np.int64) if hook is not None else None
+        done, forwards = call.native.loop(self.sampler._native, call.rng, self.eos, self.pad_id, call.max_new_tokens,
+                                          self._score_target, finish, generated, score_pos, score_logp, self._table,
+                                          call.next_pos, call.mask, call.length, out, timings)
+        call.length += forwards
+        call.forwards += forwards
+        for b, row in enumerate(rows):
+            if row.finish:
+                continue
+            row.generated.extend(int(t) for t in out[:done, b] if t >= 0)
+            row.finish = {1: "eos", 2: "length"}.get(int(finish[b]), "")
+            row.score.logp = float(score_logp[b])
+            row.score.active = bool(score_pos[b] >= 0)
+            row.score.pos = int(score_pos[b]) if row.score.active else row.score.pos
+        if hook is not None:
+            for feed_ns, run_ns in timings[:forwards]:
+                hook(1, feed_ns * 1e-9, run_ns * 1e-9)
+
     # -- token feeding -----------------------------------------------------------------------------------------
     def _accept(self, call: _Call, row: _Row, token: int, logp_target: float | None, sampled: bool) -> bool:
         """Appends one token to a row, sampled or forced: empty-mask score, grammar, text, stop conditions.
@@ -453,6 +504,8 @@ class Generator:
     def _feed_tokens(self, call: _Call, ids: np.ndarray) -> np.ndarray:
         """Token ids (batch, s) at each row's next positions -> logits after the last of them."""
         batch, s = ids.shape
+        if call.native is not None:
+            return self._feed_native(call, np.ascontiguousarray(ids, np.int64))
         hidden = self._table.shape[1]
         if batch * s == 1:  # the common step: a view of one table row, no gather
             token = int(ids[0, 0])
@@ -472,6 +525,18 @@ class Generator:
         call.next_pos += s
         call.forwards += 1
         return logits
+
+    def _feed_native(self, call: _Call, ids: np.ndarray) -> np.ndarray:
+        """_feed_tokens through the compiled step: embeddings, positions, mask and the run in one native call."""
+        hook = getattr(self.backend, "on_forward", None)
+        started = time.perf_counter() if hook is not None else 0.0
+        step = call.native
+        step.feed(self._table, ids, call.next_pos, call.mask, call.length)
+        call.length += ids.shape[1]
+        call.forwards += 1
+        if hook is not None:
+            hook(ids.shape[1], time.perf_counter() - started, step.last_run_ns * 1e-9)
+        return step.logits
 
     def _forward(self, call: _Call, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """One decoder run on the call's cache at its current length; the cache length advances."""

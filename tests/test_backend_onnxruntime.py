@@ -1,4 +1,5 @@
-"""ONNX Runtime backend on toy graphs: IO binding into the KV cache, batch, providers, errors."""
+"""ONNX Runtime backend on toy graphs: IO binding into the KV cache, batch, providers, errors; the Python session
+path and the native decode step (C API) alike."""
 import numpy as np
 import pytest
 
@@ -16,9 +17,11 @@ def toy(tmp_path_factory):
     return load_bundle(make_toy_bundle(tmp_path_factory.mktemp("toy")))
 
 
-@pytest.fixture(scope="module")
-def backend(toy):
-    return OnnxRuntimeBackend(toy, threads=1)
+@pytest.fixture(scope="module", params=[False, True], ids=["python", "native"])
+def backend(toy, request):
+    backend = OnnxRuntimeBackend(toy, threads=1, native=request.param)
+    assert backend.describe()["decode_step"] == ("native" if request.param else "Python")
+    return backend
 
 
 def _random_sequence(rng, b, t, hidden=8):
@@ -56,8 +59,9 @@ def test_logits_buffer_reused_and_cache_not_reallocated(backend):
     assert [k.ctypes.data for k in cache.keys] == buffers
 
 
-def test_on_forward_hook_reports_tokens_and_times(toy):
-    backend = OnnxRuntimeBackend(toy, threads=1)
+@pytest.mark.parametrize("native", [False, True])
+def test_on_forward_hook_reports_tokens_and_times(toy, native):
+    backend = OnnxRuntimeBackend(toy, threads=1, native=native)
     calls = []
     backend.on_forward = lambda *args: calls.append(args)
     rng = np.random.default_rng(5)
@@ -108,7 +112,7 @@ def _steps(backend, batch, seed):
 def test_public_binding_api_gives_identical_results(toy, batch):
     """The fast binding (onnxruntime's pybind IOBinding, a device built once) and the public-API fallback it drops
     to when onnxruntime changes must bind the same tensors: same logits and cache, bit for bit."""
-    fast, public = OnnxRuntimeBackend(toy, threads=1), OnnxRuntimeBackend(toy, threads=1)
+    fast, public = OnnxRuntimeBackend(toy, threads=1, native=False), OnnxRuntimeBackend(toy, threads=1, native=False)
     public._fast_binding = False
     (got, got_cache), (want, want_cache) = _steps(fast, batch, 3), _steps(public, batch, 3)
     assert want_cache.backend_state.device is None and got_cache.backend_state.device is not None
@@ -131,13 +135,39 @@ def test_binding_falls_back_to_the_public_api_when_onnxruntime_internals_change(
             self.calls.append(args[:4])
             self._io.bind_input(*args)
 
-    io = OnnxRuntimeBackend(toy, threads=1).decoder.io_binding()
+    io = OnnxRuntimeBackend(toy, threads=1, native=False).decoder.io_binding()
     public = PublicOnly(io)
     bind_input, _, device = _binders(onnxruntime, public)
     assert device is None
     values = np.zeros((1, 2), np.int64)
     bind_input("attention_mask", device, 7, [1, 2], values.ctypes.data)
     assert public.calls == [("attention_mask", "cpu", 0, 7)]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_native_step_gives_the_python_sessions_results(toy, batch):
+    """The C API session with the native binding description computes what the Python session does: same logits
+    and cache, bit for bit (batch 2: the strided past gathered, the new entries scattered into their slots)."""
+    (got, got_cache), (want, want_cache) = [_steps(OnnxRuntimeBackend(toy, threads=1, native=native), batch, 6)
+                                            for native in (True, False)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_native_step_unavailable_falls_back_or_is_refused(toy, monkeypatch, caplog):
+    from omniad_edge.backends import onnxruntime as module
+
+    monkeypatch.setattr(module, "onnxruntime_library", lambda ort: [])
+    with pytest.raises(BackendError, match="native decode step is not available: no library exporting the C API"):
+        OnnxRuntimeBackend(toy, threads=1, native=True)
+    backend = OnnxRuntimeBackend(toy, threads=1)
+    assert backend.describe()["decode_step"] == "Python" and backend.native_step(backend.new_cache(1, 4)) is None
+    assert "the decode loop runs in Python" in caplog.text
+    monkeypatch.setattr(module, "_native_module", lambda: object())  # a module built before the native step
+    with pytest.raises(BackendError, match="built without it"):
+        OnnxRuntimeBackend(toy, threads=1, native=True)
 
 
 def test_a_new_cache_gets_its_own_addresses(backend):
@@ -168,12 +198,13 @@ def test_forwards_on_separate_caches_run_concurrently_with_serial_results(backen
                 np.testing.assert_array_equal(a, b)
 
 
-def test_close_releases_the_sessions(toy):
-    backend = OnnxRuntimeBackend(toy, threads=1)
+@pytest.mark.parametrize("native", [False, True])
+def test_close_releases_the_sessions(toy, native):
+    backend = OnnxRuntimeBackend(toy, threads=1, native=native)
     cache = backend.new_cache(1, 4)
     backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 1), np.int64), cache, 0)
     backend.close()
-    assert backend.decoder is None and backend.vision is None
+    assert backend.decoder is None and backend.vision is None and backend.native is None
     with pytest.raises(BackendError, match="closed"):  # also on a cache bound before the close
         backend.forward(np.zeros((1, 1, 8), np.float32), np.zeros((3, 1, 1), np.int64), np.ones((1, 2), np.int64),
                         cache, 1)
@@ -259,3 +290,48 @@ def test_onnxruntime_older_than_the_floor_is_refused():
     for old in ("1.19.2", "1.9.0", "0.5"):
         with pytest.raises(BackendError, match=r"too old.*>= 1\.20"):
             check_version(old)
+
+
+def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
+    """The binding description is generic: a BNSH-style cache (the fused decoder's contract) bound whole, with
+    constant dims, as both the past input and the present output at one address, updated in place by the graph
+    (a toy graph: present = past + 1, logits = mean(embeds) @ W), batch 1 and 2, no copies."""
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from omniad_edge import _native
+    from omniad_edge.backends.onnxruntime import onnxruntime_library
+
+    hidden, kv, slots, hd, vocab = 4, 2, 6, 3, 5
+    w = np.arange(hidden * vocab, dtype=np.float32).reshape(hidden, vocab) / 10
+    cache_shape = ["B", kv, slots, hd]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["inputs_embeds", "axis"], ["pooled"], keepdims=0),
+         helper.make_node("MatMul", ["pooled", "W"], ["logits"]),
+         helper.make_node("Add", ["past_key.0", "one"], ["present_key.0"])],
+        "shared_cache",
+        [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["B", "S", hidden]),
+         helper.make_tensor_value_info("position_ids", TensorProto.INT64, [3, "B", "S"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"]),
+         helper.make_tensor_value_info("past_key.0", TensorProto.FLOAT, cache_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", vocab]),
+         helper.make_tensor_value_info("present_key.0", TensorProto.FLOAT, cache_shape)],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1], np.int64), "axis"),
+         numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    session = _native.OrtSession(str(onnxruntime_library(onnxruntime)[0]), str(path), 1, 99, True)
+    for batch in (1, 2):
+        buf = np.zeros((batch, kv, slots, hd), np.float32)
+        whole = [-1, kv, slots, hd]
+        tensors = [(name, output, whole, buf.ctypes.data, buf.strides[0], 0, False)
+                   for name, output in (("past_key.0", False), ("present_key.0", True))]
+        step = _native.DecodeStep(session, batch, vocab, slots, tensors,
+                                  ["inputs_embeds", "position_ids", "attention_mask", "logits"])
+        rng = np.random.default_rng(batch)
+        for past, s in ((0, 3), (3, 1)):
+            embeds = rng.standard_normal((batch, s, hidden)).astype(np.float32)
+            step.run(embeds, np.zeros((3, batch, s), np.int64), np.ones((batch, past + s), np.int64), past)
+            np.testing.assert_allclose(step.logits, embeds.mean(axis=1) @ w, rtol=1e-5)
+        assert (buf == 2).all()  # two runs, each adding one in place

@@ -253,6 +253,7 @@ def test_run_bench_on_the_tiny_bundle(tiny_bundle, tmp_path, capsys):
     result = bench.run_bench(tiny_bundle, frames=2, warmup=0, max_new_tokens=3, size=(64, 64), threads=1)
     json.dumps(result)  # JSON-ready
     assert result["options"]["frames"] == 2 and result["provider"] == "CPUExecutionProvider"
+    assert result["decode_step"] == "native"  # the CPU provider runs the C API decode step
     for stage in ("preprocess", "vision", "prefill", "tam_decode", "postprocess", "total"):
         assert result["stages_ms"][stage]["n"] == 2
     assert 1 <= result["generated_tokens"]["max"] <= 3

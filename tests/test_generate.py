@@ -203,3 +203,77 @@ def test_real_vocabulary_bundle_matches_transformers(qwen_bundle, qwen_checkpoin
     prompt = _prompt_ids(ins, frame, "Inspect the part.")
     (expected,), _ = _hf_tokens(qwen_checkpoint, manifest, [prompt], [[frame]], 8)
     assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
+
+
+# -- native decode loop (C API step) against the Python loop -----------------------------------------------------
+def _recorded(monkeypatch):
+    """Wraps Generator.generate and _native_loop: -> (ids of every generation, number of native loops run)."""
+    from omniad_edge.generate import Generator
+
+    seen = {"ids": [], "loops": 0}
+    generate, loop = Generator.generate, Generator._native_loop
+
+    def recording_generate(self, *args, **kwargs):
+        out = generate(self, *args, **kwargs)
+        seen["ids"].append([(g.ids, g.finish_reason, g.score, g.forwards) for g in out])
+        return out
+
+    def counting_loop(self, call, logits):
+        seen["loops"] += 1
+        return loop(self, call, logits)
+
+    monkeypatch.setattr(Generator, "generate", recording_generate)
+    monkeypatch.setattr(Generator, "_native_loop", counting_loop)
+    return seen
+
+
+@pytest.mark.parametrize("mode, constrain", [("detect", False), ("explain", False), ("detect", True)],
+                         ids=["detect", "explain", "detect-grammar"])
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.2, "top_p": 0.95, "seed": 7}], ids=["greedy", "sampled"])
+def test_native_loop_gives_the_python_loops_tokens(mode, constrain, sampling, monkeypatch):
+    """The reference model, one frame at a time and a batch: the native step (explain: the whole token loop native;
+    detect: tokens fed natively, the Text-as-Mask stream checked in Python per token; grammar: llguidance's mask
+    and forced runs in Python per token) gives the Python loop's ids, finish reasons and scores exactly."""
+    if constrain:
+        pytest.importorskip("llguidance", reason="grammar-constrained decoding needs the `grammar` extra")
+    from omniad_edge import Inspector
+    from omniad_edge.synth import make_sample
+
+    frames = [make_sample(i, size, anomalous=i % 2 == 0).image for i, size in enumerate([(224, 224), (168, 280),
+                                                                                          (196, 196)])]
+    results = {}
+    for native in (True, False):
+        seen = _recorded(monkeypatch)
+        inspector = Inspector(mode=mode, threads=1, max_new_tokens=48, constrain=constrain,
+                              backend_options={"native": native}, **sampling)
+        assert inspector.backend.describe()["decode_step"] == ("native" if native else "Python")
+        texts = [inspector.run(f).text for f in frames] + [r.text for r in inspector.run_batch(frames)]
+        results[native] = (seen["ids"], texts)
+        assert (seen["loops"] > 0) == (native and mode == "explain" and not constrain)
+        monkeypatch.undo()
+    assert results[True] == results[False]
+    assert any(len(ids) > 1 for gens in results[True][0] for ids, *_ in gens)
+
+
+def test_native_loop_raises_the_samplers_error_on_nan_logits(tiny_bundle, monkeypatch):
+    """NaN logits reached inside the native loop: the sampler's ValueError, as in the Python loop."""
+    from omniad_edge import Inspector
+
+    errors = {}
+    for native in (True, False):
+        seen = _recorded(monkeypatch)
+        inspector = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8,
+                              backend_options={"native": native})
+        frame = make_frame(64, 64, seed=50)
+        inspector.run(frame)
+        ids = seen["ids"][-1][0][0]
+        assert len(ids) > 1 and seen["loops"] == int(native)
+        generator = inspector.generator
+        table = np.array(generator._table)
+        table[ids[0]] = np.nan  # the first generated token's embedding: the next step's logits are NaN
+        generator._table = table
+        with pytest.raises(ValueError, match="NaN") as info:
+            inspector.run(frame)
+        errors[native] = str(info.value)
+        monkeypatch.undo()
+    assert errors[True] == errors[False]

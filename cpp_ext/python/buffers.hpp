@@ -12,12 +12,13 @@ namespace omniad::py_buffers {
 
 namespace py = pybind11;
 
-enum class Kind { F32, F16, U8, Bool, I64, U32 };
+enum class Kind { F32, F16, F64, U8, Bool, I64, U32 };
 
 inline const char* kind_name(Kind k) {
     switch (k) {
         case Kind::F32: return "float32";
         case Kind::F16: return "float16";
+        case Kind::F64: return "float64";
         case Kind::U8: return "uint8";
         case Kind::Bool: return "bool";
         case Kind::I64: return "int64";
@@ -33,6 +34,7 @@ inline bool has_kind(const py::array& a, Kind k) {
     switch (k) {
         case Kind::F32: return c == 'f' && size == 4;
         case Kind::F16: return c == 'f' && size == 2;
+        case Kind::F64: return c == 'f' && size == 8;
         case Kind::U8: return c == 'u' && size == 1;
         case Kind::Bool: return c == 'b';
         case Kind::I64: return c == 'i' && size == 8;

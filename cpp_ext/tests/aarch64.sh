@@ -29,8 +29,8 @@ qemu=$(find_qemu)
 mkdir -p "$out"
 # Same flags as the native build (CMakeLists.txt, setup.py), warnings as errors; static, so qemu needs no sysroot.
 "$cxx" -std=c++17 -O3 -Wall -Wextra -Werror -ffp-contract=off -fno-trapping-math -fno-math-errno \
-  -I"$src/cpp_ext/include" -I"$src/cpp_ext/src" "$src/cpp_ext/tests/test_native.cpp" "$src"/cpp_ext/src/*.cpp \
-  -static -o "$out/test_native"
+  -I"$src/cpp_ext/include" -I"$src/cpp_ext/src" -I"$src/cpp_ext/third_party/onnxruntime" \
+  "$src/cpp_ext/tests/test_native.cpp" "$src"/cpp_ext/src/*.cpp -static -o "$out/test_native"
 machine=$(od -An -tx1 -j18 -N2 "$out/test_native" | tr -d ' \n')  # ELF e_machine: 0xb7 is EM_AARCH64
 [ "$machine" = b700 ] || { echo "the test binary is not aarch64 (e_machine $machine)" >&2; exit 1; }
 "$qemu" "$out/test_native"

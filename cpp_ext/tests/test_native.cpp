@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "omniad/ort_decoder.hpp"
 #include "omniad/sampling.hpp"
 #include "omniad/tam.hpp"
 
@@ -258,6 +259,34 @@ static void test_sampler() {
     CHECK(throws([] { sampling::Sampler bad({-1.f, 0, 1.f, 0.f, 1.f}); }));
 }
 
+// The parts of the decode step that need no ONNX Runtime (runs against a real one are in tests/test_generate.py and
+// tests/test_backend_onnxruntime.py).
+static void test_decoder() {
+    const float f32[6] = {1.f, 2.f, 3.f, 4.f, 5.f, 6.f};  // 3 rows of hidden 2
+    const int64_t ids[3] = {2, 0, 2};
+    float out[6] = {};
+    ort::gather_embeddings({f32, false, 3, 2}, ids, 3, out);
+    const float want[6] = {5.f, 6.f, 1.f, 2.f, 5.f, 6.f};
+    CHECK(std::memcmp(out, want, sizeof want) == 0);
+    const uint16_t f16[4] = {0x3C00, 0xC000, 0x0000, 0x3800};  // 1, -2, 0, 0.5
+    const int64_t one[1] = {0};
+    ort::gather_embeddings({f16, true, 2, 2}, one, 1, out);
+    CHECK(out[0] == 1.f && out[1] == -2.f);
+    const int64_t bad[1] = {3};
+    CHECK(throws([&] { ort::gather_embeddings({f32, false, 3, 2}, bad, 1, out); }));
+    bool load_failed = false;
+    try {
+        ort::Runtime::load("/nonexistent/libonnxruntime.so");
+    } catch (const std::runtime_error& e) {
+        load_failed = std::string(e.what()).find("cannot load /nonexistent/libonnxruntime.so") == 0;
+    }
+    CHECK(load_failed);
+    ort::KvTensor no_batch{"past_key.0", false, {ort::kPast, 2, 4}, 64, 0, 0, false};
+    CHECK(throws([&] { ort::Step(nullptr, 1, 8, 16, {no_batch}); }));
+    ort::KvTensor null_buffer{"past_key.0", false, {ort::kBatch, ort::kPast, 2, 4}, 0, 0, 0, false};
+    CHECK(throws([&] { ort::Step(nullptr, 1, 8, 16, {null_buffer}); }));
+}
+
 int main() {
     test_compact();
     test_coords();
@@ -268,6 +297,7 @@ int main() {
     test_mask_to_grid_and_components();
     test_kernels();
     test_sampler();
+    test_decoder();
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -19,6 +19,8 @@ A backend is built from a loaded Bundle and implements:
         it: the S tokens fed, the wall time of the whole forward call, and the part of it spent running the decoder
         graph (ONNX Runtime: the session run; TensorRT, whose execution is asynchronous: the whole forward). The
         rest is host overhead. Benchmarks set it (omniad_edge/bench.py); nothing in the runtime does.
+    native_step(cache) (optional)  the compiled decode step bound to `cache` (omniad_edge._native.DecodeStep), or
+                                   None: the Generator feeds tokens and runs token loops through it (generate.py).
 
 KVCache below is the host-side cache (numpy, BSHD, one preallocated buffer per layer); a device backend may return
 its own cache type with the same `batch`, `max_len` and `copy_prefix` members.

@@ -13,6 +13,13 @@ the IO binding, the logits buffer and the buffer addresses, is kept per KV cache
 different caches may run at once. A cache must not be used by two threads at once (the Generator checks its
 working caches out of a pool).
 
+Native decode step: on the CPU provider the decoder runs through ONNX Runtime's C API from the compiled module
+(cpp_ext/src/ort_decoder.cpp; the library is the imported onnxruntime package's own, found at run time), and
+`native_step(cache)` hands the Generator a step that binds, runs, samples and checks stop conditions without
+Python. The KV binding is described per cache (`_kv_tensors`) from the bundle's kv_layout. The Python session
+above stays the path for CUDA/TensorRT providers, for `native=False`, and when the C API cannot be loaded
+(a build without it, an onnxruntime without the library): a warning names the reason.
+
 Providers: CPU by default. "cuda" and "tensorrt" need onnxruntime-gpu; a requested provider that is missing or that
 ONNX Runtime silently drops at session creation raises BackendError unless allow_fallback=True (then a warning is
 logged and the effective provider is what `provider` reports). With CUDA/TensorRT the cache still lives on the host
@@ -140,6 +147,27 @@ def resolve_providers(providers, *, available: Sequence[str], allow_fallback: bo
     return resolved
 
 
+_OPT_CODES = {"disable": 0, "basic": 1, "extended": 2, "all": 99}  # ONNX Runtime's GraphOptimizationLevel
+
+
+def onnxruntime_library(ort) -> list[Path]:
+    """Candidate libraries of the imported onnxruntime package that export the C API (OrtGetApiBase): the wheel's
+    capi/libonnxruntime.so.* (or .dylib), else its pybind module, which links the runtime statically in some builds."""
+    capi = Path(ort.__file__).resolve().parent / "capi"
+    found = []
+    for pattern in ("libonnxruntime.so*", "libonnxruntime*.dylib", "onnxruntime_pybind11_state*"):
+        found += sorted(p for p in capi.glob(pattern) if p.is_file() and "providers" not in p.name)
+    return found
+
+
+class _NativeState:
+    """What forward keeps per KV cache on the native path: the compiled step bound to this cache's buffers."""
+
+    def __init__(self, step):
+        self.step = step
+        self.logits = step.logits  # a view of the step's buffer, reused by every run on this cache
+
+
 class _CacheState:
     """What forward keeps per KV cache: its IO binding with the binders, the logits buffer, buffer addresses."""
 
@@ -160,7 +188,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
-                 device_id: int = 0):
+                 device_id: int = 0, native: bool | None = None):
         ort = _ort()
         check_version(ort.__version__)
         if threads is not None and (not isinstance(threads, int) or threads < 0):
@@ -203,11 +231,19 @@ class OnnxRuntimeBackend:
         opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
         opts.enable_mem_pattern = True
-        self.decoder = self._session(bundle.decoder_path, "decoder")
-        self.provider = self.decoder.get_providers()[0]
-        log.info("%s %s: decoder on %s, vision on %s", self.runtime["package"], ort.__version__, self.provider,
-                 self.vision.get_providers()[0])
-        self._check_decoder_io()
+        self.kv_layout = bundle.manifest["graphs"]["decoder"].get("kv_layout", "BSHD")
+        self.native = self._native_session(ort, native, threads, optimization)
+        if self.native is None:
+            self.decoder = self._session(bundle.decoder_path, "decoder")
+            self.provider = self.decoder.get_providers()[0]
+            io = ([i.name for i in self.decoder.get_inputs()], [o.name for o in self.decoder.get_outputs()])
+        else:
+            self.decoder = None
+            self.provider = "CPUExecutionProvider"
+            io = (self.native.inputs, self.native.outputs)
+        log.info("%s %s: decoder on %s (%s decode step), vision on %s", self.runtime["package"], ort.__version__,
+                 self.provider, "native" if self.native is not None else "Python", self.vision.get_providers()[0])
+        self._check_decoder_io(*io)
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
         self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
@@ -226,9 +262,38 @@ class OnnxRuntimeBackend:
             log.warning(message)
         return session
 
-    def _check_decoder_io(self) -> None:
-        inputs = {i.name for i in self.decoder.get_inputs()}
-        outputs = {o.name for o in self.decoder.get_outputs()}
+    def _native_session(self, ort, native: bool | None, threads: int | None, optimization: str):
+        """The decoder session over the C API, or None (with the reason logged) where the Python one must run.
+        native: None = when possible, True = required (BackendError otherwise), False = never."""
+        if native is False:
+            return None
+        reason = None
+        if [p for p, _ in self.requested] != ["CPUExecutionProvider"]:
+            reason = f"providers {[p for p, _ in self.requested]} (the native step runs the CPU provider only)"
+        elif self.kv_layout != "BSHD":
+            reason = f"kv_layout {self.kv_layout!r} has no native binding description"
+        elif not hasattr(_native_module(), "OrtSession"):
+            reason = "omniad_edge._native was built without it (rebuild: python setup.py build_ext --inplace)"
+        else:
+            libraries = onnxruntime_library(ort)
+            errors = [] if libraries else [f"no library exporting the C API under {Path(ort.__file__).parent / 'capi'}"]
+            for library in libraries:
+                try:
+                    return _native_module().OrtSession(str(library), str(self.bundle.decoder_path), int(threads or 0),
+                                                       _OPT_CODES[optimization], True)
+                except RuntimeError as exc:
+                    if str(exc).startswith("loading "):  # the library works, the graph does not: no other one helps
+                        raise BackendError(f"onnxruntime cannot load the decoder graph "
+                                           f"{self.bundle.decoder_path.name}: {exc}") from None
+                    errors.append(str(exc))
+            reason = "; ".join(errors)
+        if native:
+            raise BackendError(f"the native decode step is not available: {reason}")
+        log.warning("native decode step not used (%s): the decode loop runs in Python", reason)
+        return None
+
+    def _check_decoder_io(self, input_names, output_names) -> None:
+        inputs, outputs = set(input_names), set(output_names)
         need_in, need_out = set(DECODER_INPUTS), {LOGITS}
         for i in range(self.num_layers):
             need_in |= set(past_names(i))
@@ -245,7 +310,7 @@ class OnnxRuntimeBackend:
     # -- interface ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         """Drops the sessions (their memory goes with the last reference); the backend is unusable afterwards."""
-        self.vision = self.decoder = None
+        self.vision = self.decoder = self.native = None
 
     def encode_image(self, vision_inputs: dict) -> np.ndarray:
         if self.vision is None:
@@ -272,8 +337,8 @@ class OnnxRuntimeBackend:
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         decoder = self.decoder
-        if decoder is None:
-            raise BackendError("this onnxruntime backend is closed")
+        if decoder is None:  # the native session, or closed
+            return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started)
         state = cache.backend_state
         if state is None:
             state = cache.backend_state = _CacheState(_ort(), decoder, self._fast_binding, b, self.vocab_size)
@@ -320,6 +385,50 @@ class OnnxRuntimeBackend:
             hook(s, time.perf_counter() - started, run_s)
         return logits
 
+    def native_step(self, cache: KVCache):
+        """The compiled decode step bound to this cache (None on the Python path): the Generator feeds tokens and
+        runs the token loop through it (`feed`, `loop`; cpp_ext/python/bind_decoder.cpp)."""
+        if self.native is None:
+            return None
+        state = cache.backend_state
+        if state is None:
+            state = cache.backend_state = _NativeState(self._new_step(cache))
+        return state.step
+
+    def _new_step(self, cache: KVCache):
+        return _native_module().DecodeStep(self.native, cache.batch, self.vocab_size, cache.max_len,
+                                           self._kv_tensors(cache), [*DECODER_INPUTS, LOGITS])
+
+    def _kv_tensors(self, cache: KVCache) -> list[tuple]:
+        """The binding description of a cache's buffers for the native step, per tensor: (name, is output, dims,
+        buffer address, bytes between batch rows, bytes per slot, starts at the past length). Dims are constants or
+        the step's sizes (-1 batch, -2 past, -3 new tokens, -4 past + new; ort_decoder.hpp).
+        BSHD: past_* are slots [0, P) of each row, new_* the S slots from P."""
+        batch, past, new = -1, -2, -3
+        tensors = []
+        for i in range(self.num_layers):
+            for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
+                if buf.dtype != np.float32 or not buf.flags.c_contiguous:
+                    raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
+                dims = [self.kv_heads, self.head_dim]
+                address, rows, slot = buf.ctypes.data, buf.strides[0], buf.strides[1]
+                tensors.append((past_name, False, [batch, past, *dims], address, rows, slot, False))
+                tensors.append((new_name, True, [batch, new, *dims], address, rows, slot, True))
+        return tensors
+
+    def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started):
+        if self.native is None:
+            raise BackendError("this onnxruntime backend is closed")
+        step = self.native_step(cache)
+        b, s, _ = embeds.shape
+        try:
+            step.run(embeds, position_ids, attention_mask, past_len)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
+        if hook is not None:
+            hook(s, time.perf_counter() - started, step.last_run_ns * 1e-9)
+        return cache.backend_state.logits
+
     def _layout(self, cache: KVCache, state: _CacheState) -> list[tuple[str, str, int, int]]:
         """Per cache buffer of a batch-1 cache: (past input name, new output name, base address, bytes per slot).
         Computed once per cache: its buffers are allocated once and never replaced."""
@@ -336,6 +445,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": self.provider, "threads": self.threads,
+                "decode_step": "Python" if self.native is None else "native",
                 "providers": [p for p, _ in self.requested], "onnxruntime": self.runtime}
 
 
@@ -363,6 +473,12 @@ def _binders(ort, io, fast: bool = True):
         io.bind_output(name, "cpu", 0, element_type, shape, address)
 
     return bind_input, bind_output, None
+
+
+def _native_module():
+    from .. import _native
+
+    return _native
 
 
 def default_threads() -> int:

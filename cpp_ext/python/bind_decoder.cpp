@@ -1,0 +1,177 @@
+// Bindings of the native decode step (omniad/ort_decoder.hpp). The GIL is released around every run.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "buffers.hpp"
+#include "omniad/ort_decoder.hpp"
+
+namespace py = pybind11;
+using omniad::py_buffers::Kind;
+using omniad::py_buffers::require;
+namespace ort = omniad::ort;
+namespace smp = omniad::sampling;
+
+namespace {
+
+// A checked array the native side writes into.
+template <typename T>
+T* writable(const omniad::py_buffers::Checked& c, const char* name, std::size_t size) {
+    if (!c.array.writeable()) throw py::value_error(std::string(name) + " must be writeable");
+    if (std::size_t(c.array.size()) < size)
+        throw py::value_error(std::string(name) + " must have at least " + std::to_string(size) + " entries");
+    return static_cast<T*>(const_cast<void*>(c.data()));
+}
+
+ort::EmbedTable table_arg(py::handle obj) {
+    auto t = require(obj, "table", {Kind::F32, Kind::F16}, 2, 2);
+    return {t.data(), t.kind == Kind::F16, std::size_t(t.dim(0)), std::size_t(t.dim(1))};
+}
+
+struct PyStep {
+    std::shared_ptr<ort::Step> step;
+    py::object logits;  // a view of the step's buffer, kept alive by this object
+};
+
+}  // namespace
+
+void bind_decoder(py::module_& m) {
+    py::class_<ort::Session, std::shared_ptr<ort::Session>>(m, "OrtSession")
+        .def(py::init([](const std::string& library, const std::string& model, int threads, int optimization,
+                         bool mem_pattern) {
+                 auto runtime = ort::Runtime::load(library);
+                 py::gil_scoped_release unlocked;  // loading a graph takes a while
+                 return std::make_shared<ort::Session>(runtime, model, ort::SessionConfig{threads, optimization,
+                                                                                           mem_pattern});
+             }),
+             py::arg("library"), py::arg("model"), py::arg("threads"), py::arg("optimization"),
+             py::arg("mem_pattern"))
+        .def_property_readonly("inputs", &ort::Session::inputs)
+        .def_property_readonly("outputs", &ort::Session::outputs)
+        .def("record", &ort::Session::record, py::arg("on"))
+        .def("take_runs", &ort::Session::take_runs);
+
+    py::class_<PyStep>(m, "DecodeStep")
+        .def(py::init([](std::shared_ptr<ort::Session> session, std::size_t batch, std::size_t vocab,
+                         std::size_t max_len, const py::list& kv, std::vector<std::string> names) {
+                 std::vector<ort::KvTensor> tensors;
+                 for (py::handle item : kv) {
+                     auto t = item.cast<py::tuple>();
+                     if (t.size() != 7) throw py::value_error("kv entries are (name, output, dims, base, row_stride, "
+                                                              "slot_bytes, at_past)");
+                     tensors.push_back({t[0].cast<std::string>(), t[1].cast<bool>(), t[2].cast<std::vector<int64_t>>(),
+                                        t[3].cast<uintptr_t>(), t[4].cast<std::size_t>(), t[5].cast<std::size_t>(),
+                                        t[6].cast<bool>()});
+                 }
+                 if (names.size() != 4) throw py::value_error("names are (embeds, positions, mask, logits)");
+                 PyStep s;
+                 s.step = std::make_shared<ort::Step>(std::move(session), batch, vocab, max_len, std::move(tensors),
+                                                      ort::Names{names[0], names[1], names[2], names[3]});
+                 return s;
+             }),
+             py::arg("session"), py::arg("batch"), py::arg("vocab"), py::arg("max_len"), py::arg("kv"),
+             py::arg("names"))
+        .def_property_readonly(
+            "logits",
+            [](py::object self) {
+                PyStep& s = self.cast<PyStep&>();
+                if (!s.logits) {
+                    s.logits = py::array_t<float>({py::ssize_t(s.step->batch()), py::ssize_t(s.step->vocab())},
+                                                  s.step->logits(), self);
+                }
+                return s.logits;
+            })
+        .def_property_readonly("last_run_ns", [](const PyStep& s) { return s.step->last_run_ns(); })
+        .def("run",
+             [](PyStep& s, py::handle embeds, py::handle positions, py::handle mask, std::size_t past) {
+                 auto e = require(embeds, "embeds", {Kind::F32}, 3, 3);
+                 auto p = require(positions, "positions", {Kind::I64}, 3, 3);
+                 auto k = require(mask, "attention_mask", {Kind::I64}, 2, 2);
+                 const std::size_t B = s.step->batch(), S = std::size_t(e.dim(1));
+                 if (std::size_t(e.dim(0)) != B || p.dim(0) != 3 || std::size_t(p.dim(1)) != B ||
+                     std::size_t(p.dim(2)) != S || std::size_t(k.dim(0)) != B || std::size_t(k.dim(1)) != past + S)
+                     throw py::value_error("embeds (B, S, H), positions (3, B, S) and attention_mask (B, past + S) "
+                                           "do not agree");
+                 py::gil_scoped_release unlocked;
+                 s.step->run(static_cast<const float*>(e.data()), std::size_t(e.dim(2)),
+                             static_cast<const int64_t*>(p.data()), static_cast<const int64_t*>(k.data()), S, past);
+             },
+             py::arg("embeds"), py::arg("positions"), py::arg("attention_mask"), py::arg("past"))
+        .def("feed",
+             [](PyStep& s, py::handle table, py::handle ids, py::handle next_pos, py::handle mask,
+                std::size_t length) {
+                 const ort::EmbedTable tab = table_arg(table);
+                 auto i = require(ids, "ids", {Kind::I64}, 2, 2);
+                 auto n = require(next_pos, "next_pos", {Kind::I64}, 1, 1);
+                 auto k = require(mask, "mask", {Kind::I64}, 2, 2);
+                 const std::size_t B = s.step->batch();
+                 if (std::size_t(i.dim(0)) != B || std::size_t(n.dim(0)) != B || std::size_t(k.dim(0)) != B)
+                     throw py::value_error("ids, next_pos and mask must have one row per batch row");
+                 int64_t* np_ = writable<int64_t>(n, "next_pos", B);
+                 int64_t* mp = writable<int64_t>(k, "mask", B);
+                 const int64_t* ip = static_cast<const int64_t*>(i.data());
+                 const std::size_t S = std::size_t(i.dim(1)), width = std::size_t(k.dim(1));
+                 py::gil_scoped_release unlocked;
+                 s.step->feed(tab, ip, S, np_, mp, width, length);
+             },
+             py::arg("table"), py::arg("ids"), py::arg("next_pos"), py::arg("mask"), py::arg("length"))
+        .def("loop",
+             [](PyStep& s, const smp::Sampler& sampler, smp::Rng* rng, py::handle eos, int64_t pad,
+                std::size_t max_new, py::handle score_target, py::handle finish, py::handle generated,
+                py::handle score_pos, py::handle score_logp, py::handle table, py::handle next_pos, py::handle mask,
+                std::size_t length, py::handle out_ids, py::object timings) {
+                 const std::size_t B = s.step->batch();
+                 auto e = require(eos, "eos", {Kind::I64}, 1, 1);
+                 auto tg = require(score_target, "score_target", {Kind::I64}, 1, 1);
+                 auto f = require(finish, "finish", {Kind::U8}, 1, 1);
+                 auto g = require(generated, "generated", {Kind::I64}, 1, 1);
+                 auto sp = require(score_pos, "score_pos", {Kind::I64}, 1, 1);
+                 auto sl = require(score_logp, "score_logp", {Kind::F64}, 1, 1);
+                 const ort::EmbedTable tab = table_arg(table);
+                 auto n = require(next_pos, "next_pos", {Kind::I64}, 1, 1);
+                 auto k = require(mask, "mask", {Kind::I64}, 2, 2);
+                 auto o = require(out_ids, "out_ids", {Kind::I64}, 2, 2);
+                 if (std::size_t(o.dim(1)) != B || std::size_t(k.dim(0)) != B)
+                     throw py::value_error("out_ids must be (steps, batch) and mask (batch, width)");
+                 ort::LoopConfig cfg;
+                 cfg.sampler = &sampler;
+                 cfg.rng = rng;
+                 cfg.eos = static_cast<const int64_t*>(e.data());
+                 cfg.n_eos = std::size_t(e.dim(0));
+                 cfg.pad = pad;
+                 cfg.max_new = max_new;
+                 cfg.score_target = static_cast<const int64_t*>(tg.data());
+                 cfg.score_len = std::size_t(tg.dim(0));
+                 cfg.max_steps = std::size_t(o.dim(0));
+                 ort::LoopState st;
+                 st.finish = writable<uint8_t>(f, "finish", B);
+                 st.generated = writable<int64_t>(g, "generated", B);
+                 st.score_pos = writable<int64_t>(sp, "score_pos", B);
+                 st.score_logp = writable<double>(sl, "score_logp", B);
+                 for (std::size_t b = 0; b < B; ++b)
+                     if (st.score_pos[b] >= int64_t(cfg.score_len))
+                         throw py::value_error("score_pos is past the end of score_target");
+                 int64_t* tp = nullptr;
+                 if (!timings.is_none()) {
+                     auto t = require(timings, "timings", {Kind::I64}, 2, 2);
+                     if (t.dim(0) < o.dim(0) || t.dim(1) != 2) throw py::value_error("timings must be (steps, 2)");
+                     tp = writable<int64_t>(t, "timings", std::size_t(t.dim(0)) * 2);
+                 }
+                 int64_t* np_ = writable<int64_t>(n, "next_pos", B);
+                 int64_t* mp = writable<int64_t>(k, "mask", B);
+                 int64_t* op = writable<int64_t>(o, "out_ids", std::size_t(o.dim(0)) * B);
+                 std::size_t steps = 0, forwards = 0, len = length;
+                 {
+                     py::gil_scoped_release unlocked;
+                     steps = s.step->loop(cfg, st, tab, np_, mp, std::size_t(k.dim(1)), &len, op, tp, &forwards);
+                 }
+                 return py::make_tuple(steps, forwards);
+             },
+             py::arg("sampler"), py::arg("rng").none(true), py::arg("eos"), py::arg("pad"), py::arg("max_new"),
+             py::arg("score_target"), py::arg("finish"), py::arg("generated"), py::arg("score_pos"),
+             py::arg("score_logp"), py::arg("table"), py::arg("next_pos"), py::arg("mask"), py::arg("length"),
+             py::arg("out_ids"), py::arg("timings").none(true));
+}
