@@ -86,6 +86,11 @@ class Bundle:
         return self.path(self.graphs["decoder"]["path"])
 
     @property
+    def refine(self) -> dict | None:
+        """graphs.refine (the optional mask refinement graph, omniad_edge/refine.py), or None."""
+        return self.graphs.get("refine")
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path(self.manifest["tokenizer"]["path"])
 
@@ -212,6 +217,16 @@ def load_bundle(path: str | Path | Bundle | None = None, *, verify: bool = True)
         "embed_tokens.path": manifest["embed_tokens"]["path"],
         "tokenizer.path": manifest["tokenizer"]["path"],
     }
+    refine = manifest["graphs"].get("refine")
+    if refine is not None:
+        if not isinstance(refine, dict) or not isinstance(refine.get("path"), str):
+            raise BundleError(f"bundle {root}: graphs.refine must be an object with a 'path'")
+        for key, low, high in (("size", 4, 4096), ("dilate", 0, 16)):
+            value = refine.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise BundleError(f"bundle {root}: graphs.refine.{key} must be an int in {low}..{high}, "
+                                  f"got {value!r}")
+        referenced["graphs.refine.path"] = refine["path"]
     for what, relative in referenced.items():
         _contained(root, relative, what)
         if relative not in files:

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
            "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
-           "OUTPUT_SECTIONS", "output_blocks", "MAX_ASPECT"]
+           "REFINE_INPUT", "REFINE_OUTPUT", "OUTPUT_SECTIONS", "output_blocks", "MAX_ASPECT"]
 
 # Qwen2-VL / Qwen2.5-VL image processors refuse frames with an aspect ratio above this; frame.py, preprocess.py and
 # the TensorRT vision profile (the most windows a frame can span) all rely on it.
@@ -82,6 +82,11 @@ def decoder_input_names(num_layers: int) -> list[str]:
 def decoder_output_names(num_layers: int) -> list[str]:
     """All decoder outputs in graph order: logits, then new key and value of layer 0, 1, ..."""
     return [LOGITS, *(name for i in range(num_layers) for name in new_names(i))]
+
+
+# Refine (optional, graphs.refine): the frame and the coarse mask -> pixel logits (omniad_edge/refine.py).
+REFINE_INPUT = "image"  # float32 (1, 4, h, w): RGB / 255 - 0.5, then the coarse mask upsampled to (h, w)
+REFINE_OUTPUT = "logits"  # float32 (1, 1, h, w)
 
 
 # -- the output's tagged blocks ------------------------------------------------------------------------------------

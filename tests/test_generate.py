@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from omniad_edge.generate import EmptyMaskScore
+from omniad_edge.inspection import verdict_score
 from helpers.frames import make_frame
 
 pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
@@ -114,7 +115,8 @@ def test_run_tokens_match_transformers_and_score_matches_its_logits(inspector, t
         logp += row[target] - (row.max() + np.log(np.exp(row - row.max()).sum()))
         if step >= len(expected) or expected[step] != target:
             break
-    assert result.score == pytest.approx(1 - math.exp(logp), abs=1e-4)
+    assert result.anomaly_probability == pytest.approx(1 - math.exp(logp), abs=1e-4)
+    assert result.score == verdict_score(result.is_anomalous, result.anomaly_probability)
 
 
 def test_prefix_cache_gives_the_same_tokens(tiny_bundle):
