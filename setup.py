@@ -100,6 +100,9 @@ setup(
         "camera": ["opencv-python-headless>=4.8"],
         # HTTP serving: Ray Serve brings starlette and uvicorn
         "serve": ["ray[serve]>=2.40"],
+        # device state in `omniad-edge bench` (omniad_edge/devicestate.py): jtop on a Jetson, NVML on an NVIDIA GPU
+        "jetson": ["jetson-stats>=4.2"],
+        "nvml": ["nvidia-ml-py>=12.535"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
     zip_safe=False,
