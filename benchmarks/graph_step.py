@@ -1,8 +1,10 @@
 """One decode step of decoder graphs under plain onnxruntime, no generation loop: is a runtime's speed its graph or
 its loop? Same session options for every graph, with ONNX Runtime's thread spinning off and on.
 
-    nice -n 5 python benchmarks/graph_step.py --graph omniad=BUNDLE/decoder.onnx --graph genai=GENAI/model.onnx \
+    python benchmarks/graph_step.py --graph omniad=BUNDLE/decoder.onnx --graph genai=GENAI/model.onnx \
         [--past 140] [--repeats 20] [--threads 2] [--json FILE]
+
+The JSON also holds the load average at start and end, the machine and the device state (omniad_edge.devicestate).
 
 Inputs are random (the time of a step does not depend on the values): one new token attending over --past cached
 positions. omniad_edge's plain graph takes BSHD past (past_key.{i}), its fused graph (export --target ort) and
@@ -12,10 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omniad_edge import bench, devicestate  # noqa: E402
 
 
 def _session(path: str, threads: int, spinning: bool):
@@ -76,7 +84,9 @@ def main(argv=None) -> int:
     p.add_argument("--head-dim", type=int, default=64, help="for graphs that leave it symbolic")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    out = {"past": args.past, "threads": args.threads, "graphs": {}}
+    out = {"past": args.past, "threads": args.threads, "graphs": {}, "machine": bench.machine_info()}
+    recorder = devicestate.Recorder(usable_cores=out["machine"]["usable_cores"])
+    recorder.start()
     for item in args.graph:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
@@ -86,6 +96,9 @@ def main(argv=None) -> int:
             out["graphs"][f"{name} spinning={int(spinning)}"] = {**r, "path": path}
             print(f"{name:24s} spinning={int(spinning)}: median {r['median_ms']:.1f} ms, min {r['min_ms']:.1f} ms",
                   flush=True)
+    out["device_state"] = recorder.stop(frames=0)
+    out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    print(f"load average {out['machine'].get('load_average_1m')} at start, {out['load_average_1m_end']} at end")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

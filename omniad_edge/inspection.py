@@ -103,6 +103,7 @@ class Inspection:
     mask_refined: bool = False  # mask and boxes come from the refine stage, not the grid
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    decode_forwards: int = 0  # decoder runs after the prefill: the denominator of decode speed (bench.decode_speed)
     finish_reason: str = ""  # eos | length | mask_closed
     timings: dict[str, float] = field(default_factory=dict)  # ms per stage, see STAGES
     provider: str = ""
@@ -126,6 +127,7 @@ class Inspection:
             "mask_refined": bool(self.mask_refined),
             "prompt_tokens": int(self.prompt_tokens),
             "generated_tokens": int(self.generated_tokens),
+            "decode_forwards": int(self.decode_forwards),
             "finish_reason": self.finish_reason,
             "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
             "provider": self.provider,

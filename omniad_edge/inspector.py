@@ -476,7 +476,7 @@ class Inspector:
             defect_type=defect_type, anomaly_probability=probability, mask_refined=refined,
             explanation=explanation.strip() if explanation is not None else None, answer=answer, text=text,
             grid=grid, mask_repaired=repaired, prompt_tokens=generation.prompt_tokens,
-            generated_tokens=len(generation.ids), finish_reason=generation.finish_reason, timings=timings,
+            generated_tokens=len(generation.ids), decode_forwards=generation.forwards, finish_reason=generation.finish_reason, timings=timings,
             provider=self.backend.provider, options=dict(self.options, prefix_tokens=int(
                 generation.timings.get("prefix_len", 0))))
 

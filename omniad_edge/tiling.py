@@ -97,5 +97,6 @@ def merge(inspector, frame_shape: tuple[int, int], rects, tiles: list[Inspection
         defect_type=defect_type, explanation=lead.explanation, answer=lead.answer,
         text=lead.text, grid=tam.mask_to_grid(labels, inspector.codec.grid),
         mask_repaired=any(t.mask_repaired for t in tiles), prompt_tokens=sum(t.prompt_tokens for t in tiles),
-        generated_tokens=sum(t.generated_tokens for t in tiles), finish_reason=lead.finish_reason, timings=timings,
+        generated_tokens=sum(t.generated_tokens for t in tiles),
+        decode_forwards=sum(t.decode_forwards for t in tiles), finish_reason=lead.finish_reason, timings=timings,
         provider=lead.provider, options=options)

@@ -152,3 +152,21 @@ def test_command_line_writes_a_data_set(tmp_path, capsys):
     assert len(H.load_records(tmp_path / "d")) == 3
     assert H.main([str(tmp_path / "d"), "--synthetic", "1"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_command_line_writes_a_part_data_set_with_its_held_out_images(tmp_path, capsys):
+    from test_training_userdata import write_mvtec
+
+    root = write_mvtec(tmp_path / "mv", good=5, types=("crack",), per_type=2)
+    out = tmp_path / "d"
+    assert H.main([str(out), "--preset", "iad-r1", "--normal", str(root / "train" / "good"), "--defects", str(root),
+                   "--samples", "6", "--seed", "3"]) == 0
+    assert "6 training and" in capsys.readouterr().out
+    train, held = H.load_records(out, "train"), H.load_records(out, "eval")
+    assert len(train) == 6
+    # eval: each held-out good image, the same with a drawn defect, and the held-out real crack
+    assert sum(r["meta"]["anomalous"] for r in held) == sum(not r["meta"]["anomalous"] for r in held) + 1
+    assert any(r["meta"]["defect"] == "crack" for r in held)
+    with pytest.raises(SystemExit) as exc:
+        H.main([str(tmp_path / "e"), "--defects", str(root), "--synthetic", "1"])
+    assert exc.value.code == 2 and "--defects needs --normal" in capsys.readouterr().err

@@ -1,7 +1,13 @@
 """Training samples as chat records for Hugging Face trainers, and the collator that turns records into inputs of
 Qwen2VLForConditionalGeneration / Qwen2_5_VLForConditionalGeneration.
 
-    python -m training.hf_data OUT --preset judo --synthetic 400   # train.jsonl, eval.jsonl, images/, output_spec.json
+    python -m training.hf_data OUT --preset judo --normal GOOD_DIR [--defects MVTEC_DIR] --samples 2000
+    python -m training.hf_data OUT --preset judo --synthetic 400   # the project's synthetic parts, to try the recipe
+
+Both write train.jsonl, eval.jsonl, images/ and output_spec.json. From a part's own images (the data `omniad-edge
+adapt` reads: a folder of good images, optionally an MVTec AD-layout set with real defects), the training records
+are drawn by training/samples.py (good images, real defects, defects synthesised onto good images) and eval.jsonl
+holds the images held out from training, each good one also with a drawn defect.
 
 One JSONL line per sample, in the layout TRL's SFTTrainer and most vision-language fine-tuning scripts read:
 
@@ -38,8 +44,8 @@ from omniad_edge.errors import OmniADError
 
 from . import spec as S
 
-__all__ = ["DatasetError", "resolve_spec", "write_dataset", "load_records", "synthetic_samples", "ChatCollator",
-           "IMAGE_PAD", "SPEC_FILE"]
+__all__ = ["DatasetError", "resolve_spec", "write_dataset", "load_records", "synthetic_samples", "part_samples",
+           "ChatCollator", "IMAGE_PAD", "SPEC_FILE"]
 
 SPEC_FILE = "output_spec.json"
 SPLITS = ("train", "eval")
@@ -66,6 +72,18 @@ def synthetic_samples(n: int, size: int = 224, start: int = 0):
     return generate("train", n, start, size=size)
 
 
+def part_samples(normal_dir, defects_dir=None, n: int = 1000, seed: int = 0, augment: bool = False):
+    """(training samples, held-out samples) of a part: n drawn from its training images, and the held-out ones
+    (training/samples.py, as `omniad-edge adapt` uses them)."""
+    from .samples import SampleBuilder, load_part
+
+    if n < 1:
+        raise DatasetError(f"--samples must be at least 1, got {n}")
+    builder = SampleBuilder(load_part(normal_dir, defects_dir, seed=seed), augment=augment)
+    rng = np.random.default_rng(seed)
+    return [builder.draw(rng) for _ in range(n)], builder.held_out(seed + 1)
+
+
 def _label_grid(spec: dict, sample) -> np.ndarray:
     """The label grid of a sample under the spec: its defect's own label when the spec lists it, else the first
     foreground label (the presets have one class, "anomaly", for every defect)."""
@@ -87,10 +105,11 @@ def _record(spec: dict, image: str, target: str, meta: dict) -> dict:
 
 
 def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed: int = 0,
-                  overwrite: bool = False) -> dict:
+                  overwrite: bool = False, eval_samples=None) -> dict:
     """Write samples (objects with .image HxWx3 uint8 RGB, .mask HxW bool, .anomalous, .defect, as synth.Sample) as
-    a chat data set; returns {"train": n, "eval": m}. Written into a hidden sibling folder and renamed into place,
-    so an interrupted run leaves no half data set."""
+    a chat data set; returns {"train": n, "eval": m}. eval.jsonl holds `eval_samples` when given, else a random
+    `eval_fraction` of `samples`. Written into a hidden sibling folder and renamed into place, so an interrupted
+    run leaves no half data set."""
     from PIL import Image
 
     out = Path(out).absolute()
@@ -102,6 +121,8 @@ def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed:
     with staged(out) as tmp:
         (tmp / "images").mkdir()
         records = []
+        given = [] if eval_samples is None else list(eval_samples)
+        samples = list(samples) + given
         for i, sample in enumerate(samples):
             name = f"images/{i:06d}.png"
             Image.fromarray(np.asarray(sample.image, np.uint8)).save(tmp / name)
@@ -110,8 +131,11 @@ def write_dataset(samples, out, spec: dict, *, eval_fraction: float = 0.1, seed:
                                                         "defect": sample.defect}))
         if not records:
             raise DatasetError("no samples to write")
-        n_eval = int(round(len(records) * eval_fraction))
-        held = set(np.random.default_rng(seed).permutation(len(records))[:n_eval].tolist())
+        if eval_samples is None:
+            n_eval = int(round(len(records) * eval_fraction))
+            held = set(np.random.default_rng(seed).permutation(len(records))[:n_eval].tolist())
+        else:
+            held = set(range(len(records) - len(given), len(records)))
         for split in SPLITS:
             rows = [r for i, r in enumerate(records) if (i in held) == (split == "eval")]
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
@@ -257,16 +281,30 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="output grammar of the model family to fine-tune (export/presets.py)")
     ap.add_argument("--output-spec", metavar="FILE", default=None, help="JSON overriding the preset key by key")
-    ap.add_argument("--synthetic", type=int, required=True, metavar="N",
-                    help="N synthetic frames (omniad_edge.synth) as the samples")
-    ap.add_argument("--size", type=int, default=224, help="frame side in pixels (default 224)")
-    ap.add_argument("--eval-fraction", type=float, default=0.1, help="share held out in eval.jsonl (default 0.1)")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--normal", metavar="GOOD_DIR", help="a folder of good images of the part")
+    source.add_argument("--synthetic", type=int, metavar="N",
+                        help="N synthetic frames (omniad_edge.synth) as the samples")
+    ap.add_argument("--defects", metavar="MVTEC_DIR", help="with --normal: an MVTec AD-layout set with real defects")
+    ap.add_argument("--samples", type=int, default=1000, help="with --normal: training records to draw (default 1000)")
+    ap.add_argument("--augment", action="store_true",
+                    help="with --normal: flips and quarter turns (textures, parts without an orientation)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=224, help="with --synthetic: frame side in pixels (default 224)")
+    ap.add_argument("--eval-fraction", type=float, default=0.1,
+                    help="with --synthetic: share held out in eval.jsonl (default 0.1)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
+    if args.defects and not args.normal:
+        ap.error("--defects needs --normal")
     try:
         spec = resolve_spec(args.preset, args.output_spec)
-        counts = write_dataset(synthetic_samples(args.synthetic, args.size), args.out, spec,
-                               eval_fraction=args.eval_fraction, overwrite=args.overwrite)
+        if args.normal:
+            train, held = part_samples(args.normal, args.defects, args.samples, args.seed, args.augment)
+            counts = write_dataset(train, args.out, spec, overwrite=args.overwrite, eval_samples=held)
+        else:
+            counts = write_dataset(synthetic_samples(args.synthetic, args.size), args.out, spec,
+                                   eval_fraction=args.eval_fraction, seed=args.seed, overwrite=args.overwrite)
     except OmniADError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
