@@ -7,7 +7,8 @@ its loop? Same session options for every graph, with ONNX Runtime's thread spinn
 The JSON also holds the load average at start and end, the machine and the device state (omniad_edge.devicestate).
 
 Inputs are random (the time of a step does not depend on the values): one new token attending over --past cached
-positions. omniad_edge's graph takes BSHD past (past_key.{i}), onnxruntime-genai's BNSH (past_key_values.{i}.key).
+positions. omniad_edge's plain graph takes BSHD past (past_key.{i}), its fused graph (export --target ort) and
+onnxruntime-genai's BNSH (past_key.{i}, past_key_values.{i}.key); both BNSH graphs run with past and present apart.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def _feeds(session, past: int, rng, head_dim: int) -> dict:
             for dim in i.shape:
                 if isinstance(dim, int):
                     shape.append(dim)
-                elif "past" in str(dim):
+                elif "past" in str(dim) or "capacity" in str(dim):
+                    # a fused (BNSH) decoder given its past only, not a shared buffer: it copies the past into its
+                    # present output, as genai's graph does here; benchmarks/decoder_graphs.py binds it shared
                     shape.append(past)
                 elif "kv_cache_dim" in str(dim) or "head" in str(dim):  # genai leaves head_size symbolic
                     shape.append(head_dim)

@@ -10,6 +10,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from omniad_edge.errors import ExportError
+
 __all__ = ["export_graph", "save_onnx", "quiet_tools", "EXTERNAL_DATA_THRESHOLD"]
 
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
@@ -87,10 +89,12 @@ def _rename_dims(model, dim_names: dict[str, dict[int, str]]) -> None:
 
 
 def export_graph(module, args: tuple, input_names: list[str], output_names: list[str],
-                 dim_names: dict[str, dict[int, str]], prefer_dynamo: bool = True, log=None):
+                 dim_names: dict[str, dict[int, str]], prefer_dynamo: bool = True, log=None,
+                 fallback: str | None = "legacy"):
     """Export `module(*args)`; returns (onnx.ModelProto, info) with info = {"exporter": ..., "fallback_reason"}.
 
-    dim_names maps each input/output name to {axis: name} of its dynamic axes."""
+    dim_names maps each input/output name to {axis: name} of its dynamic axes. fallback=None: a dynamo failure is
+    an ExportError (for graphs only dynamo can write), its message the reason; else the legacy exporter is tried."""
     import torch
 
     log = log or (lambda msg: None)
@@ -113,7 +117,10 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
                                             verbose=False, report=False)
                 model = program.model_proto
         except Exception as exc:  # any exporter failure: fall back, and say why in the manifest
-            info = {"exporter": "legacy", "opset": OPSET, "fallback_reason": f"{type(exc).__name__}: {exc}"[:500]}
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if fallback is None:
+                raise ExportError(reason) from None
+            info = {"exporter": "legacy", "opset": OPSET, "fallback_reason": reason}
             log(f"dynamo export failed ({type(exc).__name__}); falling back to the legacy exporter")
     if model is None:
         import io

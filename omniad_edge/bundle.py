@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .contract import BUNDLE_FORMAT as FORMAT
-from .contract import MANIFEST, MANIFEST_KEYS
+from .contract import KV_LAYOUTS, MANIFEST, MANIFEST_KEYS, TARGETS, bundle_target, decoder_kv_layout
 from .errors import BundleError
 
 FORMAT_VERSIONS = (1,)
@@ -159,9 +159,13 @@ def _check_schema(root: Path, manifest: Any) -> None:
     for graph in ("vision", "decoder"):
         if not isinstance(manifest["graphs"][graph], dict) or "path" not in manifest["graphs"][graph]:
             raise BundleError(f"bundle {root}: manifest is missing required key graphs.{graph}.path")
-    layout = manifest["graphs"]["decoder"].get("kv_layout", "BSHD")
-    if layout != "BSHD":
-        raise BundleError(f"bundle {root}: graphs.decoder.kv_layout {layout!r} is not supported (expected 'BSHD')")
+    layout = decoder_kv_layout(manifest)
+    if layout not in KV_LAYOUTS:
+        raise BundleError(f"bundle {root}: graphs.decoder.kv_layout {layout!r} is not supported (expected one of "
+                          f"{list(KV_LAYOUTS)})")
+    target = bundle_target(manifest)
+    if target is not None and target not in TARGETS:
+        raise BundleError(f"bundle {root}: target {target!r} is not supported (expected one of {list(TARGETS)})")
 
 
 def load_bundle(path: str | Path | Bundle | None = None, *, verify: bool = True) -> Bundle:

@@ -147,6 +147,26 @@ def test_prefix_cache_with_references_matches_transformers(tiny_bundle, tiny_che
     assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
 
 
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_both_targets_match_transformers_in_a_batch_after_a_reference_prefix(request, tiny_checkpoint, manifest,
+                                                                               target):
+    """The onnxruntime backend runs bundles of either target: the fused decoder (in-place BNSH cache, a batched
+    multi-token step over the cached reference prefix, left padding) and the plain one give transformers' tokens."""
+    from omniad_edge import Inspector
+
+    bundle = request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain")
+    refs = [make_frame(64, 64, seed=50)]
+    ins = Inspector(bundle, mode="explain", reference=refs, threads=1, max_new_tokens=8)
+    assert ins.backend.kv_layout == ("BNSH" if target == "ort" else "BSHD")
+    frames = [make_frame(64, 92, seed=51), make_frame(120, 70, seed=52)]
+    results = ins.run_batch(frames)
+    assert results[0].options["prefix_tokens"] > 0
+    eos = set(manifest["tokens"]["eos"])
+    for frame, result in zip(frames, results):
+        (expected,), _ = _hf_tokens(tiny_checkpoint, manifest, [_prompt_ids(ins, frame)], [[refs[0], frame]], 8)
+        assert result.text == ins.tokenizer.decode(_strip_eos(expected, eos))
+
+
 def test_batch_equals_one_by_one(inspector):
     frames = [make_frame(64, 64, seed=30), make_frame(100, 60, seed=31), make_frame(84, 140, seed=32)]
     batch = inspector.run_batch(frames)
