@@ -408,3 +408,27 @@ def test_fused_decoder_binds_the_same_way_on_every_path(tiny_bundle, batch):
         for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
             np.testing.assert_array_equal(a[..., :9, :], b[..., :9, :])
             assert not a[..., 9:, :].any()  # slots past the sequence untouched
+
+
+def test_a_fused_decoder_on_cuda_warns_that_its_attention_runs_on_the_cpu(tiny_bundle, tiny_bundle_plain,
+                                                                          monkeypatch, caplog):
+    """GroupQueryAttention has no float32 CUDA kernel: the user learns it, with the fix, at load time."""
+    real = OnnxRuntimeBackend._session
+
+    class OnCuda:  # the decoder session as ONNX Runtime reports it when CUDA took the graph
+        def __init__(self, session):
+            self._session = session
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_session",
+                        lambda self, path, what: OnCuda(real(self, path, what)) if what == "decoder"
+                        else real(self, path, what))
+    OnnxRuntimeBackend(load_bundle(tiny_bundle_plain), threads=1, native=False)
+    assert "GroupQueryAttention" not in caplog.text
+    OnnxRuntimeBackend(load_bundle(tiny_bundle), threads=1, native=False)
+    assert "runs on the CPU beside CUDA" in caplog.text and "--target tensorrt" in caplog.text

@@ -249,6 +249,11 @@ class OnnxRuntimeBackend:
             self.decoder = None
             self.provider = "CPUExecutionProvider"
             io = (self.native.inputs, self.native.outputs)
+        if self.kv_layout == "BNSH" and self.provider == "CUDAExecutionProvider":
+            log.warning("%s: this decoder's GroupQueryAttention is float32 and ONNX Runtime's CUDA kernels are "
+                        "float16/bfloat16 only, so the attention runs on the CPU beside CUDA (correct, not fast): "
+                        "for a CUDA station re-export with --target tensorrt (standard ops, all on the GPU)",
+                        bundle.decoder_path.name)
         log.info("%s %s: decoder on %s (%s decode step), vision on %s", self.runtime["package"], ort.__version__,
                  self.provider, "native" if self.native is not None else "Python", self.vision.get_providers()[0])
         self._check_decoder_io(*io)
