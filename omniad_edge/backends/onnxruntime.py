@@ -249,7 +249,7 @@ class OnnxRuntimeBackend:
             self.decoder = None
             self.provider = "CPUExecutionProvider"
             io = (self.native.inputs, self.native.outputs)
-        if self.kv_layout == "BNSH" and self.provider == "CUDAExecutionProvider":
+        if self.kv_layout == "BNSH" and self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
             log.warning("%s: this decoder's GroupQueryAttention is float32 and ONNX Runtime's CUDA kernels are "
                         "float16/bfloat16 only, so the attention runs on the CPU beside CUDA (correct, not fast): "
                         "for a CUDA station re-export with --target tensorrt (standard ops, all on the GPU)",
