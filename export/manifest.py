@@ -220,11 +220,13 @@ def file_entries(bundle_dir: Path) -> dict:
 
 
 def build_manifest(*, name: str, precision: str, model: dict, tokens: dict, preprocess: dict, spec: dict,
-                   graphs: dict, embed: dict, files: dict, exporter: dict, has_chat_template: bool) -> dict:
+                   graphs: dict, embed: dict, files: dict, exporter: dict, has_chat_template: bool,
+                   target: str = "ort") -> dict:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
+        "target": target,
         "precision": precision,
         "model": model,
         "tokens": tokens,

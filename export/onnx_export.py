@@ -11,6 +11,8 @@ import logging
 import warnings
 from pathlib import Path
 
+from omniad_edge.errors import ExportError
+
 __all__ = ["export_graph", "save_onnx", "quiet_tools", "EXTERNAL_DATA_THRESHOLD"]
 
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
@@ -89,11 +91,12 @@ def _rename_dims(model, dim_names: dict[str, dict[int, str]]) -> None:
 
 def export_graph(module, args: tuple, input_names: list[str], output_names: list[str],
                  dim_names: dict[str, dict[int, str]], path, prefer_dynamo: bool = True, log=None,
-                 threshold: int | None = None) -> dict:
+                 threshold: int | None = None, fallback: str | None = "legacy") -> dict:
     """Export `module(*args)` to the ONNX file `path` (weights in `path`.data when they exceed `threshold` bytes,
     EXTERNAL_DATA_THRESHOLD by default); returns info = {"exporter": ..., "opset", "fallback_reason"}.
 
-    dim_names maps each input/output name to {axis: name} of its dynamic axes."""
+    dim_names maps each input/output name to {axis: name} of its dynamic axes. fallback=None: a dynamo failure is
+    an ExportError (for graphs only dynamo can write), its message the reason; else the legacy exporter is tried."""
     import onnx
     import torch
 
@@ -118,7 +121,10 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
                                             output_names=output_names, dynamic_shapes=specs, opset_version=OPSET,
                                             verbose=False, report=False)
         except Exception as exc:  # any exporter failure: fall back, and say why in the manifest
-            info = {"exporter": "legacy", "opset": OPSET, "fallback_reason": f"{type(exc).__name__}: {exc}"[:500]}
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if fallback is None:
+                raise ExportError(reason) from None
+            info = {"exporter": "legacy", "opset": OPSET, "fallback_reason": reason}
             log(f"dynamo export failed ({type(exc).__name__}); falling back to the legacy exporter")
     if program is None:
         import io

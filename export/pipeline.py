@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from omniad_edge.contract import DECODER_INPUTS, LOGITS, VISION_OUTPUT, decoder_input_names, decoder_output_names
+from omniad_edge.contract import (DECODER_INPUTS, LOGITS, TARGETS, VISION_OUTPUT, decoder_input_names,
+                                  decoder_output_names)
 from omniad_edge.errors import ExportError
 
 from .checkpoint import inspect_checkpoint, load_model
@@ -31,6 +32,7 @@ VISION_ATTENTION = ("auto", "plain")
 @dataclass
 class ExportOptions:
     precision: str = "fp32"
+    target: str = "ort"  # "ort": ONNX Runtime's fused contrib ops; "tensorrt": standard ONNX ops only (TENSORRT.md)
     max_image_tokens: int = 1280
     output_spec: str | os.PathLike | None = None
     preset: str | None = None  # export/presets.py: omniad | judo | iad-r1 | anomaly-r1; output_spec overrides it
@@ -41,7 +43,7 @@ class ExportOptions:
     int4_block_size: int = 32
     int4_accuracy_level: int = 4  # MatMulNBits compute: 4 int8 activations (genai's CPU choice), 0 float32
     int4_keep_lm_head: bool = False  # True leaves the output projection float32 (4x its int4 bytes)
-    int4_format: str = "matmulnbits"  # or "qdq": DequantizeLinear + MatMul, readable beyond ONNX Runtime
+    int4_format: str | None = None  # "matmulnbits" (target ort) or "qdq": DequantizeLinear + MatMul (tensorrt)
     fp32_vision_mlp_blocks: int = 2
     vision_attention: str = "auto"  # "plain": standard ONNX ops only (TensorRT; int4 qdq bundles); graphs.py
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
@@ -60,12 +62,28 @@ class _Progress:
 def _check_options(opts: ExportOptions) -> str:
     if opts.precision not in PRECISIONS:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
+    if opts.target not in TARGETS:
+        raise ExportError(f"target must be one of {TARGETS}, got {opts.target!r}")
+    if opts.target == "ort" and not opts.prefer_dynamo:
+        raise ExportError("target ort needs the dynamo exporter (the legacy one cannot write GroupQueryAttention); "
+                          "drop --legacy-exporter or export with --target tensorrt")
+    if opts.int4_format is None:
+        opts.int4_format = "qdq" if opts.target == "tensorrt" else "matmulnbits"
+    if opts.target == "tensorrt":
+        if opts.precision == "int8":
+            raise ExportError("target tensorrt: int8 bundles use ONNX Runtime's dynamic quantisation, which TensorRT "
+                              "cannot parse; export fp32, fp16 or int4 for TensorRT")
+        if opts.precision == "int4" and opts.int4_format == "matmulnbits":
+            raise ExportError("target tensorrt: int4_format 'matmulnbits' is an ONNX Runtime contrib op; use 'qdq'")
     # int4 "qdq" bundles aim at runtimes that cannot read ONNX Runtime's MatMulInteger: keep their vision fp32
     qdq = opts.precision == "int4" and opts.int4_format == "qdq"
     default = {"fp16": "fp16", "int8": "int8", "int4": "fp32" if qdq else "int8"}.get(opts.precision, "fp32")
     vision = opts.vision_precision or default
     if vision not in VISION_PRECISIONS:
         raise ExportError(f"vision_precision must be one of {VISION_PRECISIONS}, got {vision!r}")
+    if opts.target == "tensorrt" and vision == "int8":
+        raise ExportError("target tensorrt: an int8 vision graph uses ONNX Runtime's dynamic quantisation, which "
+                          "TensorRT cannot parse; use vision_precision fp32 or fp16")
     if opts.embed_dtype not in ("float32", "float16"):
         raise ExportError(f"embed_dtype must be 'float32' or 'float16', got {opts.embed_dtype!r}")
     block = opts.int4_block_size
@@ -112,39 +130,51 @@ def _export_vision(model, model_cfg, dtype, opts, log, path, threshold):
     from .graphs import VisionGraph
     from .onnx_export import export_graph
 
-    # int4 "qdq" bundles aim at runtimes without ONNX Runtime's contrib ops: "auto" means plain there
-    qdq = opts.precision == "int4" and opts.int4_format == "qdq"
+    # int4 "qdq" and tensorrt bundles aim at runtimes without ONNX Runtime's contrib ops: "auto" means plain there
+    plain = (opts.precision == "int4" and opts.int4_format == "qdq") or opts.target == "tensorrt"
     graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks,
-                        attention="plain" if qdq else opts.vision_attention, weights="in_place").eval()
+                        attention="plain" if plain else opts.vision_attention, weights="in_place").eval()
     names = graph.input_names
     args = _sample_vision_inputs(model_cfg, names)
     info = export_graph(graph, args, names, [VISION_OUTPUT], _VISION_DIMS, path, opts.prefer_dynamo, log, threshold)
     return {**info, "attention": graph.attention_forms(info["exporter"])}
 
 
-def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold):
+def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed: bool = True):
+    """packed=False keeps separate q/k/v and gate/up projections in the fused decoder (for benchmarks only)."""
     import torch
 
-    from .graphs import DecoderGraph
+    from .graphs import DecoderGraph, FusedDecoderGraph
     from .onnx_export import export_graph
 
+    fused = opts.target == "ort"
     # int4: weights stay as loaded behind a Cast, the quantizer upcasts them one at a time; else converted in place
     weights = "cast" if opts.precision == "int4" else "in_place"
-    graph = DecoderGraph(model, dtype=dtype, weights=weights).eval()
+    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed, weights=weights) if fused
+             else DecoderGraph(model, dtype=dtype, weights=weights)).eval()
     layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
     b, s, p = 2, 5, 3  # sizes > 1 so the exporter keeps batch, seq and past dynamic
     gen = torch.Generator().manual_seed(0)
-    past = tuple(torch.randn(b, p, kv, hd, generator=gen) for _ in range(2 * layers))
+    kv_shape = (b, kv, p, hd) if fused else (b, p, kv, hd)
+    past = tuple(torch.randn(*kv_shape, generator=gen) for _ in range(2 * layers))
     args = (torch.randn(b, s, model_cfg["hidden_size"], generator=gen),
             (torch.arange(s) + p).view(1, 1, s).expand(3, b, s).contiguous(),
             torch.ones(b, p + s, dtype=torch.long), past)
-    in_names, out_names = decoder_input_names(layers), decoder_output_names(layers)
+    in_names = decoder_input_names(layers)
+    out_names = decoder_output_names(layers, "BNSH" if fused else "BSHD")
     embeds, positions, mask = DECODER_INPUTS
     dims = {embeds: {0: "batch", 1: "seq"}, positions: {1: "batch", 2: "seq"}, mask: {0: "batch", 1: "total"},
             LOGITS: {0: "batch"}}
-    dims.update({n: {0: "batch", 1: "past"} for n in in_names[len(DECODER_INPUTS):]})
-    dims.update({n: {0: "batch", 1: "seq"} for n in out_names[1:]})
-    return export_graph(graph, args, in_names, out_names, dims, path, opts.prefer_dynamo, log, threshold)
+    # fused: past and present are the same (B, KV, capacity, hd) buffer when bound as the contract says
+    dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "past"}
+                 for n in in_names[len(DECODER_INPUTS):]})
+    dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "seq"} for n in out_names[1:]})
+    try:
+        return export_graph(graph, args, in_names, out_names, dims, path, opts.prefer_dynamo, log, threshold,
+                            fallback=None if fused else "legacy")
+    except ExportError as exc:  # only the fused decoder refuses the fallback
+        raise ExportError(f"target ort: the dynamo exporter failed on the decoder ({exc}); export with --target "
+                          "tensorrt for the plain decoder") from None
 
 
 def _quantize(source: Path, out: Path, precision: str, opts: ExportOptions, log) -> None:
@@ -245,6 +275,11 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
             _quantize(source, tmp / f"{graph}.onnx", precisions[graph], opts, log)
         shutil.rmtree(scratch, ignore_errors=True)
         decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
+        if opts.target == "ort":
+            from .graphs import DECODER_CONTRIB_OPS
+
+            decoder_graph.update(kv_layout="BNSH", attention="com.microsoft.GroupQueryAttention",
+                                 contrib_ops=list(DECODER_CONTRIB_OPS))
         if opts.precision == "int4":
             # accuracy_level only exists for MatMulNBits; the qdq form runs at whatever the reading runtime chooses
             int4 = {"format": opts.int4_format, "block_size": opts.int4_block_size, "symmetric": True,
@@ -265,7 +300,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
                                "attention": graph_info["vision"]["attention"]},
                     "decoder": decoder_graph},
             embed=embed, files=file_entries(tmp), exporter=exporter_section(checkpoint.path.name, graph_info),
-            has_chat_template=checkpoint.chat_template is not None)
+            has_chat_template=checkpoint.chat_template is not None, target=opts.target)
         write_manifest(tmp, manifest)
         _place(tmp, out, opts.overwrite)
     except BaseException:

@@ -1,12 +1,15 @@
 """`omniad-edge bench`: per-stage latency of Inspector.run on one bundle, as a Markdown table (and JSON).
 
     omniad-edge bench [BUNDLE] [--frames 20] [--warmup 2] [--mode detect|explain] [--provider cpu] [--json FILE]
+        [--markdown FILE]
 
 Stages (ms): preprocess, vision, prefill, decode per token, Text-as-Mask decode, postprocess, end to end; each as
-min / p50 / p90 / p99 over the measured frames (warm-up frames are dropped). Also tokens per second, the share of
-the decode loop spent outside the decoder's session run (host overhead), peak resident memory, device memory where
-a GPU provider runs, the machine and the library versions. Frames are synthetic parts (omniad_edge.synth), so runs
-are reproducible. The figures are measurements, never assertions: compare runs of the same machine.
+min / p50 / p90 / p99 over the measured frames (warm-up frames are dropped). Also tokens per second (both decode
+figures from decoder forwards: `decode_speed`), the share of the decode loop spent outside the decoder's session
+run (host overhead), peak resident memory, device memory where a GPU provider runs, the device's state over the
+measured frames (power mode, clocks, temperature, energy per frame, load: omniad_edge.devicestate, with its
+warnings), the machine and the library versions. Frames are synthetic parts (omniad_edge.synth), so runs are
+reproducible. The figures are measurements, never assertions: compare runs of the same machine.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .contract import output_blocks
 from .errors import OmniADError
 
 __all__ = ["BenchError", "summarize", "percentile", "markdown_table", "machine_info", "library_versions",
-           "peak_rss_mib", "ForwardTimer", "run_bench", "format_report", "add_parser", "main"]
+           "peak_rss_mib", "decode_speed", "ForwardTimer", "run_bench", "format_report", "add_parser", "main"]
 
 STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "tam_decode", "postprocess", "total")
 STAGE_TITLES = {"preprocess": "preprocess", "vision": "vision", "prefill": "prefill",
@@ -172,6 +175,23 @@ def device_memory_mib() -> float | None:
 
 
 # -- measurement -----------------------------------------------------------------------------------------------
+def decode_speed(decode_ms: float, forwards: int) -> dict | None:
+    """Decode speed of one generation: {"ms_per_token", "tokens_per_s"}, both per decoder forward.
+
+    The one definition used by `omniad-edge bench` and benchmarks/compare.py, for every runtime compared. decode_ms
+    is the wall time from the prefill's logits to the last token; forwards the decoder runs in it. The first token
+    is sampled from the prefill's logits and costs no forward, so dividing by generated tokens would report a detect
+    frame of 2 tokens and 1 forward at twice its speed; forced tokens fed in one run count once. None when no
+    forward ran (a generation of one token)."""
+    if isinstance(forwards, bool) or not isinstance(forwards, int) or forwards < 0:
+        raise BenchError(f"forwards must be an int >= 0, got {forwards!r}")
+    if not math.isfinite(decode_ms) or decode_ms < 0:
+        raise BenchError(f"decode_ms must be finite and >= 0, got {decode_ms!r}")
+    if forwards == 0 or decode_ms == 0:
+        return None
+    return {"ms_per_token": decode_ms / forwards, "tokens_per_s": forwards / (decode_ms / 1e3)}
+
+
 class ForwardTimer:
     """Splits the decode loop's time into the decoder graph run and everything else (the host loop overhead).
 
@@ -233,7 +253,7 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
     """Run Inspector.run on warmup + frames synthetic frames; returns the JSON-ready result (see format_report)."""
     check_options(frames=frames, warmup=warmup, mode=mode, size=size, max_new_tokens=max_new_tokens,
                   references=references, threads=threads)
-    from . import synth
+    from . import devicestate, synth
     from .inspector import Inspector
 
     height, width = size
@@ -250,8 +270,11 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
     codec = inspector.codec
 
     per_stage = {k: [] for k in STAGES}
-    tokens_per_s, overhead, generated, prompt_tokens, finish, tam_sources = [], [], [], [], {}, set()
+    tokens_per_s, overhead, generated, forwards, prompt_tokens, finish, tam_sources = [], [], [], [], [], {}, set()
+    recorder = devicestate.Recorder(usable_cores=machine_info()["usable_cores"])
     for i, sample in enumerate(samples):
+        if i == warmup:
+            recorder.start()
         timer.reset()
         result = inspector.run(sample.image)
         if i < warmup:
@@ -259,10 +282,10 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
         t = result.timings
         for k in ("preprocess", "vision", "prefill", "postprocess", "total"):
             per_stage[k].append(t[k])
-        n = result.generated_tokens
-        if n > 0:
-            per_stage["decode_per_token"].append(t["decode"] / n)
-            tokens_per_s.append(n / (t["decode"] / 1e3))
+        speed = decode_speed(t["decode"], result.decode_forwards)
+        if speed is not None:
+            per_stage["decode_per_token"].append(speed["ms_per_token"])
+            tokens_per_s.append(speed["tokens_per_s"])
         inside, steps = timer.decode_session_ms()
         if steps and t["decode"] > 0:
             overhead.append(100.0 * max(0.0, t["decode"] - inside) / t["decode"])
@@ -273,10 +296,12 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
         else:
             tam_sources.add("generated mask text")
         per_stage["tam_decode"].append(_tam_decode_ms(codec, mask_text))
-        generated.append(n)
+        generated.append(result.generated_tokens)
+        forwards.append(result.decode_forwards)
         prompt_tokens.append(result.prompt_tokens)
         finish[result.finish_reason] = finish.get(result.finish_reason, 0) + 1
 
+    device_state = recorder.stop(frames)
     bundle_info = inspector.bundle
     return {
         "bundle": {"name": bundle_info.name, "path": str(bundle_info.root), "precision": bundle_info.precision,
@@ -293,11 +318,13 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
         "tokens_per_s": summarize(tokens_per_s) if tokens_per_s else None,
         "decode_overhead_pct": summarize(overhead) if overhead else None,
         "generated_tokens": summarize(generated),
+        "decode_forwards": summarize(forwards),
         "prompt_tokens": summarize(prompt_tokens),
         "finish_reasons": finish,
         "tam_decode_source": sorted(tam_sources),
         "peak_rss_mib": peak_rss_mib(),
         "device_memory_mib": device_memory_mib() if inspector.backend.provider != "CPUExecutionProvider" else None,
+        "device_state": device_state,
         "machine": machine_info(),
         "libraries": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -330,7 +357,10 @@ def format_report(result: dict) -> str:
              markdown_table(["stage (ms)", "min", "p50", "p90", "p99"], rows, digits=3), ""]
     if result["tokens_per_s"]:
         tps = result["tokens_per_s"]
-        lines.append(f"- decode: {tps['p50']:.1f} tokens/s (p50; min {tps['min']:.1f})")
+        per_frame = (result.get("decode_forwards") or {}).get("p50")
+        lines.append(f"- decode: {tps['p50']:.1f} tokens/s (p50; min {tps['min']:.1f}), per decoder forward"
+                     + (f" ({per_frame:.0f} per frame, p50)" if per_frame is not None else "")
+                     + ": the first token, sampled from the prefill's logits, is not counted")
     if result["decode_overhead_pct"]:
         lines.append(f"- decode loop outside the session run: {result['decode_overhead_pct']['p50']:.2f}% (p50)")
     if "tam_decode" in result["stages_ms"]:
@@ -338,6 +368,10 @@ def format_report(result: dict) -> str:
     device = result["device_memory_mib"]
     lines.append(f"- peak resident memory {result['peak_rss_mib']:.0f} MiB"
                  + (f", device memory {device:.0f} MiB" if device is not None else ", no device memory (CPU)"))
+    if result.get("device_state"):
+        from .devicestate import describe
+
+        lines += describe(result["device_state"])
     lines.append(f"- machine: {m['cpu']}, {m['usable_cores']}/{m['logical_cores']} cores usable, "
                  f"{m.get('memory_gib', '?')} GiB, load {m.get('load_average_1m', '?')}; {m['os']}")
     lines.append("- libraries: " + ", ".join(f"{k} {v}" for k, v in result["libraries"].items()))
@@ -375,6 +409,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_arg_int(0), default=0,
                    help="first synthetic frame, counted from synth.FIRST_UNSEEN_SEED (frames never trained on)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="also write the printed report to FILE")
     return p
 
 
@@ -398,9 +433,11 @@ def main(args=None) -> int:
     result = run_bench(args.bundle, frames=args.frames, warmup=args.warmup, mode=args.mode, providers=args.provider,
                        threads=args.threads, max_new_tokens=args.max_new_tokens, size=tuple(args.size),
                        references=args.references, seed=args.seed)
-    print(format_report(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1))
+    report = format_report(result)
+    print(report)
+    for name, text in ((args.json, json.dumps(result, indent=1)), (args.markdown, report + "\n")):
+        if name:
+            path = Path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .contract import BUNDLE_FORMAT as FORMAT
-from .contract import MANIFEST, MANIFEST_KEYS
+from .contract import KV_LAYOUTS, MANIFEST, MANIFEST_KEYS, TARGETS, bundle_target, decoder_kv_layout
 from .errors import BundleError
 
 FORMAT_VERSIONS = (1,)
@@ -86,6 +86,11 @@ class Bundle:
         return self.path(self.graphs["decoder"]["path"])
 
     @property
+    def refine(self) -> dict | None:
+        """graphs.refine (the optional mask refinement graph, omniad_edge/refine.py), or None."""
+        return self.graphs.get("refine")
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path(self.manifest["tokenizer"]["path"])
 
@@ -154,9 +159,13 @@ def _check_schema(root: Path, manifest: Any) -> None:
     for graph in ("vision", "decoder"):
         if not isinstance(manifest["graphs"][graph], dict) or "path" not in manifest["graphs"][graph]:
             raise BundleError(f"bundle {root}: manifest is missing required key graphs.{graph}.path")
-    layout = manifest["graphs"]["decoder"].get("kv_layout", "BSHD")
-    if layout != "BSHD":
-        raise BundleError(f"bundle {root}: graphs.decoder.kv_layout {layout!r} is not supported (expected 'BSHD')")
+    layout = decoder_kv_layout(manifest)
+    if layout not in KV_LAYOUTS:
+        raise BundleError(f"bundle {root}: graphs.decoder.kv_layout {layout!r} is not supported (expected one of "
+                          f"{list(KV_LAYOUTS)})")
+    target = bundle_target(manifest)
+    if target is not None and target not in TARGETS:
+        raise BundleError(f"bundle {root}: target {target!r} is not supported (expected one of {list(TARGETS)})")
 
 
 def load_bundle(path: str | Path | Bundle | None = None, *, verify: bool = True) -> Bundle:
@@ -212,6 +221,16 @@ def load_bundle(path: str | Path | Bundle | None = None, *, verify: bool = True)
         "embed_tokens.path": manifest["embed_tokens"]["path"],
         "tokenizer.path": manifest["tokenizer"]["path"],
     }
+    refine = manifest["graphs"].get("refine")
+    if refine is not None:
+        if not isinstance(refine, dict) or not isinstance(refine.get("path"), str):
+            raise BundleError(f"bundle {root}: graphs.refine must be an object with a 'path'")
+        for key, low, high in (("size", 4, 4096), ("dilate", 0, 16)):
+            value = refine.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise BundleError(f"bundle {root}: graphs.refine.{key} must be an int in {low}..{high}, "
+                                  f"got {value!r}")
+        referenced["graphs.refine.path"] = refine["path"]
     for what, relative in referenced.items():
         _contained(root, relative, what)
         if relative not in files:

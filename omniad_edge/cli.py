@@ -6,6 +6,7 @@
     omniad-edge demo --out demo_out
     omniad-edge export CHECKPOINT_DIR BUNDLE_DIR [--precision fp16 ...]      (extra `export`: torch, transformers)
     omniad-edge build-engine BUNDLE [...]                                     (TensorRT)
+    omniad-edge adapt GOOD_DIR --out BUNDLE [--defects MVTEC_DIR] [--minutes N]   (extra `train`: fine-tune)
 
 Exit codes: 0 success, 1 runtime/backend failure, 2 bad input (arguments, frames, bundle).
 """
@@ -20,6 +21,9 @@ from ._version import __version__
 from .errors import BackendError, OmniADError
 
 EXPORT_HINT = "the export command needs torch and transformers: pip install omniad-edge[export]"
+ADAPT_HINT = ("the adapt command needs the training extra (torch, transformers, onnx, onnxscript, tqdm): "
+              "pip install omniad-edge[train]")
+ADAPT_NEEDS = ("torch", "transformers", "onnx", "onnxscript", "tqdm")
 
 
 def _inspect(args) -> int:
@@ -148,6 +152,23 @@ def _export(args) -> int:
     return int(export_main(args.export_args) or 0)
 
 
+def _adapt(args) -> int:
+    import importlib.util
+
+    missing = [name for name in ADAPT_NEEDS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"{ADAPT_HINT} (missing: {', '.join(missing)})", file=sys.stderr)
+        return 2
+    from training.adapt import run
+
+    try:
+        run(args)
+    except KeyboardInterrupt:  # outside training (which checkpoints and says how to resume): nothing to keep
+        print(f"adapt: stopped by user; {args.out} was not written or changed", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omniad-edge", description="OmniAD-style industrial anomaly inspection "
                                      "on edge devices.")
@@ -214,6 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("export_args", nargs=argparse.REMAINDER)
     p.set_defaults(run=_export)
+
+    try:  # the training package ships with the SDK; its argument parsing needs no torch
+        from training.adapt import add_arguments
+    except ImportError:
+        add_arguments = None
+    if add_arguments is not None:
+        p = sub.add_parser("adapt", help="fine-tune the model on your part's good images (extra `train`)")
+        add_arguments(p)
+        p.set_defaults(run=_adapt)
 
     from .tensorrt import cli as build_engine
 

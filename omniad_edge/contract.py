@@ -12,8 +12,14 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
-           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names", "new_names", "decoder_input_names", "decoder_output_names",
-           "OUTPUT_SECTIONS", "output_blocks"]
+           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names",
+           "new_names", "present_names", "decoder_input_names", "decoder_output_names", "TARGETS", "bundle_target",
+           "KV_LAYOUTS", "decoder_kv_layout", "REFINE_INPUT", "REFINE_OUTPUT", "OUTPUT_SECTIONS", "output_blocks",
+           "MAX_ASPECT"]
+
+# Qwen2-VL / Qwen2.5-VL image processors refuse frames with an aspect ratio above this; frame.py, preprocess.py and
+# the TensorRT vision profile (the most windows a frame can span) all rely on it.
+MAX_ASPECT = 200
 
 # -- the bundle -------------------------------------------------------------------------------------------------
 BUNDLE_FORMAT = "omniad-edge-bundle"
@@ -36,6 +42,17 @@ MANIFEST_KEYS: Mapping[str, tuple[str, ...] | None] = {
     "tokenizer": ("path",),
 }
 
+# Optional top-level key: the runtime the graphs were exported for (export --target). "ort": ONNX Runtime's fused
+# contrib ops (GroupQueryAttention decoder, fused vision attention); "tensorrt": standard ONNX ops only. Bundles
+# written before the key existed have none: their decoder is the plain BSHD one.
+TARGETS = ("ort", "tensorrt")
+
+
+def bundle_target(manifest: Mapping) -> str | None:
+    """The manifest's target, None for bundles exported before targets existed."""
+    return manifest.get("target")
+
+
 # -- graph I/O ----------------------------------------------------------------------------------------------------
 # Vision: every index array is computed on the host (preprocess.vision_indices), so one graph serves every size.
 # Graphs exported before the grouped attention (dense segment masks):
@@ -54,10 +71,18 @@ def vision_input_names(manifest: Mapping) -> tuple[str, ...]:
     return GROUPED_VISION_INPUTS if manifest["model"]["vision"].get("window_size") else GROUPED_VISION_INPUTS[:4]
 
 
-# Decoder: inputs_embeds, 3-D mrope position_ids, attention_mask, then the past K/V per layer (BSHD); outputs the
-# last position's logits and only the new K/V entries.
+# Decoder: inputs_embeds, 3-D mrope position_ids, attention_mask, then the past K/V per layer; outputs the last
+# position's logits and K/V per layer. graphs.decoder.kv_layout names the form (DESIGN.md, decoder graph):
+# "BSHD": past (B, P, KV, hd) holds the valid past only; outputs new_key/new_value (B, S, KV, hd), the new entries.
+# "BNSH": past (B, KV, M, hd) is the whole cache buffer of capacity M; outputs present_key/present_value bound to the
+#         same buffer, which the graph (GroupQueryAttention) updates in place at slots [T - S, T).
 DECODER_INPUTS = ("inputs_embeds", "position_ids", "attention_mask")
 LOGITS = "logits"
+KV_LAYOUTS = ("BSHD", "BNSH")
+
+
+def decoder_kv_layout(manifest: Mapping) -> str:
+    return manifest["graphs"]["decoder"].get("kv_layout", "BSHD")
 
 
 def past_names(layer: int) -> tuple[str, str]:
@@ -70,14 +95,25 @@ def new_names(layer: int) -> tuple[str, str]:
     return f"new_key.{layer}", f"new_value.{layer}"
 
 
+def present_names(layer: int) -> tuple[str, str]:
+    """(present key, present value) output names of one layer of a BNSH decoder (the updated cache buffers)."""
+    return f"present_key.{layer}", f"present_value.{layer}"
+
+
 def decoder_input_names(num_layers: int) -> list[str]:
     """All decoder inputs in graph order: DECODER_INPUTS, then past key and value of layer 0, 1, ..."""
     return [*DECODER_INPUTS, *(name for i in range(num_layers) for name in past_names(i))]
 
 
-def decoder_output_names(num_layers: int) -> list[str]:
-    """All decoder outputs in graph order: logits, then new key and value of layer 0, 1, ..."""
-    return [LOGITS, *(name for i in range(num_layers) for name in new_names(i))]
+def decoder_output_names(num_layers: int, kv_layout: str = "BSHD") -> list[str]:
+    """All decoder outputs in graph order: logits, then new (BSHD) or present (BNSH) key and value of layer 0, 1, ..."""
+    names = present_names if kv_layout == "BNSH" else new_names
+    return [LOGITS, *(name for i in range(num_layers) for name in names(i))]
+
+
+# Refine (optional, graphs.refine): the frame and the coarse mask -> pixel logits (omniad_edge/refine.py).
+REFINE_INPUT = "image"  # float32 (1, 4, h, w): RGB / 255 - 0.5, then the coarse mask upsampled to (h, w)
+REFINE_OUTPUT = "logits"  # float32 (1, 1, h, w)
 
 
 # -- the output's tagged blocks ------------------------------------------------------------------------------------

@@ -24,3 +24,13 @@ class ExportError(OmniADError, ValueError):
 
 class InspectorClosedError(OmniADError, RuntimeError):
     """The Inspector was closed (close() or the end of its `with` block); create a new one."""
+
+
+class DataError(OmniADError, ValueError):
+    """A training data set cannot be used: no images, unreadable or mixed-size images, masks that do not match their
+    images, defects without good images (raised by training/, `omniad-edge adapt`)."""
+
+
+class AdaptError(OmniADError, RuntimeError):
+    """Fine-tuning on a user's part cannot go on or would ship a worse model: a budget too small to learn anything,
+    a resume state from other inputs, an output that already exists."""

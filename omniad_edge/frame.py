@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from .contract import MAX_ASPECT
 from .errors import FrameError
 
 MIN_SIDE = 14
 MAX_PIXELS = 100_000_000
-MAX_ASPECT = 200
 
 
 def _check_size(h: int, w: int, what: str) -> None:

@@ -19,7 +19,8 @@ Score: the probability that the model writes the empty mask, P(E) with E = token
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output
 leaves E at step j, the score uses P(E[:j+1]) (the model's probability of staying on the empty text there), an upper
 bound of P(E) that needs no extra forward; when the output is E, it is P(E) exactly. score = 1 - that probability,
-continuous in [0, 1], so AUROC needs no threshold on the text.
+continuous in [0, 1], so AUROC needs no threshold on the text. It becomes `Inspection.anomaly_probability`;
+`Inspection.score` is put on the verdict's side of 0.5 (inspection.verdict_score), which the greedy text may not be.
 
 Answer-only models (think + answer, no mask) have no empty-mask text; their score is the model's own
 P(anomalous answer) / P(any answer) at the token where the answer starts (`AnswerProbe`), read from the logits the

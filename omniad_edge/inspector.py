@@ -28,10 +28,10 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .contract import output_blocks
-from .errors import InspectorClosedError, OmniADError
+from .errors import BackendError, InspectorClosedError, OmniADError
 from .frame import to_rgb
 from .generate import Generation, Generator, Request
-from .inspection import UNKNOWN_DEFECT, Box, Inspection
+from .inspection import UNKNOWN_DEFECT, Box, Inspection, verdict_score
 from .preprocess import concat_images, preprocess_image
 from .prompt import PromptBuilder, parse_choice
 from .tokenizer import Tokenizer
@@ -56,6 +56,7 @@ class _Image:
     grid: tuple[int, int, int]
     preprocess_ms: float
     vision_ms: float
+    rgb: np.ndarray | None = None  # the frame itself, for the refine stage
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class Inspector:
     warmup: run one small frame at construction (first-call costs: graph optimisation, allocations) (`warmup()`).
     tiles / tile_overlap: opt-in tiling of large frames in run(): "auto", n or (rows, cols) overlapping tiles
         inspected in batches and merged into frame coordinates (omniad_edge.tiling); None (default): no tiling.
+    refine: the mask refinement stage (omniad_edge.refine): None (default) runs it when the bundle has a refine
+        graph, True requires one, False keeps the grid's mask.
 
     Lifecycle: `close()` (or `with Inspector(...) as inspector:`) waits for calls in flight, then releases the
     backend; any later call raises InspectorClosedError. Thread-safe: see the module docstring.
@@ -90,7 +93,7 @@ class Inspector:
                  repetition_penalty: float = 1.0, backend: str = "onnxruntime", allow_fallback: bool = False,
                  optimization: str = "all", prefix_cache: bool = True, verify: bool = True, color: str = "rgb",
                  smooth_mask: bool = False, backend_options: dict | None = None, warmup: bool = False,
-                 tiles=None, tile_overlap: float = 0.125):
+                 tiles=None, tile_overlap: float = 0.125, refine: bool | None = None):
         if mode not in MODES:
             raise InspectorError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
@@ -129,6 +132,7 @@ class Inspector:
         self.backend = create_backend(self.bundle, backend, providers=providers, threads=threads,
                                       allow_fallback=allow_fallback, optimization=optimization,
                                       **(backend_options or {}))
+        self.refiner = self._refiner(refine, threads)
         try:
             self.sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                    repetition_penalty=repetition_penalty, seed=seed)
@@ -149,7 +153,8 @@ class Inspector:
                         "temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
                         "repetition_penalty": repetition_penalty, "seed": seed, "threads": threads,
                         "backend": backend, "prefix_cache": prefix_cache, "bundle": self.bundle.name,
-                        "tiles": list(tiles) if isinstance(tiles, tuple) else tiles}
+                        "tiles": list(tiles) if isinstance(tiles, tuple) else tiles,
+                        "refine": self.refiner is not None}
         self._references = _References(0, ())
         self._state = threading.Condition()  # guards _closed and _busy (calls in flight)
         self._closed = False
@@ -210,6 +215,10 @@ class Inspector:
             refs = self._references
             self._generate(refs, [self._request(refs, image, None)], max_new_tokens=min(8, self.max_new_tokens),
                            stop_on_mask_close=False)
+            if self.refiner is not None:
+                grid = np.zeros((self.codec.grid, self.codec.grid), np.uint8)
+                grid[0, 0] = 1
+                self.refiner.logits(frame, grid)
             ms = (time.perf_counter() - t0) * 1e3
         log.info("warm-up of %s on %s: %.1f ms", self.bundle.name, self.backend.provider, ms)
         return ms
@@ -221,6 +230,25 @@ class Inspector:
             return []
         empty = self.codec.encode(np.zeros((self.codec.grid, self.codec.grid), np.uint8))
         return self.tokenizer.encode(self.tags["mask"][0] + empty)
+
+    def _refiner(self, refine, threads):
+        if refine not in (None, True, False):
+            raise InspectorError(f"refine must be None, True or False, got {refine!r}")
+        available = self.bundle.refine is not None and self.has_mask
+        if refine and not available:
+            raise InspectorError(f"refine=True: {self.bundle.name} has no refine graph"
+                                 + ("" if self.has_mask else " (and writes no mask)"))
+        if not (available and refine is not False):
+            return None
+        from .refine import Refiner
+
+        try:
+            return Refiner(self.bundle, threads=threads)
+        except BackendError as exc:
+            if refine:
+                raise InspectorError(f"refine=True: {exc}") from None
+            log.warning("%s: mask refinement off: %s", self.bundle.name, exc)
+            return None
 
     def _answer_probe(self):
         """Token ids after which an answer-only model writes its answer, and the first token of each spelling of
@@ -271,7 +299,7 @@ class Inspector:
             embeds = self.backend.encode_image(inputs)
         t2 = time.perf_counter()
         return _Image(rgb.shape[:2], np.asarray(embeds, np.float32), tuple(pre.grid_thw), (t1 - t0) * 1e3,
-                      (t2 - t1) * 1e3)
+                      (t2 - t1) * 1e3, rgb if self.refiner is not None else None)
 
     def _request(self, refs: "_References", image: _Image, task: str | None, answers=None) -> Request:
         counts = [r.embeds.shape[0] for r in refs.images] + [image.embeds.shape[0]]
@@ -391,7 +419,8 @@ class Inspector:
         h, w = image.rgb_shape
         grid = mask = defect_type = None
         boxes = []
-        repaired = False
+        repaired = refined = False
+        refine_ms = 0.0
         if self.has_mask:
             if "mask" in blocks:
                 decoded = self.codec.decode(blocks["mask"])
@@ -401,7 +430,14 @@ class Inspector:
                 grid = np.zeros((self.codec.grid, self.codec.grid), np.uint8)
                 repaired = True  # no mask block at all: treated as empty, flagged
             mask = tam.grid_to_mask(grid, (h, w), smooth=self.smooth_mask)
-            for comp in tam.components(grid, (h, w)):
+            if self.refiner is not None and image.rgb is not None:
+                t_refine = time.perf_counter()
+                mask, refined = self.refiner.refine(image.rgb, grid, mask)
+                refine_ms = (time.perf_counter() - t_refine) * 1e3
+            # boxes: the grid's components, or the refined mask's (labelled by the grid cell they lie in)
+            parts = (tam.components(tam.grid_to_labels(grid, (h, w)) * mask) if refined
+                     else tam.components(grid, (h, w)))
+            for comp in parts:
                 label = self.labels[comp.label] if comp.label < len(self.labels) else str(comp.label)
                 x0, y0, x1, y1 = comp.box
                 boxes.append(Box(x0, y0, x1, y1, label, comp.area))
@@ -422,25 +458,25 @@ class Inspector:
             is_anomalous = generation.answer_score is not None and generation.answer_score >= 0.5
         if is_anomalous and defect_type is None:  # anomalous, but no mask label names the defect
             defect_type = UNKNOWN_DEFECT
-        score = generation.score if generation.score is not None else generation.answer_score
-        if score is None:  # neither an empty-mask nor an answer probability: fall back to the decision
-            score = 1.0 if is_anomalous else 0.0
+        probability = generation.score if generation.score is not None else generation.answer_score
         explanation = blocks.get("explanation")
         t_end = time.perf_counter()
-        post_ms = (t_end - t_post) * 1e3
         timings = {
             "preprocess": image.preprocess_ms,
             "vision": image.vision_ms,
             "prefill": generation.timings["prefill"],
             "decode": generation.timings["decode"],
-            "postprocess": post_ms,
+            "postprocess": (t_end - t_post) * 1e3 - refine_ms,
             "total": (t_end - t0) * 1e3,
         }
+        if self.refiner is not None:
+            timings["refine"] = refine_ms
         return Inspection(
-            is_anomalous=is_anomalous, score=float(score), mask=mask, boxes=boxes, defect_type=defect_type,
+            is_anomalous=is_anomalous, score=verdict_score(is_anomalous, probability), mask=mask, boxes=boxes,
+            defect_type=defect_type, anomaly_probability=probability, mask_refined=refined,
             explanation=explanation.strip() if explanation is not None else None, answer=answer, text=text,
             grid=grid, mask_repaired=repaired, prompt_tokens=generation.prompt_tokens,
-            generated_tokens=len(generation.ids), finish_reason=generation.finish_reason, timings=timings,
+            generated_tokens=len(generation.ids), decode_forwards=generation.forwards, finish_reason=generation.finish_reason, timings=timings,
             provider=self.backend.provider, options=dict(self.options, prefix_tokens=int(
                 generation.timings.get("prefix_len", 0))))
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import MAX_ASPECT
+
 __all__ = ["PreprocessedImage", "smart_resize", "resize", "normalise", "patchify", "preprocess_image",
            "vision_indices", "concat_images"]
 
@@ -35,8 +37,8 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
             raise ValueError(f"smart_resize: {name} must be a positive int, got {value!r}")
     if min_pixels > max_pixels:
         raise ValueError(f"smart_resize: min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"smart_resize: aspect ratio must be at most 200, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(f"smart_resize: aspect ratio must be at most {MAX_ASPECT}, got {height}x{width}")
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

@@ -26,7 +26,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from .errors import OmniADError
 
-__all__ = ["make_sample", "Sample", "SynthError", "SURFACES", "OBJECTS", "DEFECTS", "FIRST_UNSEEN_SEED"]
+__all__ = ["make_sample", "paint_defect", "Sample", "SynthError", "SURFACES", "OBJECTS", "DEFECTS",
+           "FIRST_UNSEEN_SEED"]
 
 SURFACES = ("metal", "fabric", "pcb", "wood", "disc", "bolt", "pill")
 OBJECTS = ("disc", "bolt", "pill")
@@ -117,6 +118,32 @@ def make_sample(seed: int, size: int | tuple[int, int] = 224, anomalous: bool | 
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         area = float(mask.mean())
     return Sample(image, mask, bool(anomalous), surface, defect, bbox, area, int(seed), part)
+
+
+def paint_defect(image: np.ndarray, defect: str, seed: int, part: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one of DEFECTS onto any HxWx3 uint8 RGB image (a user's own part): -> (new image, bool mask).
+
+    `part` (HxW bool) limits the defect to the part's pixels (default: everywhere, as on a texture); a missing piece
+    shows a dark backing. Stable by seed; no lighting is added, the image keeps its own.
+    """
+    if defect not in DEFECTS:
+        raise SynthError(f"defect must be one of {DEFECTS}, got {defect!r}")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise SynthError("image must be an HxWx3 uint8 RGB array")
+    h, w = _check_size(image.shape[:2])
+    part = np.ones((h, w), bool) if part is None else np.asarray(part, bool)
+    if part.shape != (h, w) or not part.any():
+        raise SynthError(f"part must be a non-empty {h}x{w} bool mask")
+    rng = np.random.default_rng([int(seed), 4])
+    backing = np.full(3, rng.uniform(0.02, 0.15), np.float32)
+    base = image.astype(np.float32) / 255.0
+    for _ in range(20):
+        trial = base.copy()
+        mask = _DEFECT_FNS[defect](rng, trial, part, backing)
+        if mask.sum() >= max(4.0, _MIN_DEFECT_PIXELS * _scale(h, w) ** 2):
+            return np.clip(trial * 255.0 + 0.5, 0, 255).astype(np.uint8), mask
+    raise SynthError(f"could not place a {defect} on this {h}x{w} image")
 
 
 def _check_size(size) -> tuple[int, int]:

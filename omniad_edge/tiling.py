@@ -5,7 +5,8 @@ A frame larger than the bundle's pixel budget is shrunk before the vision encode
 them in one batch (run_batch), and merges:
 - mask and boxes in frame coordinates: each tile's label grid upsampled into its rectangle (where tiles overlap, the
   higher label wins), boxes the connected components of that label image (a defect across a tile seam is one box);
-- verdict: any tile anomalous; score: the maximum tile score; defect type: the most frequent defect label in the
+- verdict: any tile anomalous; score: the maximum tile score (so `score >= 0.5` is still the verdict);
+  anomaly_probability: the maximum tile probability; defect type: the most frequent defect label in the
   merged mask; explanation, answer and text: those of the highest-scoring tile;
 - timings: per stage the sum over tiles, total the wall time; `options["tiling"]` holds the grid, the overlap and
   each tile's rectangle, verdict and score.
@@ -77,8 +78,9 @@ def merge(inspector, frame_shape: tuple[int, int], rects, tiles: list[Inspection
         defect_type = names[top] if top < len(names) else str(top)
     best = max(range(len(tiles)), key=lambda i: tiles[i].score)
     lead = tiles[best]
-    timings = {stage: sum(t.timings.get(stage, 0.0) for t in tiles)
-               for stage in ("preprocess", "vision", "prefill", "decode", "postprocess")}
+    stages = ("preprocess", "vision", "prefill", "decode", "postprocess") + (
+        ("refine",) if "refine" in lead.timings else ())
+    timings = {stage: sum(t.timings.get(stage, 0.0) for t in tiles) for stage in stages}
     timings["postprocess"] += (time.perf_counter() - t_post) * 1e3
     timings["total"] = (time.perf_counter() - t0) * 1e3
     is_anomalous = any(t.is_anomalous for t in tiles)
@@ -90,8 +92,11 @@ def merge(inspector, frame_shape: tuple[int, int], rects, tiles: list[Inspection
                                    for r, t in zip(rects, tiles)]}
     return Inspection(
         is_anomalous=is_anomalous, score=float(lead.score), mask=mask, boxes=boxes,
+        anomaly_probability=max((t.anomaly_probability for t in tiles if t.anomaly_probability is not None),
+                                default=None), mask_refined=any(t.mask_refined for t in tiles),
         defect_type=defect_type, explanation=lead.explanation, answer=lead.answer,
         text=lead.text, grid=tam.mask_to_grid(labels, inspector.codec.grid),
         mask_repaired=any(t.mask_repaired for t in tiles), prompt_tokens=sum(t.prompt_tokens for t in tiles),
-        generated_tokens=sum(t.generated_tokens for t in tiles), finish_reason=lead.finish_reason, timings=timings,
+        generated_tokens=sum(t.generated_tokens for t in tiles),
+        decode_forwards=sum(t.decode_forwards for t in tiles), finish_reason=lead.finish_reason, timings=timings,
         provider=lead.provider, options=options)

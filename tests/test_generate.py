@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from omniad_edge.generate import EmptyMaskScore
+from omniad_edge.inspection import verdict_score
 from helpers.frames import make_frame
 
 pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
@@ -114,7 +115,8 @@ def test_run_tokens_match_transformers_and_score_matches_its_logits(inspector, t
         logp += row[target] - (row.max() + np.log(np.exp(row - row.max()).sum()))
         if step >= len(expected) or expected[step] != target:
             break
-    assert result.score == pytest.approx(1 - math.exp(logp), abs=1e-4)
+    assert result.anomaly_probability == pytest.approx(1 - math.exp(logp), abs=1e-4)
+    assert result.score == verdict_score(result.is_anomalous, result.anomaly_probability)
 
 
 def test_prefix_cache_gives_the_same_tokens(tiny_bundle):
@@ -143,6 +145,26 @@ def test_prefix_cache_with_references_matches_transformers(tiny_bundle, tiny_che
     prompt = _prompt_ids(ins, frame, "Compare.")
     (expected,), _ = _hf_tokens(tiny_checkpoint, manifest, [prompt], [[refs[0], frame]], 8)
     assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_both_targets_match_transformers_in_a_batch_after_a_reference_prefix(request, tiny_checkpoint, manifest,
+                                                                               target):
+    """The onnxruntime backend runs bundles of either target: the fused decoder (in-place BNSH cache, a batched
+    multi-token step over the cached reference prefix, left padding) and the plain one give transformers' tokens."""
+    from omniad_edge import Inspector
+
+    bundle = request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain")
+    refs = [make_frame(64, 64, seed=50)]
+    ins = Inspector(bundle, mode="explain", reference=refs, threads=1, max_new_tokens=8)
+    assert ins.backend.kv_layout == ("BNSH" if target == "ort" else "BSHD")
+    frames = [make_frame(64, 92, seed=51), make_frame(120, 70, seed=52)]
+    results = ins.run_batch(frames)
+    assert results[0].options["prefix_tokens"] > 0
+    eos = set(manifest["tokens"]["eos"])
+    for frame, result in zip(frames, results):
+        (expected,), _ = _hf_tokens(tiny_checkpoint, manifest, [_prompt_ids(ins, frame)], [[refs[0], frame]], 8)
+        assert result.text == ins.tokenizer.decode(_strip_eos(expected, eos))
 
 
 def test_batch_equals_one_by_one(inspector):

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from omniad_edge.inspection import Box, Inspection, mask_from_rle, mask_to_rle
+from omniad_edge.inspection import NORMAL_SCORE_MAX, Box, Inspection, mask_from_rle, mask_to_rle, verdict_score
 
 
 def _inspection(mask=None):
@@ -52,3 +52,24 @@ def test_mask_can_be_omitted_or_listed():
 def test_rle_size_mismatch_is_reported():
     with pytest.raises(ValueError, match="rle counts"):
         mask_from_rle({"size": [2, 2], "counts": [1, 1]})
+
+
+@pytest.mark.parametrize("anomalous, probability, score", [
+    (True, 0.9, 0.9), (False, 0.1, 0.1),  # probability and verdict agree: the score is the probability
+    (True, 0.2, 0.5), (False, 0.8, NORMAL_SCORE_MAX),  # they disagree: clipped to the verdict's side
+    (True, 0.5, 0.5), (False, 0.5, NORMAL_SCORE_MAX),
+    (True, None, 1.0), (False, None, 0.0), (False, float("nan"), 0.0), (True, float("inf"), 1.0),
+    (True, 1.7, 1.0), (False, -0.2, 0.0),
+])
+def test_score_is_always_on_the_verdicts_side(anomalous, probability, score):
+    got = verdict_score(anomalous, probability)
+    assert got == score and (got >= 0.5) is anomalous
+    assert 0.5 - 1e-15 < NORMAL_SCORE_MAX < 0.5
+
+
+def test_to_dict_carries_score_and_probability():
+    d = _inspection().to_dict()
+    assert d["score"] == 0.93 and d["anomaly_probability"] is None and d["mask_refined"] is False
+    inspection = _inspection()
+    inspection.anomaly_probability = np.float64(0.25)
+    assert json.loads(inspection.to_json())["anomaly_probability"] == 0.25

@@ -5,6 +5,7 @@ import pytest
 from helpers.frames import make_frame
 from omniad_edge.errors import BundleError, FrameError
 from omniad_edge.generate import Generation
+from omniad_edge.inspection import NORMAL_SCORE_MAX
 
 pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
                     "(python setup.py build_ext --inplace)")
@@ -241,7 +242,8 @@ def test_answer_only_detect_scores_the_answer_tokens_in_one_step(answer_only_bun
     logits = runner.generate([prompt], 1).logits[0][0].astype(np.float64)
     p = np.exp(logits - logits.max())
     expected = p[list(probe.anomalous)].sum() / (p[list(probe.anomalous)].sum() + p[list(probe.normal)].sum())
-    assert result.score == pytest.approx(expected, abs=1e-5)
+    assert result.anomaly_probability == pytest.approx(expected, abs=1e-5)
+    assert (result.score >= 0.5) is result.is_anomalous
     assert result.text.startswith("<answer>") and result.mask is None and result.grid is None
     assert result.boxes == [] and not result.mask_repaired and result.generated_tokens <= 16
 
@@ -272,3 +274,52 @@ def test_answer_only_bundles_refuse_tiling(answer_only_bundle):
 
     with pytest.raises(InspectorError, match="writes no mask"):
         Inspector(answer_only_bundle, tiles=(2, 2))
+
+
+# -- one meaning for score and verdict ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode, text, probability, anomalous, score", [
+    ("detect", "<seg>none</seg>", 0.8, False, NORMAL_SCORE_MAX),  # empty mask written, defect masks weigh more
+    ("detect", "<seg>b cd</seg>", 0.9, True, 0.9),
+    ("explain", "<seg>b cd</seg><think>Clean.</think><answer>no</answer>", 0.9, False, NORMAL_SCORE_MAX),
+    ("explain", "<seg>none</seg><think>A spot.</think><answer>yes</answer>", 0.1, True, 0.5),
+    ("explain", "<seg>none</seg><think>Clean.</think><answer>no</answer>", 0.1, False, 0.1),
+])
+def test_score_follows_the_verdict_and_the_probability_is_kept(tiny_bundle, monkeypatch, mode, text, probability,
+                                                              anomalous, score):
+    from omniad_edge import Inspector
+
+    ins = Inspector(tiny_bundle, mode=mode, threads=1, max_new_tokens=4)
+    monkeypatch.setattr(ins.generator, "generate", lambda requests, **_: [
+        Generation(ids=[], text=text, finish_reason="eos", score=probability, prompt_tokens=1,
+                   timings={"prefill": 0.0, "decode": 0.0}) for _ in requests])
+    result = ins.run(make_frame(64, 80, seed=2))
+    assert result.is_anomalous is anomalous and result.score == score
+    assert result.anomaly_probability == probability
+    assert result.to_dict(mask="none")["anomaly_probability"] == probability
+
+
+def test_no_frame_has_a_score_on_the_other_side_of_its_verdict():
+    """Property over many frames of the embedded model: synthetic parts with and without defects, noise and flat
+    frames, greedy and sampled, both modes. `score >= 0.5` is the verdict on every one; the probability may
+    disagree (sampling makes it happen here), and where it agrees it is the score."""
+    from omniad_edge import Inspector
+    from omniad_edge.synth import make_sample
+
+    rng = np.random.default_rng(0)
+    frames = [make_sample(3_000_000 + i).image for i in range(12)]
+    frames += [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(3)]
+    frames += [np.full((160, 200, 3), v, np.uint8) for v in (0, 128, 255)]
+    disagreements = checked = 0
+    for options in ({"mode": "detect"}, {"mode": "detect", "temperature": 1.5, "seed": 1},
+                    {"mode": "explain", "temperature": 1.5, "seed": 2}):
+        with Inspector(threads=1, refine=False, max_new_tokens=48, **options) as ins:
+            for frame in frames:
+                r = ins.run(frame)
+                checked += 1
+                assert (r.score >= 0.5) is r.is_anomalous and 0.0 <= r.score <= 1.0
+                p = r.anomaly_probability
+                if p is None or (p >= 0.5) is not r.is_anomalous:
+                    disagreements += 1
+                else:
+                    assert r.score == p
+    assert checked == 54 and disagreements > 0

@@ -147,3 +147,21 @@ def test_frames_are_stable(seed, surface, defect, bbox, mean):
     else:
         assert np.abs(np.subtract(s.bbox, bbox)).max() <= 2
     assert float(s.image.mean()) == pytest.approx(mean, abs=0.5)
+
+
+def test_paint_defect_draws_a_painter_onto_any_image():
+    image = np.full((96, 128, 3), 140, np.uint8)
+    for defect in synth.DEFECTS:
+        out, mask = synth.paint_defect(image, defect, seed=5)
+        again, mask_again = synth.paint_defect(image, defect, seed=5)
+        assert np.array_equal(out, again) and np.array_equal(mask, mask_again)  # stable by seed
+        changed = np.abs(out.astype(int) - 140).max(axis=2) > 8
+        assert mask.shape == (96, 128) and mask.any() and (changed & mask).sum() >= 0.5 * mask.sum(), defect
+    part = np.zeros((96, 128), bool)
+    part[:, :40] = True
+    _, mask = synth.paint_defect(image, "stain", seed=1, part=part)
+    assert not mask[:, 40:].any()
+    for bad in ({"defect": "dent"}, {"image": image[..., 0]}, {"part": np.zeros((96, 128), bool)}):
+        kwargs = {"image": image, "defect": "hole", "seed": 0, **bad}
+        with pytest.raises(synth.SynthError):
+            synth.paint_defect(**kwargs)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers.tensorrt_cases import fake_tensorrt, load_sibling
-from omniad_edge.tensorrt.backend import StepPlan, expand_mask, plan_step
+from omniad_edge.tensorrt.backend import StepPlan, TensorRTBackend, expand_mask, plan_step
 from omniad_edge.tensorrt.build import build_engines
 from omniad_edge.tensorrt.limits import BuildOptions
 from omniad_edge.errors import BackendError
@@ -292,6 +292,14 @@ def tiny_copy(request, tmp_path):
     except pytest.FixtureLookupError:
         pytest.skip("the tiny_bundle_plain fixture (tests/conftest.py) is not available")
     return Path(shutil.copytree(source, tmp_path / "tiny"))
+
+
+def test_a_bundle_exported_for_onnx_runtime_is_refused_before_tensorrt_loads(tiny_bundle):
+    """An export --target ort bundle: a typed error naming the fix, without TensorRT, CUDA or engines."""
+    from omniad_edge.errors import BundleError
+
+    with pytest.raises(BundleError, match="exported for target 'ort'.*--target tensorrt"):
+        TensorRTBackend(tiny_bundle, _trt=object(), _cuda=object())
 
 
 @pytest.mark.slow

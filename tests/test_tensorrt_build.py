@@ -162,8 +162,8 @@ def test_int4_qdq_bundle_builds_and_matches_onnxruntime(tiny_checkpoint, tmp_pat
     from omniad_edge.bundle import load_bundle
     from omniad_edge.tensorrt.backend import TensorRTBackend
 
-    options = {"int4_format": "qdq"}  # the same cached bundle as tests/test_export.py
-    source = cached_dir("tiny-bundle-custom-int4-qdq", source_key("int4", repr(sorted(options.items()))),
+    options = {"target": "tensorrt"}  # int4 as qdq; the same cached bundle as tests/test_export.py
+    source = cached_dir("tiny-bundle-custom-int4-tensorrt", source_key("int4", repr(sorted(options.items()))),
                         lambda p: export_bundle(tiny_checkpoint, p, quiet=True, precision="int4", **options))
     root = shutil.copytree(source, tmp_path / "int4")
     trt, cuda = fake

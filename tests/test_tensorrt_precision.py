@@ -66,6 +66,19 @@ def test_bundle_precision_for_tensorrt(precision, ok):
             prec.check_bundle_precision(m)
 
 
+@pytest.mark.parametrize("target", ["ort", "tensorrt", None])
+def test_bundles_exported_for_onnx_runtime_are_refused(target):
+    m = qwen3b_manifest(precision="fp16")
+    if target is not None:
+        m["target"] = target
+    if target == "ort":
+        m["graphs"]["decoder"]["contrib_ops"] = ["GroupQueryAttention"]
+        with pytest.raises(BundleError, match="target 'ort'.*GroupQueryAttention.*--target tensorrt"):
+            prec.check_bundle_precision(m)
+    else:  # bundles from before targets existed pass on to the per-graph checks
+        prec.check_bundle_precision(m)
+
+
 def test_int4_bundles_by_format():
     """MatMulNBits is ONNX Runtime's; DequantizeLinear INT4 + MatMul (opset 21, symmetric) is TensorRT's too."""
     m = qwen3b_manifest(precision="fp32")

@@ -2,7 +2,8 @@
 
     python -m training.evaluate --bundle omniad_edge/models/default --hf runs/ref/hf --n 400 --out runs/eval
 
-Metrics: image AUROC from the continuous `score` (1 - probability of the empty mask text), verdict accuracy, mask
+Metrics: image AUROC from the model's continuous probability (1 - probability of the empty mask text; the edge
+runtime's `Inspection.anomaly_probability`, which the PyTorch path computes the same way), verdict accuracy, mask
 IoU and F1 on anomalous frames (on the 16x16 grid, and at pixel level after upsampling the grid to the frame, with
 the ceiling that the ground-truth grid itself reaches), the IoU of the occupied grid rows and columns, defect-type
 accuracy, generated tokens per frame; per defect type and per surface. With both paths it also reports how often they produce the same text and the largest score
@@ -175,7 +176,7 @@ class EdgeRunner:
         r = self.inspector.run(rgb)
         ms = (time.perf_counter() - t0) * 1000
         grid = np.asarray(r.grid, np.uint8)
-        return Prediction(r.text, float(r.score), bool(r.is_anomalous), grid, r.defect_type,
+        return Prediction(r.text, float(r.anomaly_probability), bool(r.is_anomalous), grid, r.defect_type,
                           int(r.generated_tokens), ms)
 
 

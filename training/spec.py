@@ -95,19 +95,22 @@ def target_text(spec: dict, grid: np.ndarray) -> str:
 
 def sample_grid(spec: dict, sample) -> np.ndarray:
     """The label grid a synth.Sample should produce (all background for a normal part)."""
-    labels = spec["output"]["mask"]["labels"]
     if not sample.anomalous:
         g = spec["output"]["mask"]["grid"]
         return np.full((g, g), spec["output"]["mask"]["background"], np.uint8)
-    label = labels.index(sample.defect)
-    grid = mask_grid(spec, sample.mask, label)
+    return defect_grid(spec, sample.mask, spec["output"]["mask"]["labels"].index(sample.defect))
+
+
+def defect_grid(spec: dict, mask: np.ndarray, label: int) -> np.ndarray:
+    """The label grid of a defect's pixel mask; never all background."""
+    grid = mask_grid(spec, mask, label)
     if not grid.any():
         # spread too thin for the coverage rule in every cell: keep the cell it covers most, so an anomalous
         # frame never gets a "none" target
         g = grid.shape[0]
-        h, w = sample.mask.shape
+        h, w = mask.shape
         ys = -((-np.arange(g + 1) * h) // g)
         xs = -((-np.arange(g + 1) * w) // g)
-        counts = np.add.reduceat(np.add.reduceat(sample.mask.astype(np.int64), ys[:-1], axis=0), xs[:-1], axis=1)
+        counts = np.add.reduceat(np.add.reduceat(np.asarray(mask, np.int64), ys[:-1], axis=0), xs[:-1], axis=1)
         grid[np.unravel_index(int(np.argmax(counts)), counts.shape)] = label
     return grid

@@ -55,7 +55,7 @@ def save_hf(model, out_dir: Path, tokenizer_path: Path, spec: dict) -> None:
     model.save_pretrained(tmp)
     shutil.copy(tokenizer_path, tmp / "tokenizer.json")
     shutil.copy(TRAINING_DIR / "chat_template.jinja", tmp / "chat_template.jinja")
-    shutil.copy(S.SPEC_PATH, tmp / "output_spec.json")
+    (tmp / "output_spec.json").write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
     p = S.PREPROCESS
     (tmp / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True,
@@ -74,6 +74,55 @@ def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     t = min(1.0, max(0.0, progress))
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class Objective:
+    """The SFT loss: token cross-entropy on the assistant turn, mask tokens (after <seg> up to </seg>) weighted
+    `mask_weight` times the others, plus an auxiliary dense loss: a linear head on the merged image tokens (captured by
+    a hook) predicts each patch's defect label. One label per patch is far more signal per frame than the first mask
+    token alone; the head is training-only and never exported."""
+
+    def __init__(self, model, encoder: Encoder, spec: dict, aux_weight: float = 1.0, aux_pos_weight: float = 5.0,
+                 mask_weight: float = 3.0):
+        import torch
+
+        self.torch, self.model = torch, model
+        self.aux_weight, self.mask_weight = aux_weight, mask_weight
+        self.n_labels = len(spec["output"]["mask"]["labels"])
+        merge = model.config.vision_config.spatial_merge_size
+        self.aux = torch.nn.Linear(model.config.vision_config.out_hidden_size, merge * merge * self.n_labels)
+        self.captured: dict = {}
+        model.model.visual.register_forward_hook(
+            lambda mod, inp, out: self.captured.__setitem__("merged", out.pooler_output))
+        self.seg_open = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][0])
+        self.seg_close = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][1])
+        self.class_weight = torch.ones(self.n_labels)
+        self.class_weight[1:] = aux_pos_weight
+
+    def parameters(self) -> list:
+        return list(self.model.parameters()) + list(self.aux.parameters())
+
+    def _in_mask(self, gold):
+        """1.0 on the target tokens from just after <seg> through </seg>."""
+        torch = self.torch
+        opened = torch.cumsum((gold == self.seg_open).long(), dim=1)
+        closed = torch.cumsum((gold == self.seg_close).long(), dim=1) - (gold == self.seg_close).long()
+        return ((opened - closed) > 0).float() * (gold != self.seg_open).float()
+
+    def __call__(self, batch: dict):
+        """(total loss, token loss, dense loss) of a collated batch (its labels and patch labels are popped)."""
+        F = self.torch.nn.functional
+        dense = batch.pop("patch_labels")
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits[:, :-1].float()
+        gold = labels[:, 1:]
+        token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1), ignore_index=-100,
+                                     reduction="none").view(gold.shape)
+        weight = (gold != -100).float() * (1.0 + (self.mask_weight - 1.0) * self._in_mask(gold))
+        lm_loss = (token_loss * weight).sum() / weight.sum()
+        aux_logits = self.aux(self.captured.pop("merged")).view(-1, self.n_labels)
+        aux_loss = F.cross_entropy(aux_logits, dense.view(-1), weight=self.class_weight)
+        return lm_loss + self.aux_weight * aux_loss, lm_loss, aux_loss
 
 
 def batch_examples(encoder: Encoder, split: str, start: int, n: int, size: int, vary: bool = True):
@@ -124,14 +173,9 @@ def main(argv=None):
     encoder = Encoder(tok_path, spec)
     model = make_model(encoder.tokenizer.backend, seed=args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    # Dense supervision for the vision tower: one label per patch is far more signal per frame than the first mask
-    # token alone. The head reads the merged image tokens (captured by a hook) and is dropped at export.
-    n_labels = len(spec["output"]["mask"]["labels"])
-    merge = model.config.vision_config.spatial_merge_size
-    aux = torch.nn.Linear(model.config.vision_config.out_hidden_size, merge * merge * n_labels)
+    objective = Objective(model, encoder, spec, args.aux_weight, args.aux_pos_weight, args.mask_weight)
+    aux = objective.aux
     aux_opt = torch.optim.AdamW(aux.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    captured = {}
-    model.model.visual.register_forward_hook(lambda mod, inp, out: captured.__setitem__("merged", out.pooler_output))
     step, elapsed = 0, 0.0
     state_path = args.out / "ckpt" / "state.pt"
     if args.resume and state_path.is_file():
@@ -177,38 +221,17 @@ def main(argv=None):
         p = step / args.steps
         return max(p, spent() / (args.max_minutes * 60)) if args.max_minutes else p
 
-    seg_open = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][0])
-    seg_close = encoder.tokenizer.token_to_id(spec["output"]["tags"]["mask"][1])
-    class_weight = torch.ones(n_labels)
-    class_weight[1:] = args.aux_pos_weight
-
-    def in_mask(gold):
-        """1.0 on the target tokens from just after <seg> through </seg>."""
-        opened = torch.cumsum((gold == seg_open).long(), dim=1)
-        closed = torch.cumsum((gold == seg_close).long(), dim=1) - (gold == seg_close).long()
-        return ((opened - closed) > 0).float() * (gold != seg_open).float()
-
     model.train()
     while progress() < 1.0:
         first = args.first_frame + step * args.batch
         batch = collate(batch_examples(encoder, "train", first, args.batch, args.size), pad, image_pad)
         for g in opt.param_groups + aux_opt.param_groups:
             g["lr"] = lr_at(step, progress(), args.lr, args.warmup)
-        dense = batch.pop("patch_labels")
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()
-        gold = labels[:, 1:]
-        token_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
-                                                       ignore_index=-100, reduction="none").view(gold.shape)
-        weight = (gold != -100).float() * (1.0 + (args.mask_weight - 1.0) * in_mask(gold))
-        lm_loss = (token_loss * weight).sum() / weight.sum()
-        aux_logits = aux(captured.pop("merged")).view(-1, n_labels)
-        aux_loss = torch.nn.functional.cross_entropy(aux_logits, dense.view(-1), weight=class_weight)
-        loss = lm_loss + args.aux_weight * aux_loss
+        loss, lm_loss, aux_loss = objective(batch)
         opt.zero_grad(set_to_none=True)
         aux_opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(objective.parameters(), 1.0)
         opt.step()
         aux_opt.step()
         step += 1
@@ -225,7 +248,7 @@ def main(argv=None):
             model.eval()
             with torch.no_grad():
                 out = model(**{k: v for k, v in val.items() if k != "patch_labels"})
-                captured.clear()
+                objective.captured.clear()
                 pred = out.logits[:, :-1].argmax(-1)
                 gold = val["labels"][:, 1:]
                 keep = gold != -100

@@ -22,8 +22,9 @@ A backend is built from a loaded Bundle and implements:
     native_step(cache) (optional)  the compiled decode step bound to `cache` (omniad_edge._native.DecodeStep), or
                                    None: the Generator feeds tokens and runs token loops through it (generate.py).
 
-KVCache below is the host-side cache (numpy, BSHD, one preallocated buffer per layer); a device backend may return
-its own cache type with the same `batch`, `max_len` and `copy_prefix` members.
+KVCache below is the host-side cache (numpy, one preallocated buffer per layer, in the decoder graph's kv_layout:
+BSHD or BNSH); a device backend may return its own cache type with the same `batch`, `max_len` and `copy_prefix`
+members.
 """
 from __future__ import annotations
 
@@ -37,16 +38,21 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 
 class KVCache:
-    """One preallocated (batch, max_len, kv_heads, head_dim) buffer per layer for keys and for values.
+    """One preallocated buffer per layer for keys and for values: (batch, max_len, kv_heads, head_dim) for layout
+    "BSHD", (batch, kv_heads, max_len, head_dim) for "BNSH" (the fused decoder's in-place cache).
 
-    np.zeros maps untouched pages lazily, so a generous max_len costs memory only for the slots written.
+    np.zeros maps untouched pages lazily, so a generous max_len costs memory only for the slots written (in BNSH
+    each head's slots are contiguous, so that holds per head).
     """
 
     def __init__(self, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int,
-                 dtype=np.float32):
+                 dtype=np.float32, layout: str = "BSHD"):
         if batch <= 0 or max_len <= 0:
             raise ValueError(f"KVCache needs batch > 0 and max_len > 0, got batch={batch}, max_len={max_len}")
-        shape = (batch, max_len, kv_heads, head_dim)
+        if layout not in ("BSHD", "BNSH"):
+            raise ValueError(f"KVCache layout must be 'BSHD' or 'BNSH', got {layout!r}")
+        self.layout = layout
+        shape = (batch, max_len, kv_heads, head_dim) if layout == "BSHD" else (batch, kv_heads, max_len, head_dim)
         self.keys = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.values = [np.zeros(shape, dtype) for _ in range(num_layers)]
         self.batch, self.max_len = batch, max_len
@@ -60,8 +66,13 @@ class KVCache:
         """Copy slots [0, length) of one row of `source` into every row of this cache."""
         if length > self.max_len or length > source.max_len:
             raise ValueError(f"prefix of {length} slots does not fit (max_len {self.max_len}/{source.max_len})")
+        if source.layout != self.layout:
+            raise ValueError(f"copy_prefix: source cache is {source.layout}, this one {self.layout}")
         for dst, src in zip(self.keys + self.values, source.keys + source.values):
-            dst[:, :length] = src[source_row, :length]
+            if self.layout == "BSHD":
+                dst[:, :length] = src[source_row, :length]
+            else:
+                dst[:, :, :length] = src[source_row, :, :length]
 
 
 def create_backend(bundle, backend: str = "onnxruntime", **options):

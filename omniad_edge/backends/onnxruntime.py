@@ -1,9 +1,14 @@
 """ONNX Runtime backend: vision + decoder sessions, IO binding into a host-managed KV cache.
 
-Every decode step binds the valid past `cache[:, :P]` as the graph's past inputs and the cache slot
-`cache[:, P:P+S]` as the graph's new_key/new_value outputs, so the graph writes straight into the cache; logits go
-to a buffer reused across steps. For batch 1 (the common edge case) nothing is copied or allocated per step on the
-host; for batch > 1 the strided past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
+Fused decoders (graphs.decoder.kv_layout "BNSH", export --target ort): each layer's cache buffer is bound whole as
+both the past input and the present output, and GroupQueryAttention writes the new entries in place. Those binds
+and the logits buffer are made once per cache; a step rebinds only its three small inputs, for any batch.
+
+Plain decoders (kv_layout "BSHD": --target tensorrt and bundles exported before targets): every decode step binds
+the valid past `cache[:, :P]` as the graph's past inputs and the cache slot `cache[:, P:P+S]` as the graph's
+new_key/new_value outputs, so the graph writes straight into the cache; logits go to a buffer reused across steps.
+For batch 1 (the common edge case) nothing is copied or allocated per step on the host; for batch > 1 the strided
+past is gathered into a scratch buffer (BSHD keeps only batch 1 contiguous).
 Binding is by address: per cache the base address of each buffer is computed once, and the binds go to the pybind
 IOBinding with an OrtDevice built once (see `_binders`), which cuts the Python cost of a step's 4 x layers + 4 binds
 several times over.
@@ -36,7 +41,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names  # noqa: F401
+from ..contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, decoder_kv_layout,  # noqa: F401
+                        new_names, past_names, present_names)
 from ..errors import BackendError
 from . import KVCache
 
@@ -177,6 +183,7 @@ class _CacheState:
         self.logits = np.empty((batch, vocab_size), np.float32)  # reused by every forward on this cache
         self.logits_address = self.logits.ctypes.data
         self.layout: list[tuple[str, str, int, int]] | None = None
+        self.kv_bound = False  # fused decoders: cache buffers and logits bound for good
 
 
 class OnnxRuntimeBackend:
@@ -202,6 +209,8 @@ class OnnxRuntimeBackend:
         self.head_dim = int(model["head_dim"])
         self.hidden_size = int(model["hidden_size"])
         self.vocab_size = int(model["vocab_size"])
+        self.kv_layout = decoder_kv_layout(bundle.manifest)
+        self._kv_outputs = present_names if self.kv_layout == "BNSH" else new_names
         self.threads = threads
         self.runtime = onnxruntime_build(ort)
         self.requested = resolve_providers(providers, available=self.runtime["providers"],
@@ -231,7 +240,6 @@ class OnnxRuntimeBackend:
         opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
         opts.enable_mem_pattern = True
-        self.kv_layout = bundle.manifest["graphs"]["decoder"].get("kv_layout", "BSHD")
         self.native = self._native_session(ort, native, threads, optimization)
         if self.native is None:
             self.decoder = self._session(bundle.decoder_path, "decoder")
@@ -241,6 +249,11 @@ class OnnxRuntimeBackend:
             self.decoder = None
             self.provider = "CPUExecutionProvider"
             io = (self.native.inputs, self.native.outputs)
+        if self.kv_layout == "BNSH" and self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            log.warning("%s: this decoder's GroupQueryAttention is float32 and ONNX Runtime's CUDA kernels are "
+                        "float16/bfloat16 only, so the attention runs on the CPU beside CUDA (correct, not fast): "
+                        "for a CUDA station re-export with --target tensorrt (standard ops, all on the GPU)",
+                        bundle.decoder_path.name)
         log.info("%s %s: decoder on %s (%s decode step), vision on %s", self.runtime["package"], ort.__version__,
                  self.provider, "native" if self.native is not None else "Python", self.vision.get_providers()[0])
         self._check_decoder_io(*io)
@@ -252,7 +265,7 @@ class OnnxRuntimeBackend:
         try:
             session = ort.InferenceSession(str(path), sess_options=self.session_options, providers=self.requested)
         except Exception as exc:  # onnxruntime raises its own exception types, not exported consistently
-            raise BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}") from None
+            raise self._load_error(exc, what, path) from None
         wanted = self.requested[0][0]
         got = session.get_providers()
         if wanted not in got:
@@ -262,6 +275,16 @@ class OnnxRuntimeBackend:
             log.warning(message)
         return session
 
+    def _load_error(self, exc: Exception, what: str, path: Path) -> BackendError:
+        missing = missing_contrib_ops(str(exc), self.bundle.graphs[what].get("contrib_ops", ()))
+        if missing:
+            return BackendError(
+                f"this ONNX Runtime build ({_ort().__version__}) lacks the contrib operator(s) {missing} that the "
+                f"{what} graph {path.name} uses (the bundle was exported with --target ort): install the full "
+                "onnxruntime (or onnxruntime-gpu) >= 1.20, or re-export the bundle with --target tensorrt "
+                "(standard ONNX ops only)")
+        return BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}")
+
     def _native_session(self, ort, native: bool | None, threads: int | None, optimization: str):
         """The decoder session over the C API, or None (with the reason logged) where the Python one must run.
         native: None = when possible, True = required (BackendError otherwise), False = never."""
@@ -270,7 +293,7 @@ class OnnxRuntimeBackend:
         reason = None
         if [p for p, _ in self.requested] != ["CPUExecutionProvider"]:
             reason = f"providers {[p for p, _ in self.requested]} (the native step runs the CPU provider only)"
-        elif self.kv_layout != "BSHD":
+        elif self.kv_layout not in ("BSHD", "BNSH"):
             reason = f"kv_layout {self.kv_layout!r} has no native binding description"
         elif not hasattr(_native_module(), "OrtSession"):
             reason = "omniad_edge._native was built without it (rebuild: python setup.py build_ext --inplace)"
@@ -283,8 +306,7 @@ class OnnxRuntimeBackend:
                                                        _OPT_CODES[optimization], True)
                 except RuntimeError as exc:
                     if str(exc).startswith("loading "):  # the library works, the graph does not: no other one helps
-                        raise BackendError(f"onnxruntime cannot load the decoder graph "
-                                           f"{self.bundle.decoder_path.name}: {exc}") from None
+                        raise self._load_error(exc, "decoder", self.bundle.decoder_path) from None
                     errors.append(str(exc))
             reason = "; ".join(errors)
         if native:
@@ -297,7 +319,7 @@ class OnnxRuntimeBackend:
         need_in, need_out = set(DECODER_INPUTS), {LOGITS}
         for i in range(self.num_layers):
             need_in |= set(past_names(i))
-            need_out |= set(new_names(i))
+            need_out |= set(self._kv_outputs(i))
         missing = sorted(need_in - inputs) + sorted(need_out - outputs)
         if missing:
             raise BackendError(f"decoder graph does not match the manifest ({self.num_layers} layers): "
@@ -322,7 +344,7 @@ class OnnxRuntimeBackend:
         return self.vision.run([VISION_OUTPUT], feeds)[0]
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(self.num_layers, batch, max_len, self.kv_heads, self.head_dim)
+        return KVCache(self.num_layers, batch, max_len, self.kv_heads, self.head_dim, layout=self.kv_layout)
 
     def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
                 past_len: int) -> np.ndarray:
@@ -345,33 +367,25 @@ class OnnxRuntimeBackend:
         logits, logits_address = state.logits, state.logits_address
 
         io = state.binding
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
         bind_in, bind_out, dev = state.bind_input, state.bind_output, state.device
+        keep = [embeds, position_ids, attention_mask]  # arrays must outlive the run
+        scratch = []  # (cache slot, graph output) pairs copied after the run
+        if self.kv_layout != "BNSH":
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
         bind_in(_EMBEDS, dev, _FLOAT, list(embeds.shape), embeds.ctypes.data)
         bind_in(_POSITIONS, dev, _INT64, list(position_ids.shape), position_ids.ctypes.data)
         bind_in(_MASK, dev, _INT64, list(attention_mask.shape), attention_mask.ctypes.data)
-        bind_out(LOGITS, dev, _FLOAT, [b, self.vocab_size], logits_address)
-        keep = [embeds, position_ids, attention_mask]  # arrays must outlive the run
-        scratch = []
-        if b == 1:
-            # batch 1: past = cache[:, :P] and slot = cache[:, P:P+S] are contiguous; bind by address arithmetic
-            past_shape = [1, past_len, self.kv_heads, self.head_dim]
-            new_shape = [1, s, self.kv_heads, self.head_dim]
-            for past_name, new_name, base, row_bytes in self._layout(cache, state):
-                bind_in(past_name, dev, _FLOAT, past_shape, base)
-                bind_out(new_name, dev, _FLOAT, new_shape, base + past_len * row_bytes)
+        if self.kv_layout == "BNSH":
+            if not state.kv_bound:  # the same buffers every step: bound once (binding a name again replaces it)
+                shape = [b, self.kv_heads, cache.max_len, self.head_dim]
+                for past_name, present_name, base, _ in self._layout(cache, state):
+                    bind_in(past_name, dev, _FLOAT, shape, base)
+                    bind_out(present_name, dev, _FLOAT, shape, base)
+                bind_out(LOGITS, dev, _FLOAT, [b, self.vocab_size], logits_address)
+                state.kv_bound = True
         else:
-            # batch > 1: the strided past is gathered, the new entries land in scratch and are copied in below
-            kv_shape = [b, s, self.kv_heads, self.head_dim]
-            for i in range(self.num_layers):
-                for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
-                    past = np.ascontiguousarray(buf[:, :past_len], dtype=np.float32)
-                    out = np.empty(kv_shape, np.float32)
-                    keep.append(past)
-                    scratch.append((buf[:, past_len:past_len + s], out))
-                    bind_in(past_name, dev, _FLOAT, list(past.shape), past.ctypes.data)
-                    bind_out(new_name, dev, _FLOAT, kv_shape, out.ctypes.data)
+            self._bind_bshd(io, cache, state, b, s, past_len, keep, scratch)
         try:
             run_started = time.perf_counter() if hook is not None else 0.0
             decoder.run_with_iobinding(io)
@@ -384,6 +398,29 @@ class OnnxRuntimeBackend:
         if hook is not None:
             hook(s, time.perf_counter() - started, run_s)
         return logits
+
+    def _bind_bshd(self, io, cache: KVCache, state: _CacheState, b: int, s: int, past_len: int, keep: list,
+                   scratch: list) -> None:
+        bind_in, bind_out, dev = state.bind_input, state.bind_output, state.device
+        bind_out(LOGITS, dev, _FLOAT, [b, self.vocab_size], state.logits_address)
+        if b == 1:
+            # batch 1: past = cache[:, :P] and slot = cache[:, P:P+S] are contiguous; bind by address arithmetic
+            past_shape = [1, past_len, self.kv_heads, self.head_dim]
+            new_shape = [1, s, self.kv_heads, self.head_dim]
+            for past_name, new_name, base, row_bytes in self._layout(cache, state):
+                bind_in(past_name, dev, _FLOAT, past_shape, base)
+                bind_out(new_name, dev, _FLOAT, new_shape, base + past_len * row_bytes)
+            return
+        # batch > 1: the strided past is gathered, the new entries land in scratch and are copied in after the run
+        kv_shape = [b, s, self.kv_heads, self.head_dim]
+        for i in range(self.num_layers):
+            for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
+                past = np.ascontiguousarray(buf[:, :past_len], dtype=np.float32)
+                out = np.empty(kv_shape, np.float32)
+                keep.append(past)
+                scratch.append((buf[:, past_len:past_len + s], out))
+                bind_in(past_name, dev, _FLOAT, list(past.shape), past.ctypes.data)
+                bind_out(new_name, dev, _FLOAT, kv_shape, out.ctypes.data)
 
     def native_step(self, cache: KVCache):
         """The compiled decode step bound to this cache (None on the Python path): the Generator feeds tokens and
@@ -403,17 +440,26 @@ class OnnxRuntimeBackend:
         """The binding description of a cache's buffers for the native step, per tensor: (name, is output, dims,
         buffer address, bytes between batch rows, bytes per slot, starts at the past length). Dims are constants or
         the step's sizes (-1 batch, -2 past, -3 new tokens, -4 past + new; ort_decoder.hpp).
-        BSHD: past_* are slots [0, P) of each row, new_* the S slots from P."""
+        BSHD: past_* are slots [0, P) of each row, new_* the S slots from P. BNSH: past_* and present_* are both the
+        whole buffer (B, KV, max_len, hd) at one address; the graph updates it in place."""
         batch, past, new = -1, -2, -3
+        if getattr(cache, "layout", "BSHD") != self.kv_layout:
+            raise BackendError(f"KV cache layout {getattr(cache, 'layout', 'BSHD')} does not match the decoder "
+                               f"graph's {self.kv_layout}: use this backend's new_cache()")
         tensors = []
         for i in range(self.num_layers):
-            for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
+            for past_name, out_name, buf in zip(past_names(i), self._kv_outputs(i), (cache.keys[i], cache.values[i])):
                 if buf.dtype != np.float32 or not buf.flags.c_contiguous:
                     raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
-                dims = [self.kv_heads, self.head_dim]
                 address, rows, slot = buf.ctypes.data, buf.strides[0], buf.strides[1]
-                tensors.append((past_name, False, [batch, past, *dims], address, rows, slot, False))
-                tensors.append((new_name, True, [batch, new, *dims], address, rows, slot, True))
+                if self.kv_layout == "BNSH":
+                    whole = [batch, self.kv_heads, cache.max_len, self.head_dim]
+                    tensors.append((past_name, False, whole, address, rows, 0, False))
+                    tensors.append((out_name, True, whole, address, rows, 0, False))
+                else:
+                    dims = [self.kv_heads, self.head_dim]
+                    tensors.append((past_name, False, [batch, past, *dims], address, rows, slot, False))
+                    tensors.append((out_name, True, [batch, new, *dims], address, rows, slot, True))
         return tensors
 
     def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started):
@@ -430,16 +476,20 @@ class OnnxRuntimeBackend:
         return cache.backend_state.logits
 
     def _layout(self, cache: KVCache, state: _CacheState) -> list[tuple[str, str, int, int]]:
-        """Per cache buffer of a batch-1 cache: (past input name, new output name, base address, bytes per slot).
+        """Per cache buffer: (past input name, new/present output name, base address, bytes per slot (BSHD)).
         Computed once per cache: its buffers are allocated once and never replaced."""
         layout = state.layout
         if layout is None:
+            if getattr(cache, "layout", "BSHD") != self.kv_layout:
+                raise BackendError(f"KV cache layout {getattr(cache, 'layout', 'BSHD')} does not match the decoder "
+                                   f"graph's {self.kv_layout}: use this backend's new_cache()")
             layout = []
             for i in range(self.num_layers):
-                for past_name, new_name, buf in zip(past_names(i), new_names(i), (cache.keys[i], cache.values[i])):
+                for past_name, out_name, buf in zip(past_names(i), self._kv_outputs(i),
+                                                    (cache.keys[i], cache.values[i])):
                     if buf.dtype != np.float32 or not buf.flags.c_contiguous:
                         raise BackendError(f"KV cache buffers must be C-contiguous float32, got {buf.dtype}")
-                    layout.append((past_name, new_name, buf.ctypes.data, buf.strides[1]))
+                    layout.append((past_name, out_name, buf.ctypes.data, buf.strides[1]))
             state.layout = layout
         return layout
 
@@ -473,6 +523,15 @@ def _binders(ort, io, fast: bool = True):
         io.bind_output(name, "cpu", 0, element_type, shape, address)
 
     return bind_input, bind_output, None
+
+
+def missing_contrib_ops(error: str, ops) -> list[str]:
+    """The contrib ops named in an ONNX Runtime load error that says an op is unknown (a build without them)."""
+    if not re.search(r"not a registered function/op|Could not find an implementation|No opset import for domain",
+                     error):
+        return []
+    named = [op for op in ops if op in error]
+    return named or (list(ops) if "com.microsoft" in error else [])
 
 
 def _native_module():

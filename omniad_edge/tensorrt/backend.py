@@ -34,6 +34,7 @@ from ..errors import BackendError
 from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda, tensorrt_step
 from .limits import (ALIGNMENT, Limits, decoder_input_names, decoder_output_names, io_buffer_plan, kv_row_bytes,
                      kv_scratch_seq, merge_unit)
+from .precision import check_bundle_target
 from .record import ENGINE_DIR, check_record, manifest_sha256, read_record, record_limits
 
 log = logging.getLogger("omniad_edge")
@@ -153,6 +154,7 @@ class TensorRTBackend:
         if not isinstance(device, int) or isinstance(device, bool) or device < 0:
             raise BackendError(f"device must be a CUDA device index >= 0, got {device!r}")
         self.bundle = bundle = load_bundle(bundle)
+        check_bundle_target(bundle.manifest)  # before anything else: engines of an ort bundle cannot exist
         self.root = Path(bundle.root)
         if _trt is None:
             _trt = import_tensorrt()

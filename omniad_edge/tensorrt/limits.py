@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import contract
 from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, vision_input_names  # noqa: F401
+from ..contract import MAX_ASPECT
 
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
            "vision_profile", "decoder_input_names", "decoder_output_names", "decoder_profiles", "profiles_to_json",
@@ -157,11 +158,9 @@ def max_windows(tokens: int, side: int) -> int:
     """The most windows one image of at most `tokens` merged tokens can have, windows `side` tokens a side.
 
     Windows tile the merged grid from its top-left corner, so a thin grid needs the most (a 1 x T grid needs
-    ceil(T / side) where a square one needs about T / side^2). frame.py caps the frame's aspect ratio at
-    MAX_ASPECT, and smart_resize rounds each side to the nearest token: a side of `a` tokens comes from fewer than
-    a + 0.5 tokens' worth of pixels, so the other side has at most MAX_ASPECT * (a + 0.5) + 0.5 tokens."""
-    from ..frame import MAX_ASPECT
-
+    ceil(T / side) where a square one needs about T / side^2). Frames are capped at an aspect ratio of
+    MAX_ASPECT, and smart_resize rounds each side to the nearest token: a side of `a` tokens comes from fewer
+    than a + 0.5 tokens' worth of pixels, so the other side has at most MAX_ASPECT * (a + 0.5) + 0.5 tokens."""
     best = 1
     for a in range(1, tokens + 1):
         b = min(tokens // a, MAX_ASPECT * a + MAX_ASPECT // 2 + 1)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..contract import bundle_target
 from ..errors import BackendError, BundleError
 from .cuda import DeviceInfo
 from .limits import BuildOptions
 
-__all__ = ["check_precision", "check_bundle_precision", "check_quantization", "strongly_typed", "graph_precision",
-           "graph_precisions", "weak_typing_available", "min_compute_capability", "LayerInfo", "vision_fp32_layers",
+__all__ = ["check_precision", "check_bundle_target", "check_bundle_precision", "check_quantization", "strongly_typed",
+           "graph_precision", "graph_precisions", "weak_typing_available", "min_compute_capability", "LayerInfo", "vision_fp32_layers",
            "rotary_fp32_layers", "norm_fp32_layers"]
 
 
@@ -46,8 +47,21 @@ GRAPHS = ("vision", "decoder")
 FLOAT32_ACTIVATIONS = ("fp32", "int4")
 
 
+def check_bundle_target(manifest: dict) -> None:
+    """Refuse a bundle exported for ONNX Runtime (export --target ort): its decoder is built on GroupQueryAttention
+    and other contrib operators that TensorRT's parser does not know. Bundles without a target (exported before
+    targets existed) pass on to the per-graph checks."""
+    target = bundle_target(manifest)
+    if target is not None and target != "tensorrt":
+        raise BundleError(
+            f"the bundle was exported for target {target!r} (ONNX Runtime's fused contrib operators: "
+            f"{', '.join(manifest['graphs']['decoder'].get('contrib_ops', [])) or 'GroupQueryAttention'}), which "
+            "TensorRT cannot parse; re-export it with --target tensorrt, or run it with backend='onnxruntime'")
+
+
 def check_bundle_precision(manifest: dict) -> None:
     """Refuse graphs TensorRT's ONNX parser cannot import, with the reason (onnx-tensorrt docs/operators.md)."""
+    check_bundle_target(manifest)
     for graph in GRAPHS:
         precision = graph_precision(manifest, graph)
         if precision == "int8":

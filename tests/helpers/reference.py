@@ -1,8 +1,9 @@
 """A plain greedy generation loop over a bundle: numpy + onnxruntime + tokenizers only, no torch.
 
-It is the executable reading of DESIGN.md's graph contract (host embedding, host positions, left padding, KV
-returned as new entries only) that parity tests compare with transformers. Deliberately simple: the KV cache is
-concatenated each step; the runtime's preallocated cache is the runtime's business.
+It is the executable reading of DESIGN.md's graph contract (host embedding, host positions, left padding; KV
+returned as new entries only (BSHD decoders) or as past + new (BNSH decoders fed their past only, not a shared
+buffer)) that parity tests compare with transformers. Deliberately simple: the KV cache is concatenated each step;
+the runtime's preallocated, shared cache is the runtime's business.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class BundleRunner:
         self.tokenizer = Tokenizer.from_file(str(self.dir / m["tokenizer"]["path"]))
         self.tokens = m["tokens"]
         self.vcfg = m["model"]["vision"]
+        self.bnsh = m["graphs"]["decoder"].get("kv_layout", "BSHD") == "BNSH"
 
     # --- prompt -----------------------------------------------------------------------------------------
     def prompt(self, frames: list[np.ndarray], text: str | None = None) -> Prompt:
@@ -89,6 +91,8 @@ class BundleRunner:
         out = self.decoder.run(None, feeds)
         names = [o.name for o in self.decoder.get_outputs()]
         res = dict(zip(names, out))
+        if self.bnsh:  # present = past + new, written by the graph
+            return res["logits"], [(res[f"present_key.{i}"], res[f"present_value.{i}"]) for i in range(layers)]
         new = [(np.concatenate([cache[i][0], res[f"new_key.{i}"]], axis=1),
                 np.concatenate([cache[i][1], res[f"new_value.{i}"]], axis=1)) for i in range(layers)]
         return res["logits"], new
@@ -105,7 +109,8 @@ class BundleRunner:
         for b, p in enumerate(prompts):
             embeds[b, width - len(p.input_ids):] = self.embed_prompt(p)
             embeds[b, :width - len(p.input_ids)] = self.embed[self.tokens["pad"]]
-        empty = np.zeros((batch, 0, m["num_key_value_heads"], m["head_dim"]), dtype=np.float32)
+        kv, hd = m["num_key_value_heads"], m["head_dim"]
+        empty = np.zeros((batch, kv, 0, hd) if self.bnsh else (batch, 0, kv, hd), dtype=np.float32)
         cache = [(empty, empty)] * m["num_layers"]
         steps = np.array([len(p.input_ids) for p in prompts], dtype=np.int64)
         eos = set(self.tokens["eos"])
