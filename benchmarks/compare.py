@@ -185,6 +185,17 @@ def run_genai(model_dir, omniad_rows, tokens: int, stop=None) -> dict:
 
 
 # -- (a) transformers ----------------------------------------------------------------------------------------------
+def image_processor(manifest: dict):
+    """transformers' Qwen2-VL image processor with the bundle's preprocessing settings (the same pixels)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    pre = manifest["preprocess"]
+    return Qwen2VLImageProcessorPil(min_pixels=pre["min_pixels"], max_pixels=pre["max_pixels"],
+                                    patch_size=pre["patch_size"], merge_size=pre["merge_size"],
+                                    temporal_patch_size=pre["temporal_patch_size"], image_mean=pre["mean"],
+                                    image_std=pre["std"])
+
+
 def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, threads: int, stop=None) -> dict:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
@@ -197,15 +208,9 @@ def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, t
             done = [stop(row[self.start:].tolist()) for row in input_ids]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     torch.set_num_threads(threads)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    pre = manifest["preprocess"]
-    proc = Qwen2VLImageProcessorPil(min_pixels=pre["min_pixels"], max_pixels=pre["max_pixels"],
-                                    patch_size=pre["patch_size"], merge_size=pre["merge_size"],
-                                    temporal_patch_size=pre["temporal_patch_size"], image_mean=pre["mean"],
-                                    image_std=pre["std"])
+    proc = image_processor(manifest)
     toks = manifest["tokens"]
     eos = list(toks["eos"])
     rows = []

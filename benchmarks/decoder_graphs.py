@@ -79,9 +79,7 @@ def export_graphs(name: str, forms, precisions, out: Path,
         fp32 = out / f"{name}-{form}-fp32.onnx"
         if not fp32.exists():
             with torch.no_grad(), quiet_tools():
-                proto, _ = _export_decoder(model, cfg, torch.float32, ExportOptions(target=target), print, packed)
-            save_onnx(proto, fp32, threshold=0)
-            del proto
+                _export_decoder(model, cfg, torch.float32, ExportOptions(target=target), print, fp32, 0, packed)
             gc.collect()
     del model
     gc.collect()

@@ -48,22 +48,12 @@ def qwen_tokenizer_json() -> Path:
 def write_checkpoint(out_dir, *, seed: int = 0, text: dict | None = None, vision: dict | None = None) -> Path:
     """A Hugging Face Qwen2.5-VL folder with random weights (fixed seed) and the real Qwen2.5 tokenizer."""
     import torch
-    from tokenizers import Tokenizer
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_file(str(qwen_tokenizer_json()))
-    ids = {name: tok.token_to_id(name) for name in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>",
-                                                    "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    tok.save(str(out / "tokenizer.json"))
-    config = Qwen2_5_VLConfig(
-        text_config={**(text or TEXT_05B), "vocab_size": 151936, "eos_token_id": ids["<|im_end|>"],
-                     "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=dict(vision or VISION_SMALL),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+    ids = write_tokenizer(out)
+    config = checkpoint_config("qwen2_5_vl", text or TEXT_05B, vision or VISION_SMALL, ids)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -71,6 +61,35 @@ def write_checkpoint(out_dir, *, seed: int = 0, text: dict | None = None, vision
             if p.dim() >= 2:
                 p.normal_(0.0, INIT_STD)
     model.save_pretrained(out)
+    write_side_files(out, ids)
+    return out
+
+
+def write_tokenizer(out: Path) -> dict:
+    """The real Qwen2.5 tokenizer.json into `out`; returns the special token ids a config needs."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(qwen_tokenizer_json()))
+    tok.save(str(out / "tokenizer.json"))
+    return {name: tok.token_to_id(name) for name in ("<|endoftext|>", "<|im_end|>", "<|image_pad|>",
+                                                     "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+
+
+def checkpoint_config(architecture: str, text: dict, vision: dict, ids: dict):
+    """Qwen2_5_VLConfig or Qwen2VLConfig with Qwen's vocabulary and special tokens, tied embeddings."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    cls = {"qwen2_5_vl": Qwen2_5_VLConfig, "qwen2_vl": Qwen2VLConfig}[architecture]
+    return cls(
+        text_config={**text, "vocab_size": 151936, "eos_token_id": ids["<|im_end|>"],
+                     "bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"]},
+        vision_config=dict(vision), image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+
+
+def write_side_files(out: Path, ids: dict) -> None:
+    """Chat template, tokenizer, generation and preprocessor configs of a Qwen2(.5)-VL folder."""
     (out / "chat_template.jinja").write_text(
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}", encoding="utf-8")
@@ -85,7 +104,6 @@ def write_checkpoint(out_dir, *, seed: int = 0, text: dict | None = None, vision
         "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]},
         indent=1))
-    return out
 
 
 def _run(cmd: list[str], what: str) -> float:

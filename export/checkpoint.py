@@ -199,14 +199,16 @@ def inspect_checkpoint(path) -> Checkpoint:
     return Checkpoint(path, config, tokenizer_json, chat_template, preprocessor, tokens, weights)
 
 
-def load_model(checkpoint: Checkpoint):
-    """The transformers model in float32 eval mode, eager attention (plain ops, same math as our graphs)."""
-    import torch
+def load_model(checkpoint: Checkpoint, dtype="auto"):
+    """The transformers model in eval mode, eager attention (plain ops, same math as our graphs).
+
+    dtype "auto": the checkpoint's own (bfloat16 for the published Qwen checkpoints): half the memory of float32,
+    and exact, since the graphs convert weights to their precision (bfloat16 -> float32 loses nothing)."""
     import transformers
 
     try:
         model = getattr(transformers, ARCHITECTURES[checkpoint.architecture]).from_pretrained(
-            checkpoint.path, dtype=torch.float32, attn_implementation="eager")
+            checkpoint.path, dtype=dtype, attn_implementation="eager")
     except Exception as exc:  # transformers raises many types for a bad folder; name the folder and the cause
         raise ExportError(f"checkpoint: transformers could not load {checkpoint.path}: {exc}") from exc
     return model.eval()

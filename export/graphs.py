@@ -39,8 +39,43 @@ def _masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor
     return torch.softmax(scores, dim=-1)
 
 
-def _cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    return module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
+class _CastLinear(nn.Module):
+    """A Linear whose weight stays in its stored dtype (bfloat16, float16) and is cast where it is used: the
+    exported graph holds the half-size weight behind a Cast, which the int4 quantizer folds one weight at a time
+    (export/quantize.py), so a float32 graph of a 3B decoder never exists in memory."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.weight, self.bias, self.dtype = linear.weight, linear.bias, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(self.dtype)
+        return nn.functional.linear(x, self.weight.to(self.dtype), bias)
+
+
+def _cast_linears(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if isinstance(module, nn.Linear):
+        return _CastLinear(module, dtype)
+    for name, child in module.named_children():
+        setattr(module, name, _cast_linears(child, dtype))
+    return module
+
+
+WEIGHTS = ("copy", "in_place", "cast")
+
+
+def _with_dtype(module: nn.Module, dtype: torch.dtype, weights: str) -> nn.Module:
+    """The module's weights in `dtype`. "copy" converts a deep copy (the model stays as loaded, for parity tests);
+    "in_place" converts the model's own weights (the exporter owns the model: no second copy of a 3B model);
+    "cast" leaves Linear weights as stored and casts them in the graph (int4 export, see _CastLinear); the
+    graphs cast norm weights to float32 themselves."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "cast":
+        return _cast_linears(module, dtype)
+    if weights == "in_place" or all(p.dtype == dtype for p in module.parameters()):
+        return module.to(dtype)
+    return copy.deepcopy(module).to(dtype)
 
 
 # a padding key's extra score in the fused form: exp(this * scale) is 0 next to any real score, in fp32 and fp16
@@ -68,10 +103,11 @@ class VisionGraph(nn.Module):
     Softmax), for runtimes without the fused op such as TensorRT.
     `fp32_mlp_blocks`: how many of the last blocks keep their MLP in float32 when dtype is float16 (the known
     Qwen2.5-VL-3B fp16 overflow in the last blocks' down projection).
+    `weights`: how the tower's weights become `dtype` ("copy", "in_place", "cast": _with_dtype).
     """
 
     def __init__(self, visual: nn.Module, dtype: torch.dtype = torch.float32, fp32_mlp_blocks: int = 2,
-                 attention: str = "auto"):
+                 attention: str = "auto", weights: str = "copy"):
         super().__init__()
         cfg = visual.config
         self.dtype = dtype
@@ -87,10 +123,10 @@ class VisionGraph(nn.Module):
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
         weight = visual.patch_embed.proj.weight
         self.patch_weight = nn.Parameter(weight.detach().reshape(weight.shape[0], -1).to(dtype), requires_grad=False)
-        self.blocks = _cast_copy(visual.blocks, dtype)
+        self.blocks = _with_dtype(visual.blocks, dtype, weights)
         for i in self.fp32_mlp:
             self.blocks[i].mlp.float()
-        self.merger = _cast_copy(visual.merger, dtype)
+        self.merger = _with_dtype(visual.merger, dtype, weights)
         self.register_buffer("inv_freq", visual.rotary_pos_emb.inv_freq.detach().float().clone(), persistent=False)
 
     @property
@@ -163,10 +199,10 @@ class DecoderGraph(nn.Module):
     """Language model step over host embeddings and a host-managed BSHD KV cache (DESIGN.md, decoder graph).
 
     forward(inputs_embeds, position_ids, attention_mask, past) -> (logits of the last position, new k/v per layer)
-    with past = (past_key.0, past_value.0, past_key.1, ...).
+    with past = (past_key.0, past_value.0, past_key.1, ...). `weights`: as for VisionGraph.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, weights: str = "copy"):
         super().__init__()
         lm = model.model.language_model
         cfg = lm.config
@@ -174,10 +210,10 @@ class DecoderGraph(nn.Module):
         self.num_heads = cfg.num_attention_heads
         self.num_kv = cfg.num_key_value_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.layers = _cast_copy(lm.layers, dtype)
+        self.layers = _with_dtype(lm.layers, dtype, weights)
         self.norm_weight = lm.norm.weight
         self.norm_eps = lm.norm.variance_epsilon
-        self.lm_head = _cast_copy(model.lm_head, dtype)
+        self.lm_head = _with_dtype(model.lm_head, dtype, weights)
         inv_freq = lm.rotary_emb.inv_freq.detach().float().clone()
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         # which of the 3 position axes (t, h, w) drives each frequency: transformers' mrope_section split
@@ -239,18 +275,19 @@ DECODER_CONTRIB_OPS = ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplified
 _PAD_BIAS = -1e9
 
 
-def _packed(linears) -> nn.Linear:
-    """One Linear computing several projections of the same input side by side (one MatMul instead of several)."""
+def _packed(linears, cast: torch.dtype | None = None) -> nn.Module:
+    """One Linear computing several projections of the same input side by side (one MatMul instead of several);
+    cast: its weight stays as stored and is cast in the graph (_CastLinear)."""
     weight = torch.cat([m.weight.detach() for m in linears], dim=0)
     bias = None
     if any(m.bias is not None for m in linears):
-        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features)
+        bias = torch.cat([m.bias.detach() if m.bias is not None else weight.new_zeros(m.weight.shape[0])
                           for m in linears])
     out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
     out.weight = nn.Parameter(weight, requires_grad=False)
     if bias is not None:
         out.bias = nn.Parameter(bias, requires_grad=False)
-    return out
+    return out if cast is None else _CastLinear(out, cast)
 
 
 def _contrib(op: str, inputs, attrs, dtype, shape):
@@ -270,13 +307,15 @@ class FusedDecoderGraph(DecoderGraph):
     Only the dynamo exporter writes these ops (torch.onnx.ops.symbolic); the module is not meant to run eagerly.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, packed: bool = True):
-        super().__init__(model, dtype)
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, packed: bool = True,
+                 weights: str = "copy"):
+        super().__init__(model, dtype, weights)
         self.packed = packed  # False: separate projections (benchmarks/decoder_graphs.py measures both)
         if packed:
-            self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj])
+            cast = dtype if weights == "cast" else None
+            self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], cast)
                                      for l in self.layers)
-            self.gate_up = nn.ModuleList(_packed([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers)
+            self.gate_up = nn.ModuleList(_packed([l.mlp.gate_proj, l.mlp.up_proj], cast) for l in self.layers)
 
     def _qkv(self, i, h):
         if self.packed:

@@ -1,7 +1,8 @@
 """torch module -> ONNX file: dynamo exporter first, the legacy TorchScript exporter as a recorded fallback.
 
 Big graphs (over ~1.8 GB of weights, the protobuf limit is 2 GB) keep their weights in one external data file,
-`<graph>.onnx.data`, beside the graph.
+`<graph>.onnx.data`, beside the graph. The dynamo exporter's graph is written straight to disk, tensor by tensor,
+from the module's own weights: no serialized copy of a multi-GB graph is ever held in memory.
 """
 from __future__ import annotations
 
@@ -89,17 +90,21 @@ def _rename_dims(model, dim_names: dict[str, dict[int, str]]) -> None:
 
 
 def export_graph(module, args: tuple, input_names: list[str], output_names: list[str],
-                 dim_names: dict[str, dict[int, str]], prefer_dynamo: bool = True, log=None,
-                 fallback: str | None = "legacy"):
-    """Export `module(*args)`; returns (onnx.ModelProto, info) with info = {"exporter": ..., "fallback_reason"}.
+                 dim_names: dict[str, dict[int, str]], path, prefer_dynamo: bool = True, log=None,
+                 threshold: int | None = None, fallback: str | None = "legacy") -> dict:
+    """Export `module(*args)` to the ONNX file `path` (weights in `path`.data when they exceed `threshold` bytes,
+    EXTERNAL_DATA_THRESHOLD by default); returns info = {"exporter": ..., "opset", "fallback_reason"}.
 
     dim_names maps each input/output name to {axis: name} of its dynamic axes. fallback=None: a dynamo failure is
     an ExportError (for graphs only dynamo can write), its message the reason; else the legacy exporter is tried."""
+    import onnx
     import torch
 
     log = log or (lambda msg: None)
+    path = Path(path)
+    threshold = EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
     info: dict = {"exporter": "dynamo" if prefer_dynamo else "legacy", "opset": OPSET}
-    model = None
+    program = model = None
     if prefer_dynamo:
         dynamic = torch.export.Dim.DYNAMIC
         flat_specs = []
@@ -115,17 +120,14 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
                 program = torch.onnx.export(module, args, dynamo=True, input_names=input_names,
                                             output_names=output_names, dynamic_shapes=specs, opset_version=OPSET,
                                             verbose=False, report=False)
-                model = program.model_proto
         except Exception as exc:  # any exporter failure: fall back, and say why in the manifest
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if fallback is None:
                 raise ExportError(reason) from None
             info = {"exporter": "legacy", "opset": OPSET, "fallback_reason": reason}
             log(f"dynamo export failed ({type(exc).__name__}); falling back to the legacy exporter")
-    if model is None:
+    if program is None:
         import io
-
-        import onnx
 
         flat_args = list(args[:-1]) + list(args[-1]) if isinstance(args[-1], tuple) else list(args)
 
@@ -146,5 +148,20 @@ def export_graph(module, args: tuple, input_names: list[str], output_names: list
                               input_names=input_names, output_names=output_names, opset_version=OPSET,
                               dynamic_axes={k: dict(v) for k, v in dim_names.items() if v}, do_constant_folding=True)
         model = onnx.load_model_from_string(buffer.getvalue())
-    _rename_dims(model, dim_names)
-    return model, info
+        del buffer
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    if model is not None:
+        save_onnx(model, path, threshold)
+        del model
+    else:
+        weights = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                      if v.const_value is not None)
+        program.save(path, external_data=weights > threshold)
+        del program
+    # the structure only (external weights stay where they are) gets readable axis names
+    structure = onnx.load_model(str(path), load_external_data=False)
+    _rename_dims(structure, dim_names)
+    onnx.save_model(structure, str(path))
+    return info

@@ -126,21 +126,21 @@ _VISION_DIMS = {"pixel_values": {0: "patches"}, "rotary_pos_ids": {0: "patches"}
                 VISION_OUTPUT: {0: "tokens"}}
 
 
-def _export_vision(model, model_cfg, dtype, opts, log):
+def _export_vision(model, model_cfg, dtype, opts, log, path, threshold):
     from .graphs import VisionGraph
     from .onnx_export import export_graph
 
     # int4 "qdq" and tensorrt bundles aim at runtimes without ONNX Runtime's contrib ops: "auto" means plain there
     plain = (opts.precision == "int4" and opts.int4_format == "qdq") or opts.target == "tensorrt"
     graph = VisionGraph(model.model.visual, dtype=dtype, fp32_mlp_blocks=opts.fp32_vision_mlp_blocks,
-                        attention="plain" if plain else opts.vision_attention).eval()
+                        attention="plain" if plain else opts.vision_attention, weights="in_place").eval()
     names = graph.input_names
     args = _sample_vision_inputs(model_cfg, names)
-    proto, info = export_graph(graph, args, names, [VISION_OUTPUT], _VISION_DIMS, opts.prefer_dynamo, log)
-    return proto, {**info, "attention": graph.attention_forms(info["exporter"])}
+    info = export_graph(graph, args, names, [VISION_OUTPUT], _VISION_DIMS, path, opts.prefer_dynamo, log, threshold)
+    return {**info, "attention": graph.attention_forms(info["exporter"])}
 
 
-def _export_decoder(model, model_cfg, dtype, opts, log, packed: bool = True):
+def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed: bool = True):
     """packed=False keeps separate q/k/v and gate/up projections in the fused decoder (for benchmarks only)."""
     import torch
 
@@ -148,7 +148,10 @@ def _export_decoder(model, model_cfg, dtype, opts, log, packed: bool = True):
     from .onnx_export import export_graph
 
     fused = opts.target == "ort"
-    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed) if fused else DecoderGraph(model, dtype=dtype)).eval()
+    # int4: weights stay as loaded behind a Cast, the quantizer upcasts them one at a time; else converted in place
+    weights = "cast" if opts.precision == "int4" else "in_place"
+    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed, weights=weights) if fused
+             else DecoderGraph(model, dtype=dtype, weights=weights)).eval()
     layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
     b, s, p = 2, 5, 3  # sizes > 1 so the exporter keeps batch, seq and past dynamic
     gen = torch.Generator().manual_seed(0)
@@ -167,28 +170,29 @@ def _export_decoder(model, model_cfg, dtype, opts, log, packed: bool = True):
                  for n in in_names[len(DECODER_INPUTS):]})
     dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "seq"} for n in out_names[1:]})
     try:
-        return export_graph(graph, args, in_names, out_names, dims, opts.prefer_dynamo, log,
+        return export_graph(graph, args, in_names, out_names, dims, path, opts.prefer_dynamo, log, threshold,
                             fallback=None if fused else "legacy")
     except ExportError as exc:  # only the fused decoder refuses the fallback
         raise ExportError(f"target ort: the dynamo exporter failed on the decoder ({exc}); export with --target "
                           "tensorrt for the plain decoder") from None
 
 
-def _quantized(source, precision: str, opts: ExportOptions, log):
-    """source: fp32 ModelProto or the path of a saved fp32 graph; returns the ModelProto to write."""
-    from .onnx_export import quiet_tools
-    from .quantize import quantize_int4, quantize_int8
+def _quantize(source: Path, out: Path, precision: str, opts: ExportOptions, log) -> None:
+    """source: a saved float graph; writes the quantized graph to out."""
+    from .onnx_export import quiet_tools, save_onnx
+    from .quantize import quantize_int4_file, quantize_int8
 
     if precision == "int8":
         log("quantizing MatMul weights to int8 (dynamic)")
         with quiet_tools():
-            return quantize_int8(source)
-    if precision == "int4":
-        log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size})")
+            save_onnx(quantize_int8(source), out)
+    elif precision == "int4":
+        log(f"quantizing MatMul weights to int4 (blocks of {opts.int4_block_size}), one weight at a time")
         with quiet_tools():
-            return quantize_int4(source, opts.int4_block_size, opts.int4_accuracy_level, opts.int4_format,
-                                 keep_lm_head=opts.int4_keep_lm_head)
-    raise AssertionError(precision)
+            quantize_int4_file(source, out, opts.int4_block_size, opts.int4_accuracy_level, opts.int4_format,
+                               keep_lm_head=opts.int4_keep_lm_head)
+    else:
+        raise AssertionError(precision)
 
 
 def _write_embeddings(model, path: Path, dtype: str = "float32") -> dict:
@@ -241,34 +245,34 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        log("loading weights with transformers")
+        log("loading weights with transformers (in the checkpoint's own dtype)")
         model = load_model(checkpoint)
+        # embeddings first: the graphs below convert the model's weights in place (lm_head may share this table)
+        log("writing embeddings")
+        embed = _write_embeddings(model, tmp / "embed_tokens.npy", opts.embed_dtype)
         graph_info = {}
-        from .onnx_export import save_onnx
-
         precisions = {"vision": vision_precision, "decoder": opts.precision}
         exporters = {"vision": _export_vision, "decoder": _export_decoder}
-        scratch = tmp / ".fp32"  # graphs waiting for quantization, kept on disk so memory holds one at a time
+        scratch = tmp / ".float"  # graphs waiting for quantization, on disk so memory holds one at a time
         pending = {}
         with torch.no_grad():
             for graph, precision in precisions.items():
                 log(f"exporting {graph} graph ({precision})")
                 dtype = torch.float16 if precision == "fp16" else torch.float32
-                proto, info = exporters[graph](model, model_cfg, dtype, opts, log)
-                graph_info[graph] = {**info, "precision": precision}
                 if precision in ("int8", "int4"):
                     scratch.mkdir(exist_ok=True)
-                    pending[graph] = scratch / f"{graph}.onnx"
-                    save_onnx(proto, pending[graph], threshold=0)
+                    path = pending[graph] = scratch / f"{graph}.onnx"
+                    info = exporters[graph](model, model_cfg, dtype, opts, log, path, 0)
                 else:
-                    save_onnx(proto, tmp / f"{graph}.onnx")
-                del proto
-        log("writing embeddings")
-        embed = _write_embeddings(model, tmp / "embed_tokens.npy", opts.embed_dtype)
+                    info = exporters[graph](model, model_cfg, dtype, opts, log, tmp / f"{graph}.onnx", None)
+                graph_info[graph] = {**info, "precision": precision}
+                if graph == "vision":  # its weights are on disk now: free them before the decoder's export
+                    model.model.visual = None
+                gc.collect()
         del model
         gc.collect()
         for graph, source in pending.items():
-            save_onnx(_quantized(source, precisions[graph], opts, log), tmp / f"{graph}.onnx")
+            _quantize(source, tmp / f"{graph}.onnx", precisions[graph], opts, log)
         shutil.rmtree(scratch, ignore_errors=True)
         decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
         if opts.target == "ort":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omniad_edge.errors import ExportError
 
-__all__ = ["quantize_int8", "quantize_int4", "output_projection"]
+__all__ = ["quantize_int8", "quantize_int4", "quantize_int4_file", "output_projection"]
 
 
 def quantize_int8(model):
@@ -37,17 +37,36 @@ def quantize_int8(model):
 
 def quantize_int4(model, block_size: int = 32, accuracy_level: int = 4, fmt: str = "matmulnbits",
                   keep_lm_head: bool = False):
-    """fp32 graph (ModelProto, or path of a saved one) -> int4 weight-only ModelProto (symmetric, blocks along K).
+    """fp32 graph (ModelProto, or path of a saved one) -> int4 weight-only ModelProto (quantize_int4_file)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="omniad-q4-") as tmp:
+        src = Path(model) if isinstance(model, (str, Path)) else Path(tmp, "in.onnx")
+        if not isinstance(model, (str, Path)):
+            onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="in.onnx.data")
+        dst = Path(tmp, "out.onnx")
+        quantize_int4_file(src, dst, block_size, accuracy_level, fmt, keep_lm_head, threshold=0)
+        return onnx.load_model(str(dst), load_external_data=True)
+
+
+def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, fmt: str = "matmulnbits",
+                       keep_lm_head: bool = False, threshold: int | None = None) -> list[Path]:
+    """Saved float graph `src` -> int4 weight-only graph `dst` (symmetric, blocks along K), one weight in memory at
+    a time; returns the files written (`dst`, plus `dst`.data when the weights exceed `threshold` bytes).
 
     Every constant-weight MatMul or Gemm is quantized, the output projection (lm_head) included unless
-    keep_lm_head: on a 0.5B model it is 545 MB of the 734 MiB a decode step reads when left in fp32.
+    keep_lm_head: on a 0.5B model it is 545 MB of the 734 MiB a decode step reads when left in fp32. A weight may
+    reach its MatMul through Transpose and Cast (a bfloat16/float16 weight exported behind a Cast to float32,
+    graphs._CastLinear); the cast is applied here, and any other Cast of a weight is folded into a float32 one.
     fmt "matmulnbits": ONNX Runtime's fused MatMulNBits; accuracy_level is its CPU compute type, 0 (unset:
     float32) .. 4 (int8 activations: onnxruntime-genai's CPU int4 choice, ~2x faster decode). fmt "qdq": standard
     DequantizeLinear (opset 21, INT4 blocks) feeding a plain MatMul, which other runtimes can read (ONNX Runtime
-    fuses it back at load); accuracy_level does not apply there."""
+    fuses it back at load); accuracy_level does not apply there. Each weight goes through onnxruntime's own
+    MatMulNBitsQuantizer as a one-node graph, so the numbers and node forms are that tool's."""
     import onnx
-    from onnxruntime.quantization import QuantFormat
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from .onnx_export import EXTERNAL_DATA_THRESHOLD
 
     if block_size < 16 or block_size & (block_size - 1):
         raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
@@ -55,22 +74,199 @@ def quantize_int4(model, block_size: int = 32, accuracy_level: int = 4, fmt: str
         raise ExportError(f"int4 accuracy level must be 0..4, got {accuracy_level!r}")
     if fmt not in ("matmulnbits", "qdq"):
         raise ExportError(f"int4 format must be 'matmulnbits' or 'qdq', got {fmt!r}")
-    if isinstance(model, (str, Path)):
-        model = onnx.load_model(str(model), load_external_data=True)
-    head = output_projection(model.graph)
+    src, dst = Path(src), Path(dst)
+    model = onnx.load_model(str(src), load_external_data=False)
+    graph = model.graph
+    head = output_projection(graph)
     if head is None:
         raise ExportError("int4: found no output projection (constant-weight MatMul/Gemm feeding the first output)")
-    head.name = head.name or "lm_head"
-    _constant_weights_as_matmul(model.graph, skip=head if keep_lm_head else None)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
-                                     accuracy_level=accuracy_level or None,
-                                     nodes_to_exclude=[head.name] if keep_lm_head else None,
-                                     quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                                     op_types_to_quantize=("MatMul",))
+    weights = _Weights(graph, src.parent)
+    settings = dict(bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level or None,
+                    quant_format=_quant_format(fmt), op_types_to_quantize=("MatMul",))
+    opsets = {o.domain: o.version for o in model.opset_import}
+    with _DataWriter(dst) as writer:
+        for node in list(graph.node):
+            if (keep_lm_head and node is head) or node.op_type not in ("MatMul", "Gemm"):
+                continue
+            replacement = _quantized_node(node, weights, settings, opsets, writer)
+            if replacement is not None:
+                at = list(graph.node).index(node)
+                graph.node.remove(node)
+                for offset, new in enumerate(replacement):
+                    graph.node.insert(at + offset, new)
+        _drop_dead(graph)  # first: the Casts that fed quantized weights must not be folded into float32 copies
+        _fold_weight_casts(graph, weights)
+        used = {i for n in graph.node for i in n.input}
+        kept = [i.name for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        for name in kept:  # the source's remaining weights (norms, biases, small tables) move across as they are
+            writer.add(weights.tensor(name))
+        graph.initializer.extend(writer.written)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
+    _check_changed(model, ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",), "int4")
+    onnx.save_model(model, str(dst))
+    data = writer.path
+    if data.stat().st_size <= (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold):
+        inline = onnx.load_model(str(dst), load_external_data=True)  # small: one self-contained file
+        data.unlink()
+        onnx.save_model(inline, str(dst))
+        return [dst]
+    return [dst, data]
+
+
+def _quant_format(fmt: str):
+    from onnxruntime.quantization import QuantFormat
+
+    return QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
+
+
+class _Weights:
+    """Initializers of a saved graph, read one at a time (external data included), and the Transpose/Cast chains
+    that lead from them to a MatMul."""
+
+    def __init__(self, graph, base: Path):
+        self.inits = {i.name: i for i in graph.initializer}
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.base = base
+
+    def tensor(self, name: str):
+        """The initializer as a TensorProto with its data inline."""
+        from onnx import numpy_helper
+
+        return numpy_helper.from_array(self.array(name), name)
+
+    def array(self, name: str):
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[name], str(self.base))
+
+    def source(self, name: str):
+        """(initializer, ops) when `name` is a 2-D initializer seen through Transpose([1, 0]) and Cast-to-float
+        nodes (ops in the order they apply), else None."""
+        ops = []
+        while name not in self.inits:
+            node = self.producers.get(name)
+            if node is None or node.op_type not in ("Transpose", "Cast"):
+                return None
+            attrs = _attrs(node)
+            if node.op_type == "Transpose" and attrs.get("perm", [1, 0]) != [1, 0]:
+                return None
+            if node.op_type == "Cast" and attrs.get("to") != 1:  # TensorProto.FLOAT
+                return None
+            ops.insert(0, node.op_type)
+            name = node.input[0]
+        return (name, ops) if len(self.inits[name].dims) == 2 else None
+
+    def float_matrix(self, name: str, ops: list[str], transpose: bool):
+        import numpy as np
+
+        w = self.array(name)
+        for op in ops:
+            w = w.T if op == "Transpose" else w.astype(np.float32)
+        w = w.T if transpose else w
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _quantized_node(node, weights: _Weights, settings: dict, opsets: dict, writer: "_DataWriter"):
+    """The int4 replacement of one MatMul/Gemm with a constant weight (None when it has none or is not a plain
+    x @ W (+ C)): onnxruntime's quantizer run over a one-node graph holding just that weight."""
+    from onnx import NodeProto, TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    found = weights.source(node.input[1])
+    if found is None:
+        return None
+    name, ops = found
+    transpose = False
+    if node.op_type == "Gemm":
+        a = _attrs(node)
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (len(node.input) > 2 and a.get("beta", 1.0) != 1.0):
+            return None  # not a plain x @ W (+ C): leave it, it stays float
+        transpose = bool(a.get("transB", 0))
+    elif not ops and weights.inits[name].data_type != TensorProto.FLOAT:
+        return None
+    weight = weights.float_matrix(name, ops, transpose)
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+    out = node.output[0]
+    mm_out = f"{out}_matmul" if bias else out
+    w_name = f"{node.name or out}_weight"
+    one = helper.make_graph([helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name or out)],
+                           "one", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
+                           [helper.make_tensor_value_info(mm_out, TensorProto.FLOAT, None)],
+                           [numpy_helper.from_array(weight, w_name)])
+    del weight
+    single = helper.make_model(one, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    quantizer = MatMulNBitsQuantizer(single, **settings)
     quantizer.process()
     result = quantizer.model.model
-    _check_changed(result, ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",), "int4")
-    return result
+    for opset in result.opset_import:
+        opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    for init in result.graph.initializer:
+        writer.add(init)
+    nodes = [NodeProto.FromString(n.SerializeToString()) for n in result.graph.node]  # copies, as _DataWriter.add
+    if bias:
+        nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=f"{node.name}_bias"))
+    return nodes
+
+
+def _fold_weight_casts(graph, weights: _Weights) -> None:
+    """Cast(initializer) nodes left after quantization (norm weights, biases of a bfloat16 checkpoint) become
+    initializers of the cast type, so the written graph holds no Cast on a constant."""
+    from onnx import helper, numpy_helper
+
+    for node in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in weights.inits]:
+        to = _attrs(node)["to"]
+        array = weights.array(node.input[0]).astype(helper.tensor_dtype_to_np_dtype(to))
+        tensor = numpy_helper.from_array(array, node.output[0])
+        graph.initializer.append(tensor)
+        weights.inits[tensor.name] = tensor
+        graph.node.remove(node)
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes nobody reads (the Transposes and Casts that fed quantized weights), until none is left."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not set(n.output) & used]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
+class _DataWriter:
+    """Appends tensors to `dst`.data as they are made and keeps only their external-data references."""
+
+    def __init__(self, dst: Path):
+        self.path = dst.with_name(dst.name + ".data")
+        self.written = []
+
+    def __enter__(self):
+        self.file = self.path.open("wb")
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def add(self, tensor):
+        from onnx import TensorProto, external_data_helper, numpy_helper
+
+        if tensor.HasField("raw_data"):
+            # a copy: a reference into another message keeps that whole message alive (the one-node graph with
+            # its float32 weight), which would hold every weight quantized so far
+            tensor = TensorProto.FromString(tensor.SerializeToString())
+        else:
+            tensor = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+        offset = self.file.tell()
+        pad = -offset % 64
+        self.file.write(b"\0" * pad)
+        self.file.write(tensor.raw_data)
+        external_data_helper.set_external_data(tensor, self.path.name, offset + pad, len(tensor.raw_data))
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        self.written.append(tensor)
+        return tensor
 
 
 # ops a projection's output may pass through on its way to the logits output
@@ -86,80 +282,13 @@ def output_projection(graph):
         node = producers.get(node.input[0])
     if node is None or node.op_type not in ("MatMul", "Gemm"):
         return None
-    return node if _constant_weight(graph, node, producers) is not None else None
-
-
-def _constant_weight(graph, node, producers):
-    """(initializer name, transposed) of node's 2-D constant B input, or None. The exporter leaves large weights as
-    Gemm(transB=1) or MatMul(x, Transpose(W)): its constant folding skips big tensors."""
-    inits = {i.name: i for i in graph.initializer}
-    b = node.input[1]
-    if b in inits and len(inits[b].dims) == 2:
-        return b, False
-    src = producers.get(b)
-    if (node.op_type == "MatMul" and src is not None and src.op_type == "Transpose" and src.input[0] in inits
-            and len(inits[src.input[0]].dims) == 2 and _attrs(src).get("perm", [1, 0]) == [1, 0]):
-        return src.input[0], True
-    return None
+    return node if _Weights(graph, Path()).source(node.input[1]) is not None else None
 
 
 def _attrs(node) -> dict:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _constant_weights_as_matmul(graph, skip=None) -> None:
-    """Rewrite constant-weight Gemm and MatMul(x, Transpose(W)) as MatMul(x, W') with W' a [K, N] initializer,
-    the only form the int4 quantizer takes. Gemm(x, W, C) keeps its bias as an Add after the MatMul."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    producers = {out: node for node in graph.node for out in node.output}
-    inits = {i.name: i for i in graph.initializer}
-    replaced = set()
-    for node in list(graph.node):
-        if node is skip or node.op_type not in ("MatMul", "Gemm"):
-            continue
-        found = _constant_weight(graph, node, producers)
-        if found is None:
-            continue
-        name, transposed = found
-        if node.op_type == "Gemm":
-            a = _attrs(node)
-            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or (len(node.input) > 2 and a.get("beta", 1.0) != 1.0):
-                continue  # not a plain x @ W (+ C): leave it, it stays float32
-            transposed = bool(a.get("transB", 0))
-        elif not transposed:
-            continue  # already the quantizer's form
-        weight = numpy_helper.to_array(inits[name])
-        if transposed:
-            weight = np.ascontiguousarray(weight.T)
-        new_name = f"{name}_kn"
-        replaced.add(name)
-        graph.initializer.append(numpy_helper.from_array(weight, new_name))
-        outputs = list(node.output)
-        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
-        mm_out = f"{outputs[0]}_matmul" if bias else outputs[0]
-        replacement = [helper.make_node("MatMul", [node.input[0], new_name], [mm_out], name=node.name)]
-        if bias:
-            replacement.append(helper.make_node("Add", [mm_out, bias], outputs, name=f"{node.name}_bias"))
-        at = list(graph.node).index(node)
-        graph.node.remove(node)
-        for offset, new in enumerate(replacement):
-            graph.node.insert(at + offset, new)
-    _drop_unused(graph, replaced)
-
-
-def _drop_unused(graph, weights: set) -> None:
-    """Remove the rewritten weights' fp32 originals (and Transposes of them) once nothing else reads them."""
-    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
-    for node in [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in weights]:
-        if not set(node.output) & used:
-            graph.node.remove(node)
-    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
-    for init in [i for i in graph.initializer if i.name in weights and i.name not in used]:
-        graph.initializer.remove(init)
 
 
 def _check_changed(model, op_types, precision: str) -> None:

@@ -429,6 +429,18 @@ def _toy_decoder(form: str):
     elif form == "matmul_transpose":
         nodes += [helper.make_node("Transpose", ["head"], ["head_t"], perm=[1, 0]),
                   helper.make_node("MatMul", ["h", "head_t"], ["logits"])]
+    elif form == "bf16_cast":  # export/graphs.py _CastLinear: bfloat16 weights cast to float32 in the graph
+        import ml_dtypes
+
+        inits = [numpy_helper.from_array(numpy_helper.to_array(i).astype(ml_dtypes.bfloat16), i.name) for i in inits]
+        inits.append(numpy_helper.from_array(np.linspace(-1, 1, 64).astype(ml_dtypes.bfloat16), "scale"))
+        nodes = [helper.make_node("Cast", ["w1"], ["w1_f"], to=TensorProto.FLOAT),
+                 helper.make_node("MatMul", ["x", "w1_f"], ["h0"]),
+                 helper.make_node("Cast", ["scale"], ["scale_f"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["h0", "scale_f"], ["h"]),
+                 helper.make_node("Cast", ["head"], ["head_f"], to=TensorProto.FLOAT),
+                 helper.make_node("Transpose", ["head_f"], ["head_t"], perm=[1, 0]),
+                 helper.make_node("MatMul", ["h", "head_t"], ["logits"])]
     else:  # the weight already [K, N], behind a Gather of the last position like our decoder's
         inits[1] = numpy_helper.from_array(numpy_helper.to_array(inits[1]).T.copy(), "head")
         inits.append(numpy_helper.from_array(np.array(0, np.int64), "last"))
@@ -440,9 +452,10 @@ def _toy_decoder(form: str):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-@pytest.mark.parametrize("form", ["gemm", "gemm_bias", "matmul_transpose", "matmul"])
+@pytest.mark.parametrize("form", ["gemm", "gemm_bias", "matmul_transpose", "matmul", "bf16_cast"])
 @pytest.mark.parametrize("keep", [False, True])
 def test_int4_output_projection_forms(form, keep):
+    import onnx
     import onnxruntime as ort
 
     from export.quantize import quantize_int4
@@ -452,6 +465,9 @@ def test_int4_output_projection_forms(form, keep):
     quantized = quantize_int4(_toy_decoder(form), keep_lm_head=keep)
     assert sum(n.op_type == "MatMulNBits" for n in quantized.graph.node) == (1 if keep else 2)
     assert len(_fp32_vocab_weights(quantized.graph, 96, 64)) == (1 if keep else 0)
+    # a bfloat16 checkpoint's casts are folded: no Cast of a constant and no bfloat16 weight is left
+    assert not any(n.op_type == "Cast" for n in quantized.graph.node)
+    assert not any(i.data_type == onnx.TensorProto.BFLOAT16 for i in quantized.graph.initializer)
     out = ort.InferenceSession(quantized.SerializeToString()).run(None, {"x": x})[0]
     assert out.dtype == np.float32 and out.shape == ref.shape
     assert _rel(out, ref) < 0.2  # int4 blocks of 32 on gaussian weights, int8 activations: measured ~0.08
