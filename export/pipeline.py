@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omniad_edge.contract import (DECODER_INPUTS, LOGITS, TARGETS, VISION_OUTPUT, decoder_input_names,
@@ -221,7 +221,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
     Options may be passed as an ExportOptions or as keyword overrides (precision="int4", ...)."""
     import torch
 
-    opts = options or ExportOptions()
+    opts = replace(options) if options is not None else ExportOptions()  # the caller's object stays as given
     for key, value in overrides.items():
         if not hasattr(opts, key):
             raise ExportError(f"unknown export option {key!r}")

@@ -672,6 +672,13 @@ def test_cli_help_does_not_need_torch():
     assert "--precision" in run.stdout
 
 
+def test_the_callers_options_object_is_left_as_given(tiny_checkpoint, tmp_path):
+    opts = ExportOptions(precision="int4", max_image_tokens=2)  # refused in the checks, after int4_format is set
+    with pytest.raises(ExportError, match="max_image_tokens"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", opts, quiet=True, target="tensorrt")
+    assert opts == ExportOptions(precision="int4", max_image_tokens=2)
+
+
 def test_export_options_defaults():
     opts = ExportOptions()
     assert opts.precision == "fp32" and opts.max_image_tokens == 1280 and opts.prefer_dynamo
