@@ -140,6 +140,13 @@ def _export_vision(model, model_cfg, dtype, opts, log, path, threshold):
     return {**info, "attention": graph.attention_forms(info["exporter"])}
 
 
+def _decoder_weights(model, dtype, precision: str) -> str:
+    """int4, or a checkpoint stored in another dtype (bfloat16 for fp32/fp16): the weights stay as loaded behind a
+    Cast and a streamed pass upcasts or quantizes them one at a time (_convert_weights), so the decoder never sits
+    in memory converted (15 GB for a 3B in float32); else they are converted in place."""
+    return "cast" if precision == "int4" or model.lm_head.weight.dtype != dtype else "in_place"
+
+
 def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed: bool = True):
     """packed=False keeps separate q/k/v and gate/up projections in the fused decoder (for benchmarks only)."""
     import torch
@@ -148,8 +155,7 @@ def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed:
     from .onnx_export import export_graph
 
     fused = opts.target == "ort"
-    # int4: weights stay as loaded behind a Cast, the quantizer upcasts them one at a time; else converted in place
-    weights = "cast" if opts.precision == "int4" else "in_place"
+    weights = _decoder_weights(model, dtype, opts.precision)
     graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed, weights=weights) if fused
              else DecoderGraph(model, dtype=dtype, weights=weights)).eval()
     layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
@@ -177,12 +183,16 @@ def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed:
                           "tensorrt for the plain decoder") from None
 
 
-def _quantize(source: Path, out: Path, precision: str, opts: ExportOptions, log) -> None:
-    """source: a saved float graph; writes the quantized graph to out."""
+def _convert_weights(source: Path, out: Path, precision: str, opts: ExportOptions, log) -> None:
+    """source: a saved float graph; writes the quantized graph, or for fp32/fp16 the one with its casts folded, to
+    out."""
     from .onnx_export import quiet_tools, save_onnx
-    from .quantize import quantize_int4_file, quantize_int8
+    from .quantize import fold_casts_file, quantize_int4_file, quantize_int8
 
-    if precision == "int8":
+    if precision in ("fp32", "fp16"):
+        log(f"converting the checkpoint's weights to {precision}, one weight at a time")
+        fold_casts_file(source, out)
+    elif precision == "int8":
         log("quantizing MatMul weights to int8 (dynamic)")
         with quiet_tools():
             save_onnx(quantize_int8(source), out)
@@ -253,13 +263,14 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         graph_info = {}
         precisions = {"vision": vision_precision, "decoder": opts.precision}
         exporters = {"vision": _export_vision, "decoder": _export_decoder}
-        scratch = tmp / ".float"  # graphs waiting for quantization, on disk so memory holds one at a time
+        scratch = tmp / ".float"  # graphs waiting for quantization or cast folding, on disk so memory holds one at a time
         pending = {}
         with torch.no_grad():
             for graph, precision in precisions.items():
                 log(f"exporting {graph} graph ({precision})")
                 dtype = torch.float16 if precision == "fp16" else torch.float32
-                if precision in ("int8", "int4"):
+                if precision in ("int8", "int4") or (graph == "decoder" and
+                                                      _decoder_weights(model, dtype, precision) == "cast"):
                     scratch.mkdir(exist_ok=True)
                     path = pending[graph] = scratch / f"{graph}.onnx"
                     info = exporters[graph](model, model_cfg, dtype, opts, log, path, 0)
@@ -272,7 +283,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         del model
         gc.collect()
         for graph, source in pending.items():
-            _quantize(source, tmp / f"{graph}.onnx", precisions[graph], opts, log)
+            _convert_weights(source, tmp / f"{graph}.onnx", precisions[graph], opts, log)
         shutil.rmtree(scratch, ignore_errors=True)
         decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
         if opts.target == "ort":

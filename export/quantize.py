@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omniad_edge.errors import ExportError
 
-__all__ = ["quantize_int8", "quantize_int4", "quantize_int4_file", "output_projection"]
+__all__ = ["quantize_int8", "quantize_int4", "quantize_int4_file", "fold_casts_file", "output_projection"]
 
 
 def quantize_int8(model):
@@ -66,8 +66,6 @@ def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, 
     MatMulNBitsQuantizer as a one-node graph, so the numbers and node forms are that tool's."""
     import onnx
 
-    from .onnx_export import EXTERNAL_DATA_THRESHOLD
-
     if block_size < 16 or block_size & (block_size - 1):
         raise ExportError(f"int4 block size must be a power of two >= 16, got {block_size}")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -105,14 +103,48 @@ def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, 
     del model.opset_import[:]
     model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
     _check_changed(model, ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",), "int4")
+    return _save_streamed(model, dst, writer.path, threshold)
+
+
+def _save_streamed(model, dst: Path, data: Path, threshold: int | None) -> list[Path]:
+    """Writes the graph whose weights a _DataWriter put in `data`; small ones are made one self-contained file."""
+    import onnx
+
+    from .onnx_export import EXTERNAL_DATA_THRESHOLD
+
     onnx.save_model(model, str(dst))
-    data = writer.path
     if data.stat().st_size <= (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold):
-        inline = onnx.load_model(str(dst), load_external_data=True)  # small: one self-contained file
+        inline = onnx.load_model(str(dst), load_external_data=True)
         data.unlink()
         onnx.save_model(inline, str(dst))
         return [dst]
     return [dst, data]
+
+
+def fold_casts_file(src, dst, threshold: int | None = None) -> list[Path]:
+    """Saved graph whose weights sit behind Casts (graphs._CastLinear: a bfloat16 checkpoint exported to fp32 or
+    fp16) -> the same graph with every Cast of a constant folded into a weight of the cast type, one weight in
+    memory at a time; returns the files written as quantize_int4_file does. Converting a 3B decoder in torch
+    instead holds all of it in float32 while it is exported (killed at 20.6 GB resident on a 24 GiB machine)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load_model(str(src), load_external_data=False)
+    graph = model.graph
+    weights = _Weights(graph, src.parent)
+    with _DataWriter(dst) as writer:
+        for node in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in weights.inits]:
+            dtype = helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
+            writer.add(numpy_helper.from_array(weights.array(node.input[0]).astype(dtype), node.output[0]))
+            graph.node.remove(node)
+        used = {i for n in graph.node for i in n.input}
+        kept = [i.name for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        for name in kept:
+            writer.add(weights.tensor(name))
+        graph.initializer.extend(writer.written)
+    return _save_streamed(model, dst, writer.path, threshold)
 
 
 def _quant_format(fmt: str):

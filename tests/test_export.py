@@ -377,6 +377,51 @@ def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision,
     assert _rel(b.logits[0], a.logits[0]) < max_rel
 
 
+def _stored_as(checkpoint: Path, out: Path, dtype: str, via: str | None = None) -> Path:
+    """A copy of the checkpoint with its weights stored in `dtype` (rounded through `via` first), as published
+    checkpoints store bfloat16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, out)
+    tensors = load_file(str(out / "model.safetensors"))
+    for k, t in tensors.items():
+        t = t.to(getattr(torch, via)) if via else t
+        tensors[k] = t.to(getattr(torch, dtype)).contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _edit_json(out / "config.json", dtype=dtype, torch_dtype=dtype)
+    return out
+
+
+def test_bfloat16_checkpoint_exports_float_bundles_without_converting_the_model(tiny_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    """fp32/fp16 from a bfloat16 checkpoint: weights exported behind Casts, folded one at a time on disk
+    (quantize.fold_casts_file); the result equals the in-place conversion of the same (bfloat16-rounded) weights."""
+    import onnx
+
+    import export.quantize as quantize
+
+    folded, fold = [], quantize.fold_casts_file
+    monkeypatch.setattr(quantize, "fold_casts_file", lambda src, dst, *a: folded.append(Path(dst).name) or
+                        fold(src, dst, *a))
+
+    bf16 = _stored_as(tiny_checkpoint, tmp_path / "bf16", "bfloat16")
+    rounded = _stored_as(tiny_checkpoint, tmp_path / "rounded", "float32", via="bfloat16")
+    frame = make_frame(*SIZES[0], seed=5)
+    logits = {}
+    for name, ckpt, precision in (("in_place", rounded, "fp32"), ("fp32", bf16, "fp32"), ("fp16", bf16, "fp16")):
+        bundle = export_bundle(ckpt, tmp_path / f"bundle-{name}", quiet=True, precision=precision)
+        graph = onnx.load(str(bundle / "decoder.onnx")).graph
+        inits = {i.name: i.data_type for i in graph.initializer}
+        assert onnx.TensorProto.BFLOAT16 not in inits.values()
+        assert not [n.name for n in graph.node if n.op_type == "Cast" and n.input[0] in inits]
+        runner = BundleRunner(bundle)
+        logits[name] = runner.generate([runner.prompt([frame])], 4).logits[0]
+    assert folded == ["decoder.onnx", "decoder.onnx"]  # the bfloat16 ones only; a float32 checkpoint converts in place
+    assert _rel(logits["fp32"], logits["in_place"]) < 1e-5
+    assert _rel(logits["fp16"], logits["in_place"]) < 5e-3  # as for fp16 from a float32 checkpoint
+
+
 def _fp32_vocab_weights(graph, vocab: int, hidden: int) -> list[str]:
     import onnx
 
