@@ -282,23 +282,22 @@ class _DataWriter:
         self.file.close()
 
     def add(self, tensor):
-        from onnx import TensorProto, external_data_helper, numpy_helper
+        from onnx import TensorProto, numpy_helper
 
-        if tensor.HasField("raw_data"):
-            # a copy: a reference into another message keeps that whole message alive (the one-node graph with
-            # its float32 weight), which would hold every weight quantized so far
-            tensor = TensorProto.FromString(tensor.SerializeToString())
-        else:
-            tensor = numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
+        data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
         offset = self.file.tell()
         pad = -offset % 64
         self.file.write(b"\0" * pad)
-        self.file.write(tensor.raw_data)
-        external_data_helper.set_external_data(tensor, self.path.name, offset + pad, len(tensor.raw_data))
-        tensor.ClearField("raw_data")
-        tensor.data_location = TensorProto.EXTERNAL
-        self.written.append(tensor)
-        return tensor
+        self.file.write(data)
+        # a new message holding only the reference: protobuf frees a message's bytes with the message (its arena),
+        # not on ClearField, so keeping `tensor` (or any part of the message it came from) would keep every weight
+        # written so far in memory (20 GB for a 3B float32 decoder)
+        ref = TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
+                          data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", offset + pad), ("length", len(data))):
+            ref.external_data.add(key=key, value=str(value))
+        self.written.append(ref)
+        return ref
 
 
 # ops a projection's output may pass through on its way to the logits output
