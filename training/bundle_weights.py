@@ -219,20 +219,27 @@ def bundle_config(bundle_dir: str | Path, weights: dict[str, np.ndarray] | None 
         weights = _bundle_weights(root, m, {"vision": _Graph(root / m["graphs"]["vision"]["path"]),
                                             "decoder": decoder})
     eps = decoder.first_norm_epsilon() or _plain_norm_epsilon(decoder)
-    eps = eps if eps is None else float(str(np.float32(eps)))  # the float32 attribute as written: 1e-06
     if eps is None:
         raise BundleError(f"bundle {root}: cannot find the decoder's RMSNorm epsilon in {decoder.path.name}")
+    eps = float(str(np.float32(eps)))  # the float32 the graph holds, as written (1e-06)
+
+    def width(name):  # MLP widths are not in the manifest: the gate projection's rows
+        if name not in weights:
+            raise BundleError(f"bundle {root}: no weights found for {name}; this bundle was not written by this "
+                              "project's exporter")
+        return int(weights[name].shape[0])
+
     tokenizer = Tokenizer.from_file(str(root / m["tokenizer"]["path"]))
     eos = tokens["eos"][0] if len(tokens["eos"]) == 1 else list(tokens["eos"])
     text = dict(hidden_size=mc["hidden_size"], num_hidden_layers=mc["num_layers"],
-                intermediate_size=int(weights["model.language_model.layers.0.mlp.gate_proj.weight"].shape[0]),
+                intermediate_size=width("model.language_model.layers.0.mlp.gate_proj.weight"),
                 num_attention_heads=mc["num_attention_heads"], num_key_value_heads=mc["num_key_value_heads"],
                 max_position_embeddings=mc["max_position"], rms_norm_eps=eps, vocab_size=mc["vocab_size"],
                 rope_parameters={"rope_type": "default", "rope_theta": mc["rope_theta"],
                                  "mrope_section": list(mc["mrope_section"])},
                 bos_token_id=tokens["pad"], eos_token_id=eos, pad_token_id=tokens["pad"])
     vision = dict(depth=v["depth"], hidden_size=v["hidden_size"], num_heads=v["num_heads"],
-                  intermediate_size=int(weights["model.visual.blocks.0.mlp.gate_proj.weight"].shape[0]),
+                  intermediate_size=width("model.visual.blocks.0.mlp.gate_proj.weight"),
                   out_hidden_size=v["out_hidden_size"], patch_size=v["patch_size"],
                   spatial_merge_size=v["spatial_merge_size"], temporal_patch_size=v["temporal_patch_size"],
                   window_size=v["window_size"], fullatt_block_indexes=list(v["fullatt_block_indexes"]))
