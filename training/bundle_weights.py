@@ -116,8 +116,7 @@ def _graph_weights(graph: _Graph, prefix: str, norm_names: list[str]) -> dict[st
             if user is None:
                 continue
             scope = [s for s in _scopes(user) if _SCOPE.fullmatch(s)]
-            matmul = (user.op_type == "MatMul" and position == 1) or (user.op_type == "Gemm" and position == 1)
-            if matmul and len(init.dims) == 2:
+            if user.op_type in ("MatMul", "Gemm") and position == 1 and len(init.dims) == 2:
                 array = graph.array(name)
                 trans_b = any(a.name == "transB" and a.i for a in user.attribute)
                 # MatMul multiplies by (in, out); torch stores (out, in): count the transposes on the way
