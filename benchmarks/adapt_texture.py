@@ -152,6 +152,8 @@ def main(argv=None):
     ap.add_argument("--n-held", type=int, default=40, help="held-out patches per class (good, defective)")
     ap.add_argument("--stages", type=float, nargs="+", default=[5, 10, 20, 30], help="CPU minutes of training at "
                     "which the run is exported and evaluated (one schedule as long as the last)")
+    ap.add_argument("--schedule-minutes", type=float, default=None, help="the learning-rate schedule's length "
+                    "(default: the last stage); a comparison run stopped early keeps the full run's schedule")
     ap.add_argument("--no-augment", dest="augment", action="store_false", help="adapt without --augment")
     ap.add_argument("--refine-steps", type=int, default=200)
     ap.add_argument("--old-n", type=int, default=400, help="synthetic test frames for the final bundle (0: skip)")
@@ -180,7 +182,7 @@ def main(argv=None):
     else:
         result = {"texture": args.texture, "n_train": args.n_train, "n_held_per_class": args.n_held,
                   "unseen_defects": list(UNSEEN), "keep_old_surfaces": args.keep_old_surfaces,
-                  "augment": args.augment, "schedule_minutes": max(args.stages), "refine_steps": args.refine_steps,
+                  "augment": args.augment, "schedule_minutes": args.schedule_minutes or max(args.stages), "refine_steps": args.refine_steps,
                   "load_average_start": os.getloadavg(), "stages": []}
     if "embedded" not in result:
         result["embedded"] = evaluate_bundle(embedded, items, 0)

@@ -192,7 +192,7 @@ def resample(image: np.ndarray, rng: np.random.Generator):
         shear = rng.uniform(-0.4, 0.4)
         m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.array([[1, shear], [0, 1]]) / scale
         dy, dx = yy - cy, xx - cx
-        sy, sx = cy + m[0, 0] * dy + m[0, 1] * dx - dy, cx + m[1, 0] * dy + m[1, 1] * dx - dx
+        sy, sx = m[0, 0] * dy + m[0, 1] * dx - dy, m[1, 0] * dy + m[1, 1] * dx - dx  # M.d - d
     else:  # a smooth random displacement field, a fraction of the blob's size
         cells = int(rng.integers(2, 6))
         amp = rng.uniform(0.15, 0.4) * extent
