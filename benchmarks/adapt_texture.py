@@ -126,9 +126,15 @@ def held_out_set(img: np.ndarray, n: int, seed: int):
     return items
 
 
+def synthetic_split(bundle: Path, n: int) -> dict:
+    from training.evaluate import EdgeRunner, evaluate
+
+    return evaluate([EdgeRunner(bundle, threads=1)], n, progress=False)["summary"]["edge"]["all"]
+
+
 def evaluate_bundle(bundle: Path, items, old_n: int) -> dict:
     from training.adapt import item_metrics, pixel_ious, predict_items
-    from training.evaluate import EdgeRunner, evaluate
+    from training.evaluate import EdgeRunner
 
     runner = EdgeRunner(bundle, threads=1)
     rows = predict_items(runner, items)
@@ -136,7 +142,7 @@ def evaluate_bundle(bundle: Path, items, old_n: int) -> dict:
     for kind in UNSEEN:
         res[f"texture+{kind}"] = item_metrics([r for r in rows if r["defect"] in (None, kind)])
     if old_n:
-        res["synthetic_test_split"] = evaluate([runner], old_n, progress=False)["summary"]["edge"]["all"]
+        res["synthetic_test_split"] = synthetic_split(bundle, old_n)
     return res
 
 
@@ -223,6 +229,12 @@ def main(argv=None):
         result["curve"] = report["curve"]
         result["load_average_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1), encoding="utf-8")  # a stage at a time: --resume goes on
+    final = result["stages"][-1] if result["stages"] else None
+    if final and args.old_n and "synthetic_test_split" not in final["eval"]:
+        # a run stopped before its last planned stage, resumed with fewer --stages: its last bundle gets the final
+        # evaluation (OUT/bundle is still that stage's: adapt replaces it only when a stage completes)
+        final["eval"]["synthetic_test_split"] = synthetic_split(bundle, args.old_n)
+        result["stopped_after_stage"] = final["train_cpu_minutes"]
     result["adapt_cpu_minutes_total"] = round(sum(s["adapt_call_cpu_minutes"] for s in result["stages"]), 2)
     result["load_average_end"] = os.getloadavg()
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -250,6 +262,9 @@ def markdown(r: dict) -> str:
              f"{r['keep_old_surfaces']}; refine graph fine-tuned {r.get('refine_steps', '-')} steps. All adapt calls "
              f"together: {r['adapt_cpu_minutes_total']} CPU minutes (training + export + refine + held-out "
              "evaluation).", "",
+             *([f"The run was stopped after the {r['stopped_after_stage']} CPU-minute stage (the machine's share did "
+                "not allow more in the session): later stages of the schedule were not reached.", ""]
+               if "stopped_after_stage" in r else []),
              f"## Held-out texture patches ({r['n_held_per_class']} good + {r['n_held_per_class']} defective)", "",
              "Good flagged: held-out good patches with an anomalous verdict. Pixel IoU: the defects' masks against "
              "the grid's cells and against the bundle's refined mask.", "",
