@@ -188,7 +188,8 @@ def main(argv=None):
     else:
         result = {"texture": args.texture, "n_train": args.n_train, "n_held_per_class": args.n_held,
                   "unseen_defects": list(UNSEEN), "keep_old_surfaces": args.keep_old_surfaces,
-                  "augment": args.augment, "schedule_minutes": args.schedule_minutes or max(args.stages), "refine_steps": args.refine_steps,
+                  "augment": args.augment, "schedule_minutes": args.schedule_minutes or max(args.stages),
+                  "refine_steps": args.refine_steps,
                   "load_average_start": os.getloadavg(), "stages": []}
     if "embedded" not in result:
         result["embedded"] = evaluate_bundle(embedded, items, 0)

@@ -19,8 +19,9 @@ State lives in a work folder beside the output (OUT.adapt/): a checkpoint every 
 same command resumes it (the data each step sees depends only on the seed and the step), --minutes N more than
 already spent continues a finished run, --restart discards it. The learning-rate schedule (warm-up, cosine over
 --schedule-minutes, default the first call's --minutes) is stored in the checkpoint, so a resumed or continued run
-follows the same schedule: one 30-minute schedule can be stopped, exported and evaluated at 5, 10 and 20 minutes. The bundle is written to a temporary folder and
-renamed into place, so OUT is either the old bundle or the complete new one.
+follows the same schedule: one 30-minute schedule can be stopped, exported and evaluated at 5, 10 and 20 minutes.
+The bundle is written to a temporary folder and renamed into place, so OUT is either the old bundle or the complete
+new one.
 """
 from __future__ import annotations
 

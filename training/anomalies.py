@@ -1,6 +1,6 @@
 """Defects drawn onto a user's good images, with their masks, for fine-tuning when no real defect is at hand.
 
-Three families, so the model does not learn one generator's look:
+Five families, so the model does not learn one generator's look:
 - `painted`: the project's own painters (omniad_edge.synth.paint_defect: scratch, crack, hole, stain, ...), labelled
   with their type;
 - `cutpaste`: a piece of the same image cut out, turned, rescaled, its brightness shifted, and pasted elsewhere
@@ -32,7 +32,7 @@ __all__ = ["ANOMALY_LABEL", "GENERATORS", "painted", "cutpaste", "texture", "res
 
 ANOMALY_LABEL = "anomaly"
 
-MIN_MEAN_CHANGE = 6.0  # grey levels: a resample/frequency defect changing its mask less than this on average is redrawn
+MIN_MEAN_CHANGE = 6.0  # grey levels: a resample/frequency defect changing its mask less falls back to painted
 
 _FOREIGN = ("metal", "fabric", "pcb", "wood")  # synth surfaces that are textures (fill the frame)
 
@@ -139,8 +139,6 @@ def cutpaste(image: np.ndarray, rng: np.random.Generator):
     mask[ty:ty + qh, tx:tx + qw] = alpha > 0.5
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     return (_grey(out) if _is_grey(image) else out), mask, ANOMALY_LABEL
-
-
 
 
 def _box(image: np.ndarray, k: int) -> np.ndarray:
