@@ -1,15 +1,21 @@
 """`omniad-edge adapt` on a real grey photograph texture, evaluated with defects it never saw in training.
 
-    nice -n 10 python benchmarks/adapt_texture.py --texture brick --stages 5 12 25 --out runs/adapt-brick
+    nice -n 10 python benchmarks/adapt_texture.py --texture brick --stages 5 10 20 30 --out runs/adapt-brick
 
 1. 60 good 224x224 patches are cut from the left part of one of scikit-image's bundled textures (a 512x512 grey
    photograph); the held-out patches come from the right 224 columns, which no training patch overlaps.
-2. `adapt` runs with a CPU-time budget (--clock cpu, one torch thread) in stages: each stage resumes the run, trains
-   up to the next budget, exports and evaluates; the stages give the learning curve.
+2. `adapt` runs with a CPU-time budget (--clock cpu, one torch thread) in stages of ONE learning-rate schedule as
+   long as the last stage (--schedule-minutes): each stage resumes the run, trains up to the next budget, exports
+   and evaluates; the stages give the learning curve of that one run.
 3. Every stage's bundle (and the embedded model before it) is scored on 40 held-out good patches and 40 with defects
-   drawn by THIS file's generator (local warps, darkened smudges, blurred patches, glare spots): nothing in
-   training draws these (training/anomalies.py and omniad_edge.synth do not warp, blur or add glare). The final
-   bundle is also scored on the first 400 frames of the reference model's synthetic test split.
+   drawn by THIS file's generator (unseen_defect): nothing in training draws these. The two training generators
+   closest in kind are other maths, written apart from this file: training/anomalies.py's `resample` moves an
+   irregular blob's pixels by a random affine map or a smooth random displacement field (bilinear), where `warp` here
+   pushes an ellipse's pixels radially out from its centre (nearest pixel); its `frequency` sharpens, boosts or cuts
+   a band of box-filtered scales, pixelates or median-filters a blob, where `blur` here blends a Gaussian blur into an
+   ellipse. Nothing in training darkens by a multiplicative ellipse or adds glare. Pixel IoU of the defects is given
+   from the grid alone and refined by the bundle's refine graph. The final bundle is also scored on the first 400
+   frames of the reference model's synthetic test split.
 Writes OUT/adapt-texture-<texture>.json and .md (copy them to benchmarks/results/); prints os.getloadavg().
 """
 from __future__ import annotations
@@ -120,17 +126,23 @@ def held_out_set(img: np.ndarray, n: int, seed: int):
     return items
 
 
-def evaluate_bundle(bundle: Path, items, old_n: int) -> dict:
-    from training.adapt import item_metrics, predict_items
+def synthetic_split(bundle: Path, n: int) -> dict:
     from training.evaluate import EdgeRunner, evaluate
+
+    return evaluate([EdgeRunner(bundle, threads=1)], n, progress=False)["summary"]["edge"]["all"]
+
+
+def evaluate_bundle(bundle: Path, items, old_n: int) -> dict:
+    from training.adapt import item_metrics, pixel_ious, predict_items
+    from training.evaluate import EdgeRunner
 
     runner = EdgeRunner(bundle, threads=1)
     rows = predict_items(runner, items)
-    res = {"texture": item_metrics(rows)}
+    res = {"texture": item_metrics(rows), "pixel_iou": pixel_ious(bundle, items, [r["grid"] for r in rows])}
     for kind in UNSEEN:
         res[f"texture+{kind}"] = item_metrics([r for r in rows if r["defect"] in (None, kind)])
     if old_n:
-        res["synthetic_test_split"] = evaluate([runner], old_n, progress=False)["summary"]["edge"]["all"]
+        res["synthetic_test_split"] = synthetic_split(bundle, old_n)
     return res
 
 
@@ -144,7 +156,12 @@ def main(argv=None):
     ap.add_argument("--texture", default="brick", help="a scikit-image texture: brick, gravel, grass")
     ap.add_argument("--n-train", type=int, default=60)
     ap.add_argument("--n-held", type=int, default=40, help="held-out patches per class (good, defective)")
-    ap.add_argument("--stages", type=float, nargs="+", default=[5, 12, 25], help="CPU minutes of training")
+    ap.add_argument("--stages", type=float, nargs="+", default=[5, 10, 20, 30], help="CPU minutes of training at "
+                    "which the run is exported and evaluated (one schedule as long as the last)")
+    ap.add_argument("--schedule-minutes", type=float, default=None, help="the learning-rate schedule's length "
+                    "(default: the last stage); a comparison run stopped early keeps the full run's schedule")
+    ap.add_argument("--no-augment", dest="augment", action="store_false", help="adapt without --augment")
+    ap.add_argument("--refine-steps", type=int, default=200)
     ap.add_argument("--old-n", type=int, default=400, help="synthetic test frames for the final bundle (0: skip)")
     ap.add_argument("--keep-old-surfaces", type=float, default=0.25)
     ap.add_argument("--seed", type=int, default=0)
@@ -171,6 +188,8 @@ def main(argv=None):
     else:
         result = {"texture": args.texture, "n_train": args.n_train, "n_held_per_class": args.n_held,
                   "unseen_defects": list(UNSEEN), "keep_old_surfaces": args.keep_old_surfaces,
+                  "augment": args.augment, "schedule_minutes": args.schedule_minutes or max(args.stages),
+                  "refine_steps": args.refine_steps,
                   "load_average_start": os.getloadavg(), "stages": []}
     if "embedded" not in result:
         result["embedded"] = evaluate_bundle(embedded, items, 0)
@@ -180,8 +199,10 @@ def main(argv=None):
     stages = [m for m in args.stages if m > done]
     for k, minutes in enumerate(stages):
         cmd = [sys.executable, "-m", "training.adapt", str(good), "--out", str(bundle), "--minutes", str(minutes),
-               "--clock", "cpu", "--threads", "1", "--augment", "--overwrite", "--allow-worse", "--quiet",
+               "--clock", "cpu", "--threads", "1", "--overwrite", "--allow-worse", "--quiet",
+               "--schedule-minutes", str(result["schedule_minutes"]), "--refine-steps", str(args.refine_steps),
                "--keep-old-surfaces", str(args.keep_old_surfaces), "--seed", str(args.seed)]
+        cmd += ["--augment"] if result["augment"] else []
         if k == 0 and not args.resume:
             cmd.append("--restart")
         report_path = bundle.with_name(bundle.name + ".adapt") / "report.json"
@@ -200,14 +221,21 @@ def main(argv=None):
         report = json.loads(report_path.read_text())
         stage["steps"] = report["steps"]
         stage["adapt_held_out"] = report["adapted"]
+        stage["adapt_refine"] = report["refine"]
         last = k == len(stages) - 1
         stage["eval"] = evaluate_bundle(bundle, items, args.old_n if last else 0)
-        print(f"stage {minutes} CPU min:", json.dumps({"steps": stage["steps"], **stage["eval"]["texture"]}),
-              flush=True)
+        print(f"stage {minutes} CPU min:", json.dumps({"steps": stage["steps"], **stage["eval"]["texture"],
+                                                      "pixel_iou": stage["eval"]["pixel_iou"]}), flush=True)
         result["stages"].append(stage)
         result["curve"] = report["curve"]
         result["load_average_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1), encoding="utf-8")  # a stage at a time: --resume goes on
+    final = result["stages"][-1] if result["stages"] else None
+    if final and args.old_n and "synthetic_test_split" not in final["eval"]:
+        # a run stopped before its last planned stage, resumed with fewer --stages: its last bundle gets the final
+        # evaluation (OUT/bundle is still that stage's: adapt replaces it only when a stage completes)
+        final["eval"]["synthetic_test_split"] = synthetic_split(bundle, args.old_n)
+        result["stopped_after_stage"] = final["train_cpu_minutes"]
     result["adapt_cpu_minutes_total"] = round(sum(s["adapt_call_cpu_minutes"] for s in result["stages"]), 2)
     result["load_average_end"] = os.getloadavg()
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -216,21 +244,46 @@ def main(argv=None):
 
 
 def markdown(r: dict) -> str:
-    def row(name, m):
-        f = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
-        return f"| {name} | {f(m.get('auroc'))} | {f(m.get('verdict_acc'))} | {f(m.get('grid_iou'))} |"
+    f = lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"  # noqa: E731
+
+    def row(name, m, px=None):
+        cells = [name, f(m.get("auroc")), f(m.get("verdict_acc")), f(m.get("grid_iou"))]
+        if px is not None:
+            n_good = m["n"] - m["n_anomalous"]
+            cells += [f"{m['good_flagged']}/{n_good}" if "good_flagged" in m else "-", f(px["grid"]),
+                      f(px["refined"])]
+        return "| " + " | ".join(cells) + " |"
 
     lines = [f"# adapt on scikit-image `{r['texture']}`: {r['n_train']} good 224x224 patches, held-out patches with "
              f"unseen defects ({', '.join(r['unseen_defects'])})", "",
              f"Shared 2-core machine (other sessions running); load average {r['load_average_start']} at the start, "
              f"{r['load_average_end']} at the end. Training budget in CPU minutes of the adapt process (one torch "
-             f"thread); keep-old-surfaces {r['keep_old_surfaces']}. All adapt calls together: "
-             f"{r['adapt_cpu_minutes_total']} CPU minutes (training + export + held-out evaluation).", "",
+             f"thread), one learning-rate schedule of {r.get('schedule_minutes', '-')} CPU minutes evaluated at each "
+             f"stage; {'--augment' if r.get('augment', True) else 'no --augment'}; keep-old-surfaces "
+             f"{r['keep_old_surfaces']}; refine graph fine-tuned {r.get('refine_steps', '-')} steps. All adapt calls "
+             f"together: {r['adapt_cpu_minutes_total']} CPU minutes (training + export + refine + held-out "
+             "evaluation).", "",
+             *([f"The run was stopped after the {r['stopped_after_stage']} CPU-minute stage (the machine's share did "
+                "not allow more in the session): later stages of the schedule were not reached.", ""]
+               if "stopped_after_stage" in r else []),
              f"## Held-out texture patches ({r['n_held_per_class']} good + {r['n_held_per_class']} defective)", "",
-             "| model | AUROC | verdict accuracy | grid IoU |", "| --- | ---: | ---: | ---: |",
-             row("embedded model (before adapt)", r["embedded"]["texture"])]
+             "Good flagged: held-out good patches with an anomalous verdict. Pixel IoU: the defects' masks against "
+             "the grid's cells and against the bundle's refined mask.", "",
+             "| model | AUROC | verdict accuracy | grid IoU | good flagged | pixel IoU, grid | pixel IoU, refined |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+             row("embedded model (before adapt)", r["embedded"]["texture"], r["embedded"].get("pixel_iou"))]
     for s in r["stages"]:
-        lines.append(row(f"adapted, {s['train_cpu_minutes']} CPU min ({s['steps']} steps)", s["eval"]["texture"]))
+        lines.append(row(f"adapted, {s['train_cpu_minutes']} CPU min ({s['steps']} steps)", s["eval"]["texture"],
+                         s["eval"].get("pixel_iou")))
+    refines = [(s["train_cpu_minutes"], s["adapt_refine"]) for s in r["stages"] if s.get("adapt_refine")]
+    if refines:
+        lines += ["", "Refine graph at each stage, chosen on adapt's own held-out frames (held-out good training-set "
+                  "images with drawn defects; pixel IoU from the adapted model's grids): kept only if the fine-tuned "
+                  "graph beats the grid and the old graph.", "",
+                  "| stage (CPU min) | defects | pixel IoU, grid | old graph | fine-tuned | kept |",
+                  "| ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {m} | {x['n']} | {f(x['grid'])} | {f(x['old'])} | {f(x['fine_tuned'])} | {x['kept']} |"
+                  for m, x in refines]
     last = r["stages"][-1]["eval"]
     lines += ["", "Per unseen defect kind (final bundle; the good patches + that kind):", "",
               "| kind | AUROC | verdict accuracy | grid IoU |", "| --- | ---: | ---: | ---: |"]

@@ -55,3 +55,19 @@ def test_train_export_and_add_to_a_bundle(tmp_path):
     assert (bundle / "refine.onnx").read_bytes() == (out / "refine.onnx").read_bytes()
     result = Inspector(bundle, threads=1).run(np.full((224, 224, 3), 100, np.uint8))
     assert "refine" in result.timings
+
+
+def test_model_from_onnx_reads_the_bundled_graph_back(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from omniad_edge.errors import BundleError
+
+    graph = DEFAULT_BUNDLE_DIR / "refine.onnx"
+    model = T.model_from_onnx(graph)
+    x = np.random.default_rng(0).standard_normal((1, 4, 64, 96)).astype(np.float32)
+    want = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, {T.REFINE_INPUT: x})[0]
+    with torch.no_grad():
+        assert np.allclose(model(torch.from_numpy(x)).numpy(), want, atol=1e-4)
+    with pytest.raises(BundleError, match="not a refine graph"):
+        T.model_from_onnx(DEFAULT_BUNDLE_DIR / "vision.onnx")

@@ -12,7 +12,7 @@ from omniad_edge import tam
 from omniad_edge.contract import output_blocks
 from omniad_edge.errors import DataError
 from training import spec as S
-from training.samples import SampleBuilder, grid, load_part, part_spec, target
+from training.samples import SampleBuilder, _viewpoint, grid, load_part, part_spec, target
 from training.userdata import Labeled
 
 from test_training_userdata import _noise, write_mvtec
@@ -82,3 +82,18 @@ def test_builder_draws_good_real_and_drawn_defects_and_a_fixed_held_out_set(tmp_
     assert all(np.array_equal(a.image, b.image) for a, b in zip(held, builder.held_out()))
     with pytest.raises(DataError):
         load_part(root / "train" / "good", root, held_out=1.5)
+
+
+def test_viewpoint_moves_the_mask_with_the_image_and_fills_the_frame():
+    image = np.full((96, 80, 3), 40, np.uint8)
+    image[30:50, 20:44] = 220  # a bright defect, its mask exactly over it
+    mask = image[..., 0] > 128
+    moved = 0
+    for seed in range(6):
+        out, m = _viewpoint(image, mask, np.random.default_rng(seed))
+        assert out.shape == image.shape and m.shape == mask.shape and m.dtype == bool
+        bright = out[..., 0] > 128
+        assert (bright ^ m).sum() <= 0.1 * mask.sum()  # the mask follows the pixels, up to the resampled rim
+        assert out.min() >= 40  # filled by reflection: no black corners
+        moved += not np.array_equal(m, mask)
+    assert moved >= 5

@@ -10,11 +10,18 @@
 4. Export a bundle (the project's exporter), evaluate it and the starting model on the held-out frames, print the
    table (AUROC, verdict accuracy, grid IoU), and move the bundle into place only if it is better than the starting
    model (--allow-worse writes it anyway). A run too short to learn anything is refused, and said so.
+5. When the starting bundle has a mask refinement graph (omniad_edge/refine.py), it is fine-tuned on drawn defects
+   of the part (--refine-steps) and scored by pixel IoU on the held-out frames' defects, from the adapted model's own
+   grids; the fine-tuned graph goes into the bundle only if it beats both the grid alone and the old graph there,
+   else the old graph does. The report gives all three.
 
 State lives in a work folder beside the output (OUT.adapt/): a checkpoint every --ckpt-minutes and on Ctrl-C; the
 same command resumes it (the data each step sees depends only on the seed and the step), --minutes N more than
-already spent continues a finished run, --restart discards it. The bundle is written to a temporary folder and
-renamed into place, so OUT is either the old bundle or the complete new one.
+already spent continues a finished run, --restart discards it. The learning-rate schedule (warm-up, cosine over
+--schedule-minutes, default the first call's --minutes) is stored in the checkpoint, so a resumed or continued run
+follows the same schedule: one 30-minute schedule can be stopped, exported and evaluated at 5, 10 and 20 minutes.
+The bundle is written to a temporary folder and renamed into place, so OUT is either the old bundle or the complete
+new one.
 """
 from __future__ import annotations
 
@@ -35,9 +42,11 @@ from . import spec as S
 from .samples import SampleBuilder, grid, load_part, part_spec
 from .userdata import Labeled
 
-__all__ = ["main", "build_parser", "predict_items", "item_metrics", "evaluate_items", "MIN_STEPS"]
+__all__ = ["main", "build_parser", "predict_items", "item_metrics", "evaluate_items", "pixel_ious", "MIN_STEPS"]
 
 MIN_STEPS = 20  # fewer optimizer steps than this cannot move the model; the run is refused, not shipped
+WARMUP_STEPS = 10
+GENERATOR_NAMES = ["painted", "cutpaste", "texture", "resample", "frequency"]
 
 
 def build_parser(prog: str = "omniad-edge adapt") -> argparse.ArgumentParser:
@@ -58,6 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ground_truth/<type>/*_mask.png")
     p.add_argument("--minutes", type=float, default=20.0, help="training time (resumes included; export and "
                    "evaluation come on top)")
+    p.add_argument("--schedule-minutes", type=float, default=None,
+                   help="length of the learning-rate schedule (warm-up, then cosine to 5%% of --lr), in --clock "
+                        "minutes; default --minutes. Kept in the checkpoint: resuming continues it, so a run can be "
+                        "stopped and evaluated part-way through one schedule")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="what --minutes counts: wall-clock time, or this process's CPU time (all threads; for a "
                         "budget that does not depend on what else runs on the machine)")
@@ -67,10 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each batch drawn from the reference model's synthetic surfaces, so it keeps "
                         "them (default 0.25; 0: train on the part only)")
     p.add_argument("--held-out", type=float, default=0.2, help="share of the images kept for evaluation")
-    p.add_argument("--augment", action="store_true", help="flips and quarter turns of the good images (textures "
-                   "and parts without an orientation)")
-    p.add_argument("--generators", nargs="+", default=["painted", "cutpaste", "texture"],
-                   choices=["painted", "cutpaste", "texture"], help="drawn defects (training/anomalies.py)")
+    p.add_argument("--augment", action="store_true", help="flips, quarter turns, small turns and shifts and "
+                   "lighting changes of the training images (textures and parts without an orientation)")
+    p.add_argument("--generators", nargs="+", default=GENERATOR_NAMES, choices=GENERATOR_NAMES,
+                   help="drawn defects (training/anomalies.py; default all)")
+    p.add_argument("--refine-steps", type=int, default=200, help="fine-tuning steps of the starting bundle's mask "
+                   "refinement graph on the part, when it has one (0: carry the old graph over unchanged)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -94,7 +109,8 @@ def predict_items(runner, items: list[Labeled], background: int = 0) -> list[dic
     rows = []
     for item in items:
         p = runner.run(item.image)
-        row = {"score": p.score, "verdict": p.is_anomalous, "anomalous": item.anomalous, "defect": item.defect}
+        row = {"score": p.score, "verdict": p.is_anomalous, "anomalous": item.anomalous, "defect": item.defect,
+               "grid": p.grid}
         if item.anomalous:
             g = p.grid.shape[0]
             cells = S.defect_grid({"output": {"mask": {"grid": g, "coverage": 0.02, "background": 0}}}, item.mask, 1)
@@ -104,14 +120,39 @@ def predict_items(runner, items: list[Labeled], background: int = 0) -> list[dic
 
 
 def item_metrics(rows: list[dict]) -> dict:
-    """AUROC (from the score), verdict accuracy and mean grid IoU of predict_items' rows."""
+    """AUROC (from the score), verdict accuracy, mean grid IoU and good items flagged of predict_items' rows."""
     from .evaluate import auroc
 
     truth = [r["anomalous"] for r in rows]
     ious = [r["grid_iou"] for r in rows if "grid_iou" in r]
     return {"n": len(rows), "n_anomalous": int(sum(truth)), "auroc": auroc([r["score"] for r in rows], truth),
             "verdict_acc": float(np.mean([r["verdict"] == r["anomalous"] for r in rows])),
-            "grid_iou": float(np.mean(ious)) if ious else float("nan")}
+            "grid_iou": float(np.mean(ious)) if ious else float("nan"),
+            "good_flagged": int(sum(r["verdict"] and not r["anomalous"] for r in rows))}
+
+
+def pixel_ious(bundle_dir: Path, items: list[Labeled], grids: list[np.ndarray], threads: int = 1) -> dict:
+    """Mean pixel IoU against the anomalous items' masks of the coarse mask of each grid (a model's prediction for
+    that item) and, when the bundle has a refine graph, of the refined mask (what the Inspector reports)."""
+    from omniad_edge import tam
+    from omniad_edge.bundle import load_bundle
+    from omniad_edge.refine import Refiner
+
+    from .refine import pixel_iou
+
+    bundle = load_bundle(bundle_dir)
+    refiner = Refiner(bundle, threads) if bundle.refine is not None else None
+    coarse_ious, refined_ious = [], []
+    for item, g in zip(items, grids):
+        if not item.anomalous:
+            continue
+        g = np.asarray(g, np.uint8)
+        coarse = tam.grid_to_mask(g, item.mask.shape)
+        coarse_ious.append(pixel_iou(coarse, item.mask))
+        if refiner is not None:
+            refined_ious.append(pixel_iou(refiner.refine(item.image, g, coarse)[0], item.mask))
+    mean = lambda v: round(float(np.mean(v)), 4) if v else None  # noqa: E731
+    return {"n": len(coarse_ious), "grid": mean(coarse_ious), "refined": mean(refined_ious)}
 
 
 def evaluate_items(runner, items: list[Labeled]) -> dict:
@@ -173,6 +214,7 @@ def _load_start(start: Path, threads: int):
 def _fingerprint(args, data_files: list[str]) -> str:
     keys = {k: str(getattr(args, k)) for k in ("normal_dir", "defects", "start", "keep_old_surfaces", "held_out",
                                                "augment", "generators", "batch", "lr", "seed", "clock")}
+    keys["generators"] = str(sorted(args.generators))
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     for f in data_files:  # by content: rewriting the same images does not orphan a run
         h.update(f.encode() + b"\0" + hashlib.sha256(Path(f).read_bytes()).digest())
@@ -211,6 +253,10 @@ def run(args) -> dict:
         raise AdaptError(f"--keep-old-surfaces must be in [0, 1), got {args.keep_old_surfaces}")
     if args.minutes <= 0:
         raise AdaptError(f"--minutes must be positive, got {args.minutes}")
+    if args.schedule_minutes is not None and args.schedule_minutes <= 0:
+        raise AdaptError(f"--schedule-minutes must be positive, got {args.schedule_minutes}")
+    if args.refine_steps < 0:
+        raise AdaptError(f"--refine-steps must be 0 or more, got {args.refine_steps}")
     data = load_part(args.normal_dir, args.defects, args.held_out, args.seed)
     files = sorted({item.source for item in data.train_good + data.held_good + data.train_defects
                     + data.held_defects})
@@ -252,6 +298,8 @@ def run(args) -> dict:
     objective = Objective(model, encoder, spec)
     opt = torch.optim.AdamW(objective.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     step, elapsed, curve, resumed_at = 0, 0.0, [], None
+    schedule = {"kind": "warmup-cosine", "peak_lr": args.lr, "warmup_steps": WARMUP_STEPS, "floor": 0.05,
+                "minutes": args.schedule_minutes or args.minutes}
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -260,7 +308,13 @@ def run(args) -> dict:
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         resumed_at = step
         curve = json.loads((work / "curve.json").read_text(encoding="utf-8"))
-        say(f"adapt: resuming at step {step} ({elapsed / 60:.1f} of {args.minutes} minutes spent)")
+        if "schedule" in state:  # a checkpoint of an older adapt has none: its schedule followed --minutes
+            schedule = json.loads(state["schedule"])
+        if args.schedule_minutes is not None and args.schedule_minutes != schedule["minutes"]:
+            raise AdaptError(f"{work} holds a run on a {schedule['minutes']}-minute schedule, not "
+                             f"--schedule-minutes {args.schedule_minutes}; leave it out to resume, or --restart")
+        say(f"adapt: resuming at step {step} ({elapsed / 60:.1f} of {args.minutes} minutes spent, schedule "
+            f"{schedule['minutes']} minutes)")
     baseline_path = work / "baseline.json"
     if not baseline_path.is_file():
         say("adapt: evaluating the starting model on the held-out frames")
@@ -279,7 +333,7 @@ def run(args) -> dict:
     def checkpoint() -> None:
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "aux": objective.aux.state_dict(), "optimizer": opt.state_dict(),
-                    "step": step, "elapsed_s": spent()}, tmp)
+                    "step": step, "elapsed_s": spent(), "schedule": json.dumps(schedule)}, tmp)
         (work / "curve.json").write_text(json.dumps(curve), encoding="utf-8")
         os.replace(tmp, state_path)
 
@@ -297,7 +351,8 @@ def run(args) -> dict:
                 examples.append(encoder.sample(sample, image))
             batch = collate(examples, pad, image_pad)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, spent() / budget, args.lr, 10)
+                g["lr"] = lr_at(step, spent() / (schedule["minutes"] * 60.0), schedule["peak_lr"],
+                                schedule["warmup_steps"])
             loss, lm_loss, aux_loss = objective(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,9 +396,11 @@ def run(args) -> dict:
             output_spec=str(work / "output_spec.json"), name=f"{spec['name']}-adapted-{args.normal_dir.name}",
             quiet=True))
         say("adapt: evaluating the adapted bundle on the held-out frames")
-        adapted = evaluate_items(EdgeRunner(tmp_bundle, args.threads), held)
-        report = {"baseline": baseline, "adapted": adapted, "steps": step, "resumed_at_step": resumed_at,
-                  "train_minutes": round(trained / 60, 2),
+        predicted = predict_items(EdgeRunner(tmp_bundle, args.threads), held)
+        adapted = item_metrics(predicted)
+        refine = _adapt_refine(args, start, tmp_bundle, data, spec, held, [r["grid"] for r in predicted], work, say)
+        report = {"baseline": baseline, "adapted": adapted, "refine": refine, "steps": step,
+                  "resumed_at_step": resumed_at, "train_minutes": round(trained / 60, 2), "schedule": schedule,
                   "clock": args.clock,
                   "cpu_minutes_this_call": round((time.process_time() - t_cpu) / 60, 2),
                   "wall_minutes_this_call": round((time.monotonic() - t_wall) / 60, 2),
@@ -352,6 +409,10 @@ def run(args) -> dict:
                 f"{report['train_minutes']:.1f} min)": adapted}
         report["table"] = report_table(rows)
         print(report["table"])
+        if refine is not None:
+            print(f"pixel IoU of the held-out defects ({refine['n']}): grid {_fmt(refine['grid'])}, old refine graph "
+                  f"{_fmt(refine['old'])}, fine-tuned {_fmt(refine['fine_tuned'])} ({refine['steps']} steps); kept: "
+                  f"{refine['kept']}")
         better = _better(adapted, baseline)
         report["shipped"] = better or args.allow_worse
         (work / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -366,6 +427,47 @@ def run(args) -> dict:
     print(f"adapt: wrote {out} ({step} steps, {report['train_minutes']:.1f} training minutes; report "
           f"{work / 'report.json'})")
     return report
+
+
+def _adapt_refine(args, start: Path, bundle_dir: Path, data, spec: dict, held: list[Labeled], grids, work: Path,
+                  say) -> dict | None:
+    """The starting bundle's refine graph, fine-tuned on drawn defects of the part, into bundle_dir when it beats the
+    grid alone and the old graph on the held-out defects (pixel IoU from the adapted model's grids); else the old
+    graph. None when the start has no refine graph."""
+    from omniad_edge.bundle import load_bundle
+
+    if not (start / "manifest.json").is_file() or load_bundle(start).refine is None:
+        return None
+    import torch
+
+    from export.refine import add_refine
+
+    from . import refine as RT
+
+    src = load_bundle(start)
+    old_graph, size, dilate = src.path(src.refine["path"]), int(src.refine["size"]), int(src.refine["dilate"])
+    add_refine(bundle_dir, old_graph, size=size, dilate=dilate)
+    old = pixel_ious(bundle_dir, held, grids, args.threads)
+    result = {"n": old["n"], "grid": old["grid"], "old": old["refined"], "fine_tuned": None,
+              "steps": args.refine_steps, "kept": "old"}
+    if args.refine_steps == 0 or not old["n"]:
+        return result
+    say(f"adapt: fine-tuning the refine graph ({args.refine_steps} steps)")
+    torch.manual_seed(args.seed)
+    model = RT.model_from_onnx(old_graph)
+    rng = np.random.default_rng([args.seed, 29])
+    drawn = SampleBuilder(data, kinds=tuple(args.generators), p_defect=1.0, augment=args.augment)
+    examples = [(it.image, it.mask, grid(spec, it)) for it in (drawn.draw(rng) for _ in range(128))]
+    examples = [e for e in examples if e[1].any() and e[2].any()]
+    RT.fit(model, examples, lambda k: k / args.refine_steps if k < args.refine_steps else None, 1e-3, 16, rng)
+    tuned = RT.export_onnx(model, work / "refine.onnx")
+    add_refine(bundle_dir, tuned, size=size, dilate=dilate)
+    result["fine_tuned"] = pixel_ious(bundle_dir, held, grids, args.threads)["refined"]
+    if result["fine_tuned"] > max(result["grid"], result["old"] or 0.0):
+        result["kept"] = "fine-tuned"
+    else:
+        add_refine(bundle_dir, old_graph, size=size, dilate=dilate)
+    return result
 
 
 def _label(spec: dict, item: Labeled) -> int:

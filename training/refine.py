@@ -140,6 +140,52 @@ def pixel_iou(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.logical_and(pred, true).sum() / union) if union else 1.0
 
 
+def fit(model, data, progress, lr: float, batch_size: int, rng: np.random.Generator, log_loss=None) -> int:
+    """AdamW steps on batches of `data` ((rgb, pixel mask, grid) triples) while progress(step) gives the schedule's
+    position in [0, 1] (cosine from lr to 5%), until it returns None; log_loss(step, mean loss) every 100 steps.
+    Leaves the model in eval mode; -> the number of steps."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    step, running = 0, []
+    while (frac := progress(step)) is not None:
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+        idx = rng.integers(len(data), size=batch_size)
+        x, y, g = (torch.from_numpy(a) for a in batch([data[i] for i in idx], rng))
+        loss = loss_fn(model(x), y, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running.append(loss.item())
+        step += 1
+        if step % 100 == 0 and log_loss is not None:
+            log_loss(step, float(np.mean(running)))
+            running = []
+    model.eval()
+    return step
+
+
+def model_from_onnx(path: Path):
+    """build_model() with the weights of a refine graph export_onnx wrote (its initializers carry the torch names);
+    a graph of another architecture raises BundleError."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from omniad_edge.errors import BundleError
+
+    model = build_model()
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    state = model.state_dict()
+    if any(k not in weights or weights[k].shape != tuple(v.shape) for k, v in state.items()):
+        raise BundleError(f"{path}: not a refine graph of training/refine.py's architecture (its weights do not "
+                          "match build_model())")
+    model.load_state_dict({k: torch.from_numpy(weights[k].copy()) for k in state})
+    return model.eval()
+
+
 def train(out: Path, minutes: float, frames: int, batch_size: int, lr: float, threads: int, seed: int = 0,
           max_steps: int | None = None, init_from: Path | None = None, log=print):
     """Trains until `minutes` (or max_steps) and returns the model (eval mode); writes out/refine.pt + log."""
@@ -154,27 +200,17 @@ def train(out: Path, minutes: float, frames: int, batch_size: int, lr: float, th
     model = build_model()
     if init_from is not None:  # a state dict this function wrote (torch tensors only, weights_only)
         model.load_state_dict(torch.load(init_from, weights_only=True))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    rng = np.random.default_rng(seed + 1)
     deadline = time.time() + 60 * minutes
-    step, running = 0, []
-    while time.time() < deadline and (max_steps is None or step < max_steps):
-        frac = min(1.0, (time.time() - t0) / (60 * minutes))  # cosine decay over the time budget
-        for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
-        idx = rng.integers(len(data), size=batch_size)
-        x, y, g = (torch.from_numpy(a) for a in batch([data[i] for i in idx], rng))
-        loss = loss_fn(model(x), y, g)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        running.append(loss.item())
-        step += 1
-        if step % 100 == 0:
-            log(json.dumps({"step": step, "loss": round(float(np.mean(running)), 4),
-                            "min": round((time.time() - t0) / 60, 2)}))
-            running = []
-    model.eval()
+
+    def progress(step: int) -> float | None:  # cosine decay over the time budget
+        if time.time() >= deadline or (max_steps is not None and step >= max_steps):
+            return None
+        return min(1.0, (time.time() - t0) / (60 * minutes))
+
+    def every_100(step: int, loss: float) -> None:
+        log(json.dumps({"step": step, "loss": round(loss, 4), "min": round((time.time() - t0) / 60, 2)}))
+
+    step = fit(model, data, progress, lr, batch_size, np.random.default_rng(seed + 1), every_100)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "refine.pt")
     log(json.dumps({"event": "trained", "steps": step, "min": round((time.time() - t0) / 60, 2)}))

@@ -109,11 +109,43 @@ def _geometry(image: np.ndarray, mask: np.ndarray, k: int):
     return np.ascontiguousarray(np.rot90(image, r)), np.ascontiguousarray(np.rot90(mask, r))
 
 
+def _viewpoint(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, turn: float = 8.0,
+               shift: float = 0.05):
+    """A small change of viewpoint: a turn by up to `turn` degrees and a shift by up to `shift` of the side, the
+    frame filled by reflection (no black corners a model could learn as 'normal'); the mask follows (nearest)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    pad = int(np.ceil(max(h, w) * (shift + np.sin(np.deg2rad(turn))))) + 2
+    angle = float(rng.uniform(-turn, turn))
+    dy, dx = (float(v) for v in rng.uniform(-shift, shift, 2) * (h, w))
+
+    def move(a, resample):
+        big = Image.fromarray(np.pad(a, ((pad, pad), (pad, pad)) + ((0, 0),) * (a.ndim - 2), mode="reflect"))
+        big = np.asarray(big.rotate(angle, resample=resample, translate=(dx, dy)))
+        return np.ascontiguousarray(big[pad:pad + h, pad:pad + w])
+
+    return move(image, Image.BILINEAR), move(mask.astype(np.uint8) * 255, Image.NEAREST) > 127
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator, strong: bool) -> np.ndarray:
+    """Gain and offset (slight, or with `strong` a lighting change: gain, offset and gamma)."""
+    f = image.astype(np.float32)
+    if strong:
+        f = 255.0 * (f / 255.0) ** rng.uniform(0.8, 1.25)
+        gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
+    else:
+        gain, offset = rng.uniform(0.93, 1.07), rng.uniform(-6, 6)
+    return np.clip(f * gain + offset + 0.5, 0, 255).astype(np.uint8)
+
+
 class SampleBuilder:
     """Draws training samples from a PartData: half good images, half with a defect (a real one from the training
     defects when there are some, for half of them; else one drawn by `kinds` of training/anomalies.py). Every image
     gets a slight change of gain and offset; `augment` adds flips and quarter turns (for textures and parts without
-    an orientation: on an oriented part a turned good image is a defect)."""
+    an orientation: on an oriented part a turned good image is a defect), a small change of viewpoint (a turn of a
+    few degrees and a shift, _viewpoint) on half the images and a stronger change of lighting (gain, offset, gamma),
+    so a good image seen slightly otherwise is not taken for a defect. Drawn defects come after these changes."""
 
     def __init__(self, data: PartData, kinds=tuple(GENERATORS), p_defect: float = 0.5, augment: bool = False):
         if not data.train_good:
@@ -129,8 +161,9 @@ class SampleBuilder:
         image, mask = item.image, item.mask
         if self.augment:
             image, mask = _geometry(image, mask, int(rng.integers(8)))
-        gain, offset = rng.uniform(0.93, 1.07), rng.uniform(-6, 6)
-        image = np.clip(image.astype(np.float32) * gain + offset + 0.5, 0, 255).astype(np.uint8)
+            if rng.random() < 0.5:
+                image, mask = _viewpoint(image, mask, rng)
+        image = _photometric(image, rng, self.augment)
         if real:
             return Labeled(image, mask, item.defect, item.source, item.original)
         if defect:
