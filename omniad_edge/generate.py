@@ -187,6 +187,7 @@ class _Call:
     step_pos: np.ndarray  # (3, batch, 1) positions buffer reused by every single-token step
     native: object | None = None  # the backend's compiled step for this call's cache (None: Python feeding)
     loop: "_LoopArrays | None" = None  # the native loop's state, prepared before the prefill when it runs it all
+    done: tuple | None = None  # (state, steps, forwards) of a native loop that ended the call, not yet read back
     forwards: int = 0
     forced: int = 0
 
@@ -327,6 +328,11 @@ class Generator:
             t_decode = time.perf_counter()
             self._decode(call, logits)
             decode_ms = (time.perf_counter() - t_decode) * 1e3
+            # a native loop that ended the call left its results in arrays: the rows take them now, with the text
+            t_read = time.perf_counter()
+            if call.done is not None:
+                self._read_back(call, *call.done, handed_back=False)
+            read_back_ms = (time.perf_counter() - t_read) * 1e3
         finally:
             self._checkin(batch, slot)
         texts = []
@@ -344,7 +350,8 @@ class Generator:
                            score=row.score.score, prompt_tokens=n,
                            answer_score=None if row.answer is None else row.answer.score,
                            timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
-                                    "prefix": prefix_ms, "prefix_len": float(prefix_len)},
+                                    "prefix": prefix_ms, "prefix_len": float(prefix_len),
+                                    "read_back": read_back_ms},
                            forwards=call.forwards, forced_tokens=call.forced)
                 for row, text, n in zip(call.rows, texts, lengths)]
 
@@ -533,9 +540,10 @@ class Generator:
             streams=streams, length=length)
 
     def _native_loop(self, call: _Call, logits: np.ndarray) -> np.ndarray | None:
-        """The rest of the call in the backend's compiled loop; the rows' state is read back after it.
-        -> None, or the ids sampled for a step the loop handed back (a token whose text a row's detokenizer must
-        take), which the caller then finishes in Python."""
+        """The rest of the call in the backend's compiled loop.
+        -> None (every row finished; `generate` reads the rows' state back after the decode phase), or the ids
+        sampled for a step the loop handed back (a token whose text a row's detokenizer must take; the rows' state
+        is read back now), which the caller then finishes in Python."""
         if logits is not call.native.logits:  # the loop samples from the step's own buffer
             np.copyto(call.native.logits, logits)
         if call.loop is None or call.loop.length != call.length:
@@ -544,7 +552,17 @@ class Generator:
         done, forwards, handed_back = call.native.resume()
         call.length += forwards
         call.forwards += forwards
-        # read back with few numpy calls: right after the loop the interpreter runs cold, each call costs
+        if not handed_back:
+            # Every row has finished: the decode phase ends here. The rows take the results after it (generate,
+            # with the text), as Python right after a run costs ~10 us a statement while its caches refill.
+            call.done = (state, done, forwards)
+            return None
+        self._read_back(call, state, done, forwards, handed_back=True)
+        return state.out[done].copy()
+
+    def _read_back(self, call: _Call, state: _LoopArrays, done: int, forwards: int, handed_back: bool) -> None:
+        """The rows' state from the native loop's arrays (`done` steps, `forwards` runs taken)."""
+        call.done = None
         finish, score_pos, score_logp = state.finish.tolist(), state.score_pos.tolist(), state.score_logp.tolist()
         for b, (row, ids) in enumerate(zip(call.rows, state.out[:done].T.tolist())):
             if row.finish:
@@ -566,7 +584,6 @@ class Generator:
         if hook is not None and state.timings is not None:
             for feed_ns, run_ns in state.timings[:forwards]:
                 hook(1, feed_ns * 1e-9, run_ns * 1e-9)
-        return state.out[done].copy() if handed_back else None
 
     # -- token feeding -----------------------------------------------------------------------------------------
     def _accept(self, call: _Call, row: _Row, token: int, logp_target: float | None, sampled: bool) -> bool:
