@@ -328,6 +328,25 @@ def test_compare_token_check_and_verdicts():
     int4 = compare.targets_for("int4")
     assert compare.verdict("percent_of_bound", 61.0, int4) == "met" and int4["decode_vs_genai"][0] == 0.8
     assert compare.verdict("loop_overhead_pct", None) == "not measured"
+    # --e2e-target: the reference model is judged against 0.2, the rest as before
+    ref = compare.targets_for("fp32", 0.2)
+    assert compare.verdict("e2e_vs_transformers", 0.3, ref) == "missed by 1.50x"
+    assert compare.verdict("e2e_vs_transformers", 0.3) == "met"  # 0.42 by default
+    assert ref["decode_vs_genai"] == compare.TARGETS["decode_vs_genai"]
+
+
+def test_compare_e2e_target_is_the_one_reported(capsys):
+    compare = _benchmarks_module("compare")
+    rows = [{"warmup": False, "total": 10.0, "decode_per_step": 1.0, "prefill": 2.0, "preprocess": 1.0, "vision": 3.0}]
+    t_rows = [{"warmup": False, "total": 40.0, "decode_per_step": 2.0, "prefill": 4.0, "preprocess": 2.0,
+               "vision": 6.0}]
+    res = {"omniad": {"rows": rows}, "transformers": {"rows": t_rows},
+           "options": {"precision": "fp32", "mode": "detect", "e2e_target": 0.2}}
+    target = compare.summarise(res)["targets"]["e2e_vs_transformers"]
+    assert (target["value"], target["limit"], target["verdict"]) == (0.25, "<= 0.2", "missed by 1.25x")
+    with pytest.raises(SystemExit):
+        compare.main(["models", "--e2e-target", "0"])
+    assert "--e2e-target must be a ratio > 0" in capsys.readouterr().err
 
 
 def test_genai_wrapper_graphs_do_the_host_embedding(tmp_path):

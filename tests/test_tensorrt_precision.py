@@ -182,3 +182,11 @@ def test_rotary_and_norm_layers_stay_fp32():
                       "node_sin"}
     norms = {layers[i].name for i in prec.norm_fp32_layers(layers)}
     assert norms == {"node_pow", "node_mean", "node_add_eps", "node_sqrt", "node_div", "node_mul_w"}
+
+
+def test_the_embedded_bundle_is_an_onnx_runtime_bundle_and_is_refused():
+    """The default ships with the fused decoder; docs/TENSORRT.md says how to re-export it for TensorRT."""
+    from omniad_edge.bundle import DEFAULT_BUNDLE_DIR, load_bundle
+
+    with pytest.raises(BundleError, match="--target tensorrt"):
+        prec.check_bundle_precision(load_bundle(DEFAULT_BUNDLE_DIR).manifest)

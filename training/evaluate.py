@@ -6,8 +6,8 @@ Metrics: image AUROC from the model's continuous probability (1 - probability of
 runtime's `Inspection.anomaly_probability`, which the PyTorch path computes the same way), verdict accuracy, mask
 IoU and F1 on anomalous frames (on the 16x16 grid, and at pixel level after upsampling the grid to the frame, with
 the ceiling that the ground-truth grid itself reaches), the IoU of the occupied grid rows and columns, defect-type
-accuracy, generated tokens per frame; per defect type and per surface. With both paths it also reports how often they produce the same text and the largest score
-difference.
+accuracy, generated tokens per frame; per defect type and per surface. With two paths (edge and PyTorch, or a bundle and a `--baseline`
+bundle) it also reports on how many frames they write different text or verdicts and the largest score difference.
 """
 from __future__ import annotations
 
@@ -166,9 +166,10 @@ class EdgeRunner:
 
     name = "edge"
 
-    def __init__(self, bundle: str | Path, threads: int = 2):
+    def __init__(self, bundle: str | Path, threads: int = 2, name: str = "edge"):
         from omniad_edge import Inspector
 
+        self.name = name  # two bundles in one evaluation need two names (--baseline)
         self.inspector = Inspector(str(bundle), mode="explain", threads=threads)
 
     def run(self, rgb: np.ndarray) -> Prediction:
@@ -262,9 +263,12 @@ def summarise(rows: list[dict], names: list[str]) -> dict:
                 out[name][f"{key}={value}"] = _metrics([r for r in rows if r[key] == value], name)
     if len(names) == 2:
         a, b = names
+        texts = sum(r[a]["text"] != r[b]["text"] for r in rows)
+        verdicts = sum(r[a]["verdict"] != r[b]["verdict"] for r in rows)
         out["agreement"] = {
-            "same_text": float(np.mean([r[a]["text"] == r[b]["text"] for r in rows])),
-            "same_verdict": float(np.mean([r[a]["verdict"] == r[b]["verdict"] for r in rows])),
+            "paths": [a, b], "frames": len(rows),
+            "same_text": 1 - texts / len(rows), "text_differs": texts,
+            "same_verdict": 1 - verdicts / len(rows), "verdict_differs": verdicts,
             "max_score_diff": float(max(abs(r[a]["score"] - r[b]["score"]) for r in rows)),
         }
     return out
@@ -290,6 +294,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate the reference model on the synthetic test split")
     ap.add_argument("--bundle", type=Path, help="exported bundle for the edge runtime")
     ap.add_argument("--hf", type=Path, help="Hugging Face checkpoint folder for the PyTorch path")
+    ap.add_argument("--baseline", type=Path, help="a second bundle run on the same frames (path name 'baseline'), "
+                    "to compare a re-export with the bundle it replaces")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--start", type=int, default=0)
     ap.add_argument("--size", type=int, nargs="+", default=[224], help="frame side, or height width")
@@ -302,6 +308,8 @@ def main(argv=None):
     runners = []
     if args.bundle:
         runners.append(EdgeRunner(args.bundle, args.threads))
+    if args.baseline:
+        runners.append(EdgeRunner(args.baseline, args.threads, name="baseline"))
     if args.hf:
         runners.append(TorchRunner(args.hf, args.threads))
     size = args.size[0] if len(args.size) == 1 else tuple(args.size[:2])

@@ -47,23 +47,26 @@ def prepare_tokenizer(out: Path, samples: int, source: Path | None = None) -> Pa
     return path
 
 
-def save_hf(model, out_dir: Path, tokenizer_path: Path, spec: dict) -> None:
+def save_hf(model, out_dir: Path, tokenizer_path: Path, spec: dict, preprocess: dict | None = None,
+            chat_template: Path | None = TRAINING_DIR / "chat_template.jinja") -> None:
     """A Hugging Face checkpoint folder the exporter reads: weights, config, tokenizer, chat template, preprocessor
-    config and the output spec."""
+    config and the output spec. preprocess: a manifest's preprocess section (default: the reference model's)."""
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     shutil.copy(tokenizer_path, tmp / "tokenizer.json")
-    shutil.copy(TRAINING_DIR / "chat_template.jinja", tmp / "chat_template.jinja")
+    if chat_template is not None:
+        shutil.copy(chat_template, tmp / "chat_template.jinja")
     (tmp / "output_spec.json").write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    p = S.PREPROCESS
+    p = preprocess or S.PREPROCESS
     (tmp / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": p["mean"], "image_std": p["std"],
         "min_pixels": p["min_pixels"], "max_pixels": p["max_pixels"],
         "size": {"shortest_edge": p["min_pixels"], "longest_edge": p["max_pixels"]},
         "patch_size": p["patch_size"], "merge_size": p["merge_size"], "temporal_patch_size": p["temporal_patch_size"],
-        "resample": 3}, indent=2), encoding="utf-8")
+        "resample": {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}[p.get("resample", "bicubic")]},
+        indent=2), encoding="utf-8")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
