@@ -15,7 +15,8 @@ decoder session's run (run_with_iobinding, or the native session's own run timin
 decode step) and the rest of the step (the host overhead: sampling, embedding gather, positions, binding,
 detokenizing, stop checks). A native loop that ends the call leaves its results in arrays that the rows take
 after the decode phase (Generation.timings["read_back"]); "with the read-back" adds that per-frame time, spread
-over the frame's steps, to the host overhead and the step (trees without it: 0). Wall time swings with a shared machine's load, so it also reports host CPU per frame:
+over the frame's steps, to the host overhead and the step (trees without it: 0). Wall time swings with a shared
+machine's load, so it also reports host CPU per frame:
 the thread's CPU time (time.thread_time, which a preempted process does not accrue) outside the vision and decoder
 session runs, i.e. preprocessing, prompt, the decode loop's host work and postprocessing (with --threads 1
 onnxruntime computes on the calling thread, so its share is subtracted exactly). Prints per tree the median over

@@ -167,8 +167,8 @@ public:
     // Samples from the current logits and feeds the tokens back until every row has finished, the cache is full or
     // max_steps tokens were sampled. Writes the appended token per (step, row) to out_ids (-1: none) and, when
     // timings is not null, (feed ns, run ns) per forward. *length advances per forward. Returns the steps sampled.
-    // When a row with a mask stream samples a token whose text the loop cannot feed (TextStep::HandBack), the step
-    // is not taken: its sampled ids (every row's) are written to out_ids at the returned step index, *handed_back is
+    // When a row with a mask stream samples a token whose text the loop cannot feed (not text_clean), the step is
+    // not taken: its sampled ids (every row's) are written to out_ids at the returned step index, *handed_back is
     // set, and the caller finishes that step itself (the rows' state is as before it).
     std::size_t loop(const LoopConfig& cfg, LoopState& st, const EmbedTable& table, int64_t* next_pos, int64_t* mask,
                      std::size_t width, std::size_t* length, int64_t* out_ids, int64_t* timings, std::size_t* forwards,
@@ -194,7 +194,8 @@ private:
     std::vector<float> logits_;
     std::vector<std::vector<unsigned char>> scratch_;  // per KV tensor, used when its rows are not adjacent
     std::vector<float> embeds_, embeds1_;          // embeds1_, positions1_: one token per row, bound for good
-    std::vector<int64_t> positions_, positions1_, mask_;  // mask_: batch * max_len, allocated once (its address is bound)
+    std::vector<int64_t> positions_, positions1_;
+    std::vector<int64_t> mask_;  // batch * max_len, allocated once (its address is bound)
     int64_t last_run_ns_ = 0;
     // Tensor handles kept for the step's life (see the header's notes). The names are in run order: embeds,
     // positions, mask, then the KV inputs; logits, then the KV outputs.
