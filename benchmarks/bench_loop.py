@@ -13,7 +13,10 @@ both alike). With --python-loop a third child runs this tree with the native dec
 Inspector.run (explain and detect mode, after one warm-up frame) and splits every decode step into time inside the
 decoder session's run (run_with_iobinding, or the native session's own run timings when the tree runs the native
 decode step) and the rest of the step (the host overhead: sampling, embedding gather, positions, binding,
-detokenizing, stop checks). Wall time swings with a shared machine's load, so it also reports host CPU per frame:
+detokenizing, stop checks). A native loop that ends the call leaves its results in arrays that the rows take
+after the decode phase (Generation.timings["read_back"]); "with the read-back" adds that per-frame time, spread
+over the frame's steps, to the host overhead and the step (trees without it: 0). Wall time swings with a shared
+machine's load, so it also reports host CPU per frame:
 the thread's CPU time (time.thread_time, which a preempted process does not accrue) outside the vision and decoder
 session runs, i.e. preprocessing, prompt, the decode loop's host work and postprocessing (with --threads 1
 onnxruntime computes on the calling thread, so its share is subtracted exactly). Prints per tree the median over
@@ -70,6 +73,15 @@ def child(args) -> None:
                 calls.append(wall_ns * 1e-6)
                 cpu_inside[0] += cpu_ns * 1e-9
 
+        generations = []  # this frame's Generation (its timings hold the native loop's read-back, newer trees)
+        generate = ins.generator.generate
+
+        def recording_generate(*a, **k):
+            out = generate(*a, **k)
+            generations[:] = out
+            return out
+
+        ins.generator.generate = recording_generate
         if native is None:
             session = ins.backend.decoder
             inner = session.run_with_iobinding
@@ -78,7 +90,7 @@ def child(args) -> None:
             native.record(True)
         ins.backend.vision.run = run_vision
         ins.run(frame(0))
-        walls, insides, overheads, tokens, host_cpu = [], [], [], [], []
+        walls, insides, overheads, tokens, host_cpu, reads = [], [], [], [], [], []
         for seed in range(1, args.runs + 1):
             if native is not None:
                 native.take_runs()
@@ -97,11 +109,13 @@ def child(args) -> None:
             walls.append(wall)
             insides.append(inside)
             overheads.append(wall - inside)
+            reads.append(generations[0].timings.get("read_back", 0.0) / steps)
             tokens.append(r.generated_tokens)
         out[mode] = {"steps": len(walls) and statistics.median(tokens),
                      "wall": statistics.median(walls) if walls else None,
                      "inside": statistics.median(insides) if insides else None,
                      "overhead": statistics.median(overheads) if overheads else None,
+                     "read": statistics.median(reads) if reads else None,
                      "host_cpu": statistics.median(host_cpu)}
     print(json.dumps(out))
 
@@ -148,10 +162,12 @@ def main(argv=None):
             if not rows:
                 continue
             figures[name] = {k: statistics.median(row[k] for row in rows)
-                             for k in ("steps", "wall", "inside", "overhead", "host_cpu")}
+                             for k in ("steps", "wall", "inside", "overhead", "read", "host_cpu")}
         for name, f in figures.items():
             print(f"{mode:8s} {name:10s} tokens {f['steps']:.0f}: step {f['wall']:.3f}, inside onnxruntime "
-                  f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%); "
+                  f"{f['inside']:.3f}, host overhead {f['overhead']:.3f} ({100 * f['overhead'] / f['wall']:.1f}%), "
+                  f"with the read-back {f['overhead'] + f['read']:.3f} "
+                  f"({100 * (f['overhead'] + f['read']) / (f['wall'] + f['read']):.1f}%); "
                   f"host CPU per frame {f['host_cpu']:.2f} ms")
         b = figures.get("baseline")
         for name in ("current", "current-py"):

@@ -74,9 +74,18 @@ class DecodeStep:
             attention_mask: npt.NDArray[np.int64], past: int) -> None: ...
     def feed(self, table: npt.NDArray[np.float32] | npt.NDArray[np.float16], ids: npt.NDArray[np.int64],
              next_pos: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], length: int) -> None: ...
-    def loop(self, sampler: Sampler, rng: Rng | None, eos: npt.NDArray[np.int64], pad: int, max_new: int,
-             score_target: npt.NDArray[np.int64], finish: npt.NDArray[np.uint8], generated: npt.NDArray[np.int64],
-             score_pos: npt.NDArray[np.int64], score_logp: npt.NDArray[np.float64],
-             table: npt.NDArray[np.float32] | npt.NDArray[np.float16], next_pos: npt.NDArray[np.int64],
-             mask: npt.NDArray[np.int64], length: int, out_ids: npt.NDArray[np.int64],
-             timings: npt.NDArray[np.int64] | None) -> tuple[int, int]: ...
+    def prepare(self, sampler: Sampler, rng: Rng | None, eos: npt.NDArray[np.int64], pad: int, max_new: int,
+                score_target: npt.NDArray[np.int64], finish: npt.NDArray[np.uint8], generated: npt.NDArray[np.int64],
+                score_pos: npt.NDArray[np.int64], score_logp: npt.NDArray[np.float64],
+                table: npt.NDArray[np.float32] | npt.NDArray[np.float16], next_pos: npt.NDArray[np.int64],
+                mask: npt.NDArray[np.int64], length: int, out_ids: npt.NDArray[np.int64],
+                timings: npt.NDArray[np.int64] | None, mask_streams: list[StreamDecoder | None] | None = None,
+                text: TokenText | None = None) -> None: ...
+    def resume(self) -> tuple[int, int, bool]: ...
+
+
+class TokenText:
+    def __init__(self, bytes: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64],
+                 clean: npt.NDArray[np.uint8]) -> None: ...
+    @property
+    def vocab(self) -> int: ...

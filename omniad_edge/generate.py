@@ -10,10 +10,15 @@ helpers: `_accept` appends one token to a row, sampled or grammar-forced (score,
 and `_feed_tokens` runs token ids through the decoder at each row's next positions.
 
 Native loop: a backend with a compiled decode step (`native_step(cache)`, the ONNX Runtime backend on the CPU)
-feeds tokens without Python, and once no row needs Python per token (no grammar, no streamed or mask-watched
-text, no pending answer probe, no repetition penalty) `_native_loop` hands it the rest of the call: sample, the
-empty-mask score, end-of-sequence and length checks and the next forward, all native, in the same order as
-`_decode` and `_accept`, so the tokens are the same as the Python loop's.
+feeds tokens without Python, and once no row needs Python per token (no grammar, no streamed text, no pending
+answer probe, no repetition penalty) `_native_loop` hands it the rest of the call: sample, the empty-mask score,
+end-of-sequence, Text-as-Mask stop and length checks and the next forward, all native, in the same order as
+`_decode` and `_accept`, so the tokens are the same as the Python loop's. The Text-as-Mask stop (detect mode) runs
+natively over the tokens' bytes (`Tokenizer.token_text`, byte-level tokenizers) feeding the row's own native
+stream decoder; a token whose text the detokenizer could hold back (part of a character) hands that step back to
+Python. What stays in Python per token, and why: grammar rows (llguidance's matcher has no C interface the step
+could call), a stream callback (the caller's Python code), a repetition penalty (the previous-ids matrix) and a
+pending answer probe (one step, then the loop goes native).
 
 Score: the probability that the model writes the empty mask, P(E) with E = tokens of open_tag + encode(empty
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output
@@ -181,8 +186,24 @@ class _Call:
     rng: object | None  # the sampler's generator for this call (None: greedy)
     step_pos: np.ndarray  # (3, batch, 1) positions buffer reused by every single-token step
     native: object | None = None  # the backend's compiled step for this call's cache (None: Python feeding)
+    loop: "_LoopArrays | None" = None  # the native loop's state, prepared before the prefill when it runs it all
+    done: tuple | None = None  # (state, steps, forwards) of a native loop that ended the call, not yet read back
     forwards: int = 0
     forced: int = 0
+
+
+@dataclass
+class _LoopArrays:
+    """The native loop's per-row state and outputs (the arrays DecodeStep.prepare binds), from the rows' state."""
+
+    finish: np.ndarray
+    generated: np.ndarray
+    score_pos: np.ndarray
+    score_logp: np.ndarray
+    out: np.ndarray  # (steps, batch) ids appended per step, -1 none
+    timings: np.ndarray | None  # (steps, 2) feed / run ns when the backend's on_forward hook is set
+    streams: list | None  # per row: its native Text-as-Mask stream decoder, or None
+    length: int  # the cache length the loop was bound to start at
 
 
 class Generator:
@@ -228,6 +249,8 @@ class Generator:
         native_table = self._table.dtype in (np.float32, np.float16) and self._table.flags.c_contiguous
         self._native_step = getattr(backend, "native_step", None) if native_table else None
         self._score_target = np.array(self.empty_mask_ids or [0], np.int64)
+        self._token_text = None  # the native Text-as-Mask stop's token bytes, made on first need (_text_table)
+        self._token_text_lock = threading.Lock()
         self._prefix: _Prefix | None = None
         self._pool: dict[int, list[_Slot]] = {}  # batch -> idle working caches
         self._last_forwards = 0  # forwards of the latest call (diagnostics of single-thread runs)
@@ -305,6 +328,11 @@ class Generator:
             t_decode = time.perf_counter()
             self._decode(call, logits)
             decode_ms = (time.perf_counter() - t_decode) * 1e3
+            # a native loop that ended the call left its results in arrays: the rows take them now, with the text
+            t_read = time.perf_counter()
+            if call.done is not None:
+                self._read_back(call, *call.done, handed_back=False)
+            read_back_ms = (time.perf_counter() - t_read) * 1e3
         finally:
             self._checkin(batch, slot)
         texts = []
@@ -322,7 +350,8 @@ class Generator:
                            score=row.score.score, prompt_tokens=n,
                            answer_score=None if row.answer is None else row.answer.score,
                            timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
-                                    "prefix": prefix_ms, "prefix_len": float(prefix_len)},
+                                    "prefix": prefix_ms, "prefix_len": float(prefix_len),
+                                    "read_back": read_back_ms},
                            forwards=call.forwards, forced_tokens=call.forced)
                 for row, text, n in zip(call.rows, texts, lengths)]
 
@@ -365,11 +394,16 @@ class Generator:
         mask = np.zeros((batch, total), np.int64)
         mask[:, :prefix_len] = 1
         rng = None if self.sampler.greedy else self.sampler.new_rng()
-        return _Call(rows=rows, cache=cache, mask=mask, length=prefix_len,
+        call = _Call(rows=rows, cache=cache, mask=mask, length=prefix_len,
                      next_pos=np.array(lengths, np.int64) + np.asarray(deltas, np.int64),
                      max_new_tokens=max_new_tokens, emit=emit, rng=rng,
                      step_pos=np.empty((3, batch, 1), np.int64),
                      native=None if self._native_step is None else self._native_step(cache))
+        if call.native is not None and self._native_ready(call):
+            # every row can run native from its first token: the loop is bound now, so the decode phase starts with
+            # one argument-free native call (right after the prefill's run Python runs with cold caches)
+            self._prepare_loop(call, max(lengths))  # the cache length after the prefill
+        return call
 
     def _prefill(self, call: _Call, rows, lengths, prefix_len: int, width: int) -> np.ndarray:
         """The prompts after the prefix, left-padded to one width, in one forward; -> logits of the last position."""
@@ -387,6 +421,12 @@ class Generator:
 
     def _decode(self, call: _Call, logits: np.ndarray) -> None:
         """Sample, feed the tokens back, until every row has finished."""
+        sampled = None  # ids the native loop sampled for a step it handed back
+        if call.loop is not None:  # prepared in _start: every row runs native from its first token
+            sampled = self._native_loop(call, logits)
+            if sampled is None:
+                return
+            logits = call.native.logits
         batch = len(call.rows)
         rows = call.rows
         words = (int(logits.shape[1]) + 31) // 32
@@ -397,15 +437,22 @@ class Generator:
             active = [b for b in range(batch) if not rows[b].finish]
             if not active:
                 return
-            if call.native is not None and allowed is None and self._native_ready(call):
-                return self._native_loop(call, logits)
+            if sampled is None and call.native is not None and allowed is None and self._native_ready(call):
+                sampled = self._native_loop(call, logits)
+                if sampled is None:
+                    return
+                logits = call.native.logits
+                continue
             if allowed is not None:
                 for b, row in enumerate(rows):
                     live = row.constraint is not None and not row.finish
                     allowed[b] = row.constraint.allowed_words(words) if live else 0xFFFFFFFF
             if self.needs_previous:
                 previous = _previous_matrix([row.generated for row in rows])
-            ids = self.sampler.sample_ids(logits, previous=previous, allowed_mask=allowed, rng=call.rng)
+            if sampled is not None:
+                ids, sampled = sampled, None
+            else:
+                ids = self.sampler.sample_ids(logits, previous=previous, allowed_mask=allowed, rng=call.rng)
             targets = [row.score.expected() for row in rows]
             lps = None
             if any(t is not None for t in targets):
@@ -440,40 +487,102 @@ class Generator:
             logits = self._feed_tokens(call, run)
 
     def _native_ready(self, call: _Call) -> bool:
-        """No row needs Python per token from here on (what `_accept` would do beyond score, eos and length)."""
+        """No row needs Python per token from here on (what `_accept` would do beyond score, eos, the Text-as-Mask
+        stop and length)."""
         if self.needs_previous or call.emit is not None:
             return False
-        return all(row.finish or (row.constraint is None and row.mask_stream is None and row.detok is None and
-                                  (row.answer is None or row.answer.done)) for row in call.rows)
+        for row in call.rows:
+            if row.finish:
+                continue
+            if row.constraint is not None or (row.answer is not None and not row.answer.done):
+                return False
+            if row.mask_stream is not None:
+                # the native stop reads the tokens' bytes: it starts where the detokenizer holds nothing back
+                if row.detok is None or row.detok.holding or self._text_table() is None:
+                    return False
+            elif row.detok is not None:
+                return False
+        return True
 
-    def _native_loop(self, call: _Call, logits: np.ndarray) -> None:
-        """The rest of the call in the backend's compiled loop; the rows' state is read back after it."""
-        if logits is not call.native.logits:  # the loop samples from the step's own buffer
-            np.copyto(call.native.logits, logits)
+    def _text_table(self):
+        """The tokens' bytes for the native Text-as-Mask stop (None: the tokenizer is not byte-level)."""
+        if self._token_text is None:
+            with self._token_text_lock:
+                if self._token_text is None:
+                    from ._native import TokenText
+
+                    table = self.tokenizer.token_text(int(self._table.shape[0]))
+                    self._token_text = False if table is None else TokenText(*table)
+        return self._token_text or None
+
+    def _prepare_loop(self, call: _Call, length: int) -> None:
+        """Binds the native loop to the call's state, to start at cache length `length` (call.loop)."""
+        state = call.loop = self._loop_arrays(call, length)
+        call.native.prepare(self.sampler._native, call.rng, self.eos, self.pad_id, call.max_new_tokens,
+                            self._score_target, state.finish, state.generated, state.score_pos, state.score_logp,
+                            self._table, call.next_pos, call.mask, length, state.out, state.timings, state.streams,
+                            self._token_text or None)
+
+    def _loop_arrays(self, call: _Call, length: int) -> _LoopArrays:
         rows = call.rows
         finish = np.array([1 if row.finish else 0 for row in rows], np.uint8)
         generated = np.array([len(row.generated) for row in rows], np.int64)
-        score_pos = np.array([row.score.pos if row.score.active else -1 for row in rows], np.int64)
-        score_logp = np.array([row.score.logp for row in rows], np.float64)
         steps = int(max(call.max_new_tokens - generated[finish == 0]))
-        out = np.empty((steps, len(rows)), np.int64)
-        hook = getattr(self.backend, "on_forward", None)
-        timings = np.zeros((steps, 2), np.int64) if hook is not None else None
-        done, forwards = call.native.loop(self.sampler._native, call.rng, self.eos, self.pad_id, call.max_new_tokens,
-                                          self._score_target, finish, generated, score_pos, score_logp, self._table,
-                                          call.next_pos, call.mask, call.length, out, timings)
+        streams = None
+        if any(row.mask_stream is not None for row in rows):
+            streams = [None if row.finish or row.mask_stream is None else row.mask_stream.native for row in rows]
+        return _LoopArrays(
+            finish=finish, generated=generated,
+            score_pos=np.array([row.score.pos if row.score.active else -1 for row in rows], np.int64),
+            score_logp=np.array([row.score.logp for row in rows], np.float64),
+            out=np.empty((steps, len(rows)), np.int64),
+            timings=np.zeros((steps, 2), np.int64) if getattr(self.backend, "on_forward", None) else None,
+            streams=streams, length=length)
+
+    def _native_loop(self, call: _Call, logits: np.ndarray) -> np.ndarray | None:
+        """The rest of the call in the backend's compiled loop.
+        -> None (every row finished; `generate` reads the rows' state back after the decode phase), or the ids
+        sampled for a step the loop handed back (a token whose text a row's detokenizer must take; the rows' state
+        is read back now), which the caller then finishes in Python."""
+        if logits is not call.native.logits:  # the loop samples from the step's own buffer
+            np.copyto(call.native.logits, logits)
+        if call.loop is None or call.loop.length != call.length:
+            self._prepare_loop(call, call.length)
+        state, call.loop = call.loop, None
+        done, forwards, handed_back = call.native.resume()
         call.length += forwards
         call.forwards += forwards
-        for b, row in enumerate(rows):
+        if not handed_back:
+            # Every row has finished: the decode phase ends here. The rows take the results after it (generate,
+            # with the text), as Python right after a run costs ~10 us a statement while its caches refill.
+            call.done = (state, done, forwards)
+            return None
+        self._read_back(call, state, done, forwards, handed_back=True)
+        return state.out[done].copy()
+
+    def _read_back(self, call: _Call, state: _LoopArrays, done: int, forwards: int, handed_back: bool) -> None:
+        """The rows' state from the native loop's arrays (`done` steps, `forwards` runs taken)."""
+        call.done = None
+        finish, score_pos, score_logp = state.finish.tolist(), state.score_pos.tolist(), state.score_logp.tolist()
+        for b, (row, ids) in enumerate(zip(call.rows, state.out[:done].T.tolist())):
             if row.finish:
                 continue
-            row.generated.extend(int(t) for t in out[:done, b] if t >= 0)
-            row.finish = {1: "eos", 2: "length"}.get(int(finish[b]), "")
-            row.score.logp = float(score_logp[b])
-            row.score.active = bool(score_pos[b] >= 0)
-            row.score.pos = int(score_pos[b]) if row.score.active else row.score.pos
-        if hook is not None:
-            for feed_ns, run_ns in timings[:forwards]:
+            new = [t for t in ids if t >= 0]
+            row.generated.extend(new)
+            if row.detok is not None:
+                if handed_back or row.detok.ids:  # Python goes on with this detokenizer: it takes the tokens too
+                    for token in new:
+                        row.detok.feed(token)
+                else:  # only native tokens: the row's text is decoded once at the end, as for rows without one
+                    row.detok = None
+            row.finish = _FINISH[finish[b]]
+            row.score.logp = score_logp[b]
+            row.score.active = score_pos[b] >= 0
+            if row.score.active:
+                row.score.pos = score_pos[b]
+        hook = getattr(self.backend, "on_forward", None)
+        if hook is not None and state.timings is not None:
+            for feed_ns, run_ns in state.timings[:forwards]:
                 hook(1, feed_ns * 1e-9, run_ns * 1e-9)
 
     # -- token feeding -----------------------------------------------------------------------------------------
@@ -547,6 +656,7 @@ class Generator:
         return logits
 
 
+_FINISH = ("", "eos", "length", "mask_closed")  # the native loop's finish codes (ort_decoder.hpp, LoopState)
 _POOL_PER_BATCH = 16  # idle working caches kept per batch size (one per thread that ran at once, usually)
 
 

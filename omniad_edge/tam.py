@@ -156,6 +156,11 @@ class StreamDecoder:
         return self._native.closed
 
     @property
+    def native(self):
+        """The compiled decoder this wraps (the native decode loop feeds it directly)."""
+        return self._native
+
+    @property
     def rows_done(self) -> int:
         return self._native.rows_done
 

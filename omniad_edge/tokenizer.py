@@ -23,6 +23,7 @@ class Detokenizer:
         self._skip = skip_special_tokens
         self._ids: list[int] = []
         self._chunks: list[str] = []
+        self.holding = False  # the last token gave no text: it may have started a character the stream holds back
 
     def feed(self, token_id: int) -> str:
         """Add one token id; return the new text it completes ("" when it only starts a character)."""
@@ -30,6 +31,7 @@ class Detokenizer:
         chunk = self._stream.step(self._tok, int(token_id)) or ""
         if chunk:
             self._chunks.append(chunk)
+        self.holding = not chunk
         return chunk
 
     def flush(self) -> str:
@@ -95,3 +97,25 @@ class Tokenizer:
 
     def detokenizer(self, skip_special_tokens: bool = False) -> Detokenizer:
         return Detokenizer(self, skip_special_tokens=skip_special_tokens)
+
+    def token_text(self, vocab_size: int):
+        """Each token id's text as UTF-8 bytes, for a decode loop that follows the text without a Detokenizer:
+        (bytes uint8, offsets int64 of vocab_size + 1, clean uint8 of vocab_size), or None when the decoder is not
+        byte-level. Clean: the token decodes alone to whole UTF-8 without U+FFFD, so a Detokenizer (special tokens
+        kept) that holds nothing back emits exactly these bytes for it, and holds nothing back after it (byte-level
+        text is the concatenation of the tokens' bytes). Ids the tokenizer lacks are not clean."""
+        import json
+
+        import numpy as np
+
+        decoder = json.loads(self._tok.to_str()).get("decoder") or {}
+        if decoder.get("type") != "ByteLevel":
+            return None
+        known = min(int(vocab_size), self.vocab_size)
+        texts = [t.encode("utf-8") for t in self._tok.decode_batch([[i] for i in range(known)],
+                                                                   skip_special_tokens=False)]
+        clean = np.zeros(int(vocab_size), np.uint8)
+        clean[:known] = [b"\xef\xbf\xbd" not in t for t in texts]  # U+FFFD: a lone piece of a character
+        lengths = np.zeros(int(vocab_size) + 1, np.int64)
+        lengths[1:known + 1] = [len(t) for t in texts]
+        return np.frombuffer(b"".join(texts), np.uint8).copy(), np.cumsum(lengths), clean

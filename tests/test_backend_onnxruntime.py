@@ -376,6 +376,19 @@ def test_native_step_binds_a_whole_buffer_shared_by_past_and_present(tmp_path):
             step.run(embeds, np.zeros((3, batch, s), np.int64), np.ones((batch, past + s), np.int64), past)
             np.testing.assert_allclose(step.logits, embeds.mean(axis=1) @ w, rtol=1e-5)
         assert (buf == 2).all()  # two runs, each adding one in place
+        # one-token feeds bind the step's kept handles (the whole buffer once, the mask once per length): two
+        # sequences over the same lengths, the second only looking its handles up, still read the new inputs
+        table = rng.standard_normal((7, hidden)).astype(np.float32)
+        for sequence in range(2):
+            mask = np.ones((batch, slots), np.int64)
+            next_pos = np.full(batch, 4, np.int64)
+            for length in (4, 5):
+                ids = rng.integers(0, 7, (batch, 1))
+                mask[:, length:] = 0
+                step.feed(table, ids, next_pos, mask, length)
+                np.testing.assert_allclose(step.logits, table[ids[:, 0]] @ w, rtol=1e-5)
+                assert (mask[:, :length + 1] == 1).all() and (next_pos == length + 1).all()
+        assert (buf == 6).all()  # and four feeds more, in place
 
 
 @pytest.mark.parametrize("batch", [1, 2])

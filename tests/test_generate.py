@@ -253,9 +253,9 @@ def _recorded(monkeypatch):
                          ids=["detect", "explain", "detect-grammar"])
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 1.2, "top_p": 0.95, "seed": 7}], ids=["greedy", "sampled"])
 def test_native_loop_gives_the_python_loops_tokens(mode, constrain, sampling, monkeypatch):
-    """The reference model, one frame at a time and a batch: the native step (explain: the whole token loop native;
-    detect: tokens fed natively, the Text-as-Mask stream checked in Python per token; grammar: llguidance's mask
-    and forced runs in Python per token) gives the Python loop's ids, finish reasons and scores exactly."""
+    """The reference model, one frame at a time and a batch: the native step (explain and detect: the whole token
+    loop native, detect's Text-as-Mask stop included; grammar: llguidance's mask and forced runs in Python per token)
+    gives the Python loop's ids, finish reasons and scores exactly."""
     if constrain:
         pytest.importorskip("llguidance", reason="grammar-constrained decoding needs the `grammar` extra")
     from omniad_edge import Inspector
@@ -271,20 +271,62 @@ def test_native_loop_gives_the_python_loops_tokens(mode, constrain, sampling, mo
         assert inspector.backend.describe()["decode_step"] == ("native" if native else "Python")
         texts = [inspector.run(f).text for f in frames] + [r.text for r in inspector.run_batch(frames)]
         results[native] = (seen["ids"], texts)
-        assert (seen["loops"] > 0) == (native and mode == "explain" and not constrain)
+        assert (seen["loops"] > 0) == (native and not constrain)
         monkeypatch.undo()
     assert results[True] == results[False]
     assert any(len(ids) > 1 for gens in results[True][0] for ids, *_ in gens)
+    if mode == "detect":  # the stop that ended detect's rows, natively too
+        assert {reason for gens in results[True][0] for _, reason, *_ in gens} >= {"mask_closed"}
 
 
-def test_native_loop_raises_the_samplers_error_on_nan_logits(tiny_bundle, monkeypatch):
-    """NaN logits reached inside the native loop: the sampler's ValueError, as in the Python loop."""
+@pytest.mark.parametrize("unclean", ["every", "odd"])
+def test_native_detect_hands_tokens_it_cannot_read_back_to_python(unclean, monkeypatch):
+    """Tokens whose text the native Text-as-Mask stop cannot feed (pieces of a character: here made so by marking
+    them in the table) hand their step back to the Python loop, which finishes it and lets the native loop go on:
+    the tokens, finish reasons, scores and texts stay the Python loop's, for greedy and seeded sampling."""
+    from omniad_edge import Inspector
+    from omniad_edge.generate import Generator
+    from omniad_edge.synth import make_sample
+
+    text_table = Generator._text_table
+
+    def marked(self):
+        table = text_table(self)
+        if not getattr(self, "_marked", False):
+            data, offsets, clean = self.tokenizer.token_text(int(self._table.shape[0]))
+            clean[:] = 0 if unclean == "every" else clean * (np.arange(len(clean)) % 2 == 0)
+            from omniad_edge._native import TokenText
+            self._token_text, self._marked = TokenText(data, offsets, clean), True
+            table = self._token_text
+        return table
+
+    frames = [make_sample(i, (224, 224), anomalous=True).image for i in range(4)]
+    for sampling in ({}, {"temperature": 1.3, "seed": 3}):
+        results = {}
+        for native in (True, False):
+            seen = _recorded(monkeypatch)
+            monkeypatch.setattr(Generator, "_text_table", marked)
+            inspector = Inspector(mode="detect", threads=1, max_new_tokens=40, backend_options={"native": native},
+                                  **sampling)
+            texts = [inspector.run(f).text for f in frames]
+            results[native] = (seen["ids"], texts)
+            if native:  # handed back and entered again within a frame
+                assert seen["loops"] > len(frames)
+            monkeypatch.undo()
+        assert results[True] == results[False]
+        assert any(len(ids) > 2 for gens in results[True][0] for ids, *_ in gens)
+
+
+@pytest.mark.parametrize("mode", ["explain", "detect"])
+def test_native_loop_raises_the_samplers_error_on_nan_logits(tiny_bundle, mode, monkeypatch):
+    """NaN logits reached inside the native loop (detect: with its Text-as-Mask stop): the sampler's ValueError,
+    as in the Python loop."""
     from omniad_edge import Inspector
 
     errors = {}
     for native in (True, False):
         seen = _recorded(monkeypatch)
-        inspector = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8,
+        inspector = Inspector(tiny_bundle, mode=mode, threads=1, max_new_tokens=8,
                               backend_options={"native": native})
         frame = make_frame(64, 64, seed=50)
         inspector.run(frame)

@@ -81,3 +81,38 @@ def test_flush_releases_an_unfinished_character(tok):
     rest = detok.flush()
     assert rest == tok.decode(ids) and "\ufffd" in rest
     assert detok.text == tok.decode(ids)
+
+
+def test_token_text_is_what_the_detokenizer_emits_for_clean_tokens(tok):
+    """The native Text-as-Mask stop's table: for every clean token in real text (ASCII, CJK, emoji split across
+    byte pieces, special tokens) a Detokenizer holding nothing back emits exactly the table's bytes; pieces of a
+    character are not clean, and the Detokenizer holds them back."""
+    data, offsets, clean = tok.token_text(tok.vocab_size + 3)
+    assert len(offsets) == tok.vocab_size + 4 and len(clean) == tok.vocab_size + 3
+    assert not clean[tok.vocab_size:].any()  # ids past the tokenizer's own: never fed natively
+    seen_clean = seen_piece = 0
+    for text in TEXTS:
+        detok = tok.detokenizer()
+        for t in tok.encode(text):
+            held = detok.holding
+            chunk = detok.feed(t)
+            if held:
+                continue
+            if clean[t]:
+                seen_clean += 1
+                assert chunk.encode("utf-8") == bytes(data[offsets[t]:offsets[t + 1]]), t
+                assert not detok.holding or not chunk
+            else:
+                seen_piece += 1
+                assert chunk == "" and detok.holding, t  # a piece of a character: the detokenizer holds it back
+    assert seen_clean > 20 and seen_piece > 0
+
+
+def test_token_text_needs_a_byte_level_decoder(tmp_path, tok):
+    import json
+
+    spec = json.loads(tok.backend.to_str())
+    spec["decoder"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    assert Tokenizer(path).token_text(10) is None

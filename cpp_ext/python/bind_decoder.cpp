@@ -31,10 +31,107 @@ ort::EmbedTable table_arg(py::handle obj) {
     return {t.data(), t.kind == Kind::F16, std::size_t(t.dim(0)), std::size_t(t.dim(1))};
 }
 
+// The token text table with the arrays it points into.
+struct PyTokenText {
+    ort::TokenText text;
+    py::object keep;
+};
+
+// A token loop checked and bound ahead of its run (prepare), so the decode phase starts with one argument-free call
+// (resume): right after the prefill's run the interpreter and these checks would run with cold caches.
+struct Prepared {
+    ort::LoopConfig cfg;
+    ort::LoopState st;
+    ort::EmbedTable table;
+    std::vector<omniad::tam::StreamDecoder*> streams;
+    int64_t *next_pos = nullptr, *mask = nullptr, *out = nullptr, *timings = nullptr;
+    std::size_t width = 0, length = 0;
+    py::tuple keep;  // every Python object the pointers above point into
+};
+
 struct PyStep {
     std::shared_ptr<ort::Step> step;
     py::object logits;  // a view of the step's buffer, kept alive by this object
+    std::unique_ptr<Prepared> prepared;
 };
+
+// Checks and binds a loop's arguments (Step::loop, ort_decoder.hpp); `length` is the cache length the loop will
+// start at. The arrays must stay unchanged in shape until resume; the loop writes into them.
+void prepare_loop(PyStep& s, py::object sampler, py::object rng, py::handle eos, int64_t pad,
+                  std::size_t max_new, py::handle score_target, py::handle finish, py::handle generated,
+                  py::handle score_pos, py::handle score_logp, py::handle table, py::handle next_pos, py::handle mask,
+                  std::size_t length, py::handle out_ids, py::object timings, py::object mask_streams,
+                  py::object text) {
+    const std::size_t B = s.step->batch();
+    auto e = require(eos, "eos", {Kind::I64}, 1, 1);
+    auto tg = require(score_target, "score_target", {Kind::I64}, 1, 1);
+    auto f = require(finish, "finish", {Kind::U8}, 1, 1);
+    auto g = require(generated, "generated", {Kind::I64}, 1, 1);
+    auto sp = require(score_pos, "score_pos", {Kind::I64}, 1, 1);
+    auto sl = require(score_logp, "score_logp", {Kind::F64}, 1, 1);
+    auto n = require(next_pos, "next_pos", {Kind::I64}, 1, 1);
+    auto k = require(mask, "mask", {Kind::I64}, 2, 2);
+    auto o = require(out_ids, "out_ids", {Kind::I64}, 2, 2);
+    if (std::size_t(o.dim(1)) != B || std::size_t(k.dim(0)) != B)
+        throw py::value_error("out_ids must be (steps, batch) and mask (batch, width)");
+    auto p = std::make_unique<Prepared>();
+    p->table = table_arg(table);
+    ort::LoopConfig& cfg = p->cfg;
+    cfg.sampler = &sampler.cast<const smp::Sampler&>();
+    cfg.rng = rng.is_none() ? nullptr : &rng.cast<smp::Rng&>();
+    cfg.eos = static_cast<const int64_t*>(e.data());
+    cfg.n_eos = std::size_t(e.dim(0));
+    cfg.pad = pad;
+    cfg.max_new = max_new;
+    cfg.score_target = static_cast<const int64_t*>(tg.data());
+    cfg.score_len = std::size_t(tg.dim(0));
+    cfg.max_steps = std::size_t(o.dim(0));
+    ort::LoopState& st = p->st;
+    st.finish = writable<uint8_t>(f, "finish", B);
+    st.generated = writable<int64_t>(g, "generated", B);
+    st.score_pos = writable<int64_t>(sp, "score_pos", B);
+    st.score_logp = writable<double>(sl, "score_logp", B);
+    for (std::size_t b = 0; b < B; ++b)
+        if (st.score_pos[b] >= int64_t(cfg.score_len))
+            throw py::value_error("score_pos is past the end of score_target");
+    py::object tm = py::none();
+    if (!timings.is_none()) {
+        auto t = require(timings, "timings", {Kind::I64}, 2, 2);
+        if (t.dim(0) < o.dim(0) || t.dim(1) != 2) throw py::value_error("timings must be (steps, 2)");
+        p->timings = writable<int64_t>(t, "timings", std::size_t(t.dim(0)) * 2);
+        tm = t.array;
+    }
+    if (!mask_streams.is_none()) {
+        auto list = mask_streams.cast<py::sequence>();
+        if (std::size_t(list.size()) != B) throw py::value_error("mask_streams must have one entry per row");
+        for (py::handle d : list) p->streams.push_back(d.is_none() ? nullptr : d.cast<omniad::tam::StreamDecoder*>());
+        st.mask_stream = p->streams.data();
+    }
+    if (!text.is_none()) cfg.text = &text.cast<const PyTokenText&>().text;
+    p->next_pos = writable<int64_t>(n, "next_pos", B);
+    p->mask = writable<int64_t>(k, "mask", B);
+    p->out = writable<int64_t>(o, "out_ids", std::size_t(o.dim(0)) * B);
+    p->width = std::size_t(k.dim(1));
+    p->length = length;
+    p->keep = py::make_tuple(sampler, rng, e.array, tg.array, f.array, g.array, sp.array, sl.array,
+                             py::reinterpret_borrow<py::object>(table), n.array, k.array, o.array, tm, mask_streams,
+                             text);
+    s.prepared = std::move(p);
+}
+
+// Runs the prepared loop (once) -> (steps, forwards, handed_back).
+py::tuple resume_loop(PyStep& s) {
+    if (!s.prepared) throw py::value_error("resume: no loop prepared (prepare first; a loop runs once)");
+    std::unique_ptr<Prepared> p = std::move(s.prepared);
+    std::size_t steps = 0, forwards = 0, len = p->length;
+    bool handed_back = false;
+    {
+        py::gil_scoped_release unlocked;
+        steps = s.step->loop(p->cfg, p->st, p->table, p->next_pos, p->mask, p->width, &len, p->out, p->timings,
+                             &forwards, &handed_back);
+    }
+    return py::make_tuple(steps, forwards, handed_back);
+}
 
 }  // namespace
 
@@ -53,6 +150,25 @@ void bind_decoder(py::module_& m) {
         .def_property_readonly("outputs", &ort::Session::outputs)
         .def("record", &ort::Session::record, py::arg("on"))
         .def("take_runs", &ort::Session::take_runs);
+
+    py::class_<PyTokenText>(m, "TokenText")
+        .def(py::init([](py::handle bytes, py::handle offsets, py::handle clean) {
+                 auto b = require(bytes, "bytes", {Kind::U8}, 1, 1);
+                 auto o = require(offsets, "offsets", {Kind::I64}, 1, 1);
+                 auto c = require(clean, "clean", {Kind::U8}, 1, 1);
+                 const std::size_t vocab = std::size_t(c.dim(0));
+                 if (std::size_t(o.dim(0)) != vocab + 1) throw py::value_error("offsets must have vocab + 1 entries");
+                 const auto* off = static_cast<const int64_t*>(o.data());
+                 for (std::size_t t = 0; t < vocab; ++t)
+                     if (off[t] < 0 || off[t] > off[t + 1] || off[t + 1] > int64_t(b.dim(0)))
+                         throw py::value_error("offsets must rise within bytes (token " + std::to_string(t) + ")");
+                 PyTokenText t;
+                 t.text = {static_cast<const uint8_t*>(b.data()), off, static_cast<const uint8_t*>(c.data()), vocab};
+                 t.keep = py::make_tuple(b.array, o.array, c.array);
+                 return t;
+             }),
+             py::arg("bytes"), py::arg("offsets"), py::arg("clean"))
+        .def_property_readonly("vocab", [](const PyTokenText& t) { return t.text.vocab; });
 
     py::class_<PyStep>(m, "DecodeStep")
         .def(py::init([](std::shared_ptr<ort::Session> session, std::size_t batch, std::size_t vocab,
@@ -118,60 +234,10 @@ void bind_decoder(py::module_& m) {
                  s.step->feed(tab, ip, S, np_, mp, width, length);
              },
              py::arg("table"), py::arg("ids"), py::arg("next_pos"), py::arg("mask"), py::arg("length"))
-        .def("loop",
-             [](PyStep& s, const smp::Sampler& sampler, smp::Rng* rng, py::handle eos, int64_t pad,
-                std::size_t max_new, py::handle score_target, py::handle finish, py::handle generated,
-                py::handle score_pos, py::handle score_logp, py::handle table, py::handle next_pos, py::handle mask,
-                std::size_t length, py::handle out_ids, py::object timings) {
-                 const std::size_t B = s.step->batch();
-                 auto e = require(eos, "eos", {Kind::I64}, 1, 1);
-                 auto tg = require(score_target, "score_target", {Kind::I64}, 1, 1);
-                 auto f = require(finish, "finish", {Kind::U8}, 1, 1);
-                 auto g = require(generated, "generated", {Kind::I64}, 1, 1);
-                 auto sp = require(score_pos, "score_pos", {Kind::I64}, 1, 1);
-                 auto sl = require(score_logp, "score_logp", {Kind::F64}, 1, 1);
-                 const ort::EmbedTable tab = table_arg(table);
-                 auto n = require(next_pos, "next_pos", {Kind::I64}, 1, 1);
-                 auto k = require(mask, "mask", {Kind::I64}, 2, 2);
-                 auto o = require(out_ids, "out_ids", {Kind::I64}, 2, 2);
-                 if (std::size_t(o.dim(1)) != B || std::size_t(k.dim(0)) != B)
-                     throw py::value_error("out_ids must be (steps, batch) and mask (batch, width)");
-                 ort::LoopConfig cfg;
-                 cfg.sampler = &sampler;
-                 cfg.rng = rng;
-                 cfg.eos = static_cast<const int64_t*>(e.data());
-                 cfg.n_eos = std::size_t(e.dim(0));
-                 cfg.pad = pad;
-                 cfg.max_new = max_new;
-                 cfg.score_target = static_cast<const int64_t*>(tg.data());
-                 cfg.score_len = std::size_t(tg.dim(0));
-                 cfg.max_steps = std::size_t(o.dim(0));
-                 ort::LoopState st;
-                 st.finish = writable<uint8_t>(f, "finish", B);
-                 st.generated = writable<int64_t>(g, "generated", B);
-                 st.score_pos = writable<int64_t>(sp, "score_pos", B);
-                 st.score_logp = writable<double>(sl, "score_logp", B);
-                 for (std::size_t b = 0; b < B; ++b)
-                     if (st.score_pos[b] >= int64_t(cfg.score_len))
-                         throw py::value_error("score_pos is past the end of score_target");
-                 int64_t* tp = nullptr;
-                 if (!timings.is_none()) {
-                     auto t = require(timings, "timings", {Kind::I64}, 2, 2);
-                     if (t.dim(0) < o.dim(0) || t.dim(1) != 2) throw py::value_error("timings must be (steps, 2)");
-                     tp = writable<int64_t>(t, "timings", std::size_t(t.dim(0)) * 2);
-                 }
-                 int64_t* np_ = writable<int64_t>(n, "next_pos", B);
-                 int64_t* mp = writable<int64_t>(k, "mask", B);
-                 int64_t* op = writable<int64_t>(o, "out_ids", std::size_t(o.dim(0)) * B);
-                 std::size_t steps = 0, forwards = 0, len = length;
-                 {
-                     py::gil_scoped_release unlocked;
-                     steps = s.step->loop(cfg, st, tab, np_, mp, std::size_t(k.dim(1)), &len, op, tp, &forwards);
-                 }
-                 return py::make_tuple(steps, forwards);
-             },
-             py::arg("sampler"), py::arg("rng").none(true), py::arg("eos"), py::arg("pad"), py::arg("max_new"),
-             py::arg("score_target"), py::arg("finish"), py::arg("generated"), py::arg("score_pos"),
-             py::arg("score_logp"), py::arg("table"), py::arg("next_pos"), py::arg("mask"), py::arg("length"),
-             py::arg("out_ids"), py::arg("timings").none(true));
+        .def("prepare", &prepare_loop, py::arg("sampler"), py::arg("rng").none(true), py::arg("eos"), py::arg("pad"),
+             py::arg("max_new"), py::arg("score_target"), py::arg("finish"), py::arg("generated"),
+             py::arg("score_pos"), py::arg("score_logp"), py::arg("table"), py::arg("next_pos"), py::arg("mask"),
+             py::arg("length"), py::arg("out_ids"), py::arg("timings").none(true),
+             py::arg("mask_streams") = py::none(), py::arg("text") = py::none())
+        .def("resume", &resume_loop);
 }

@@ -1,6 +1,8 @@
-// Decode step over ONNX Runtime's C API (see omniad/ort_decoder.hpp). Tensors are wrapped per run around caller
-// memory (CreateTensorWithDataAsOrtValue costs well under a microsecond each), so the cache is bound where it lies
-// and outputs land in place; an IoBinding would save little here and is not needed by plain Run.
+// Decode step over ONNX Runtime's C API (see omniad/ort_decoder.hpp). Tensors are wrapped around the step's and the
+// cache's memory (CreateTensorWithDataAsOrtValue), so the cache is bound where it lies and outputs land in place; the
+// handles of a one-token step are made once and kept (per cache length where the shape follows it), so a step only
+// fills its buffers and calls Run. Plain Run with kept handles needs no IoBinding: binding by name per step would
+// cost the same lookups Run does.
 #include "omniad/ort_decoder.hpp"
 
 #include <dlfcn.h>
@@ -45,16 +47,6 @@ struct Values {
     ~Values() {
         for (OrtValue* x : v)
             if (x) api->ReleaseValue(x);
-    }
-    void add(const OrtMemoryInfo* cpu, void* data, const std::vector<int64_t>& shape,
-             ONNXTensorElementDataType type, std::size_t element_bytes, const std::string& name) {
-        std::size_t count = 1;
-        for (int64_t d : shape) count *= std::size_t(d);
-        OrtValue* value = nullptr;
-        check(api, api->CreateTensorWithDataAsOrtValue(cpu, data, count * element_bytes, shape.data(), shape.size(),
-                                                       type, &value),
-              "binding " + name);
-        v.push_back(value);
     }
 };
 
@@ -133,7 +125,7 @@ void Session::record(bool on) {
 
 void Session::note_run(int64_t wall, int64_t cpu) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (recording_) runs_.emplace_back(wall, cpu);
+    if (recording_.load(std::memory_order_relaxed)) runs_.emplace_back(wall, cpu);
 }
 
 std::vector<std::pair<int64_t, int64_t>> Session::take_runs() {
@@ -170,6 +162,28 @@ Step::Step(std::shared_ptr<Session> session, std::size_t batch, std::size_t voca
             if (d < kTotal) throw std::invalid_argument("KV tensor " + t.name + ": unknown dimension code");
         if (t.base == 0) throw std::invalid_argument("KV tensor " + t.name + ": null buffer");
     }
+    positions1_.resize(3 * batch);
+    mask_.resize(batch * max_len);
+    in_names_ = {names_.embeds.c_str(), names_.positions.c_str(), names_.mask.c_str()};
+    out_names_ = {names_.logits.c_str()};
+    for (std::size_t k = 0; k < kv_.size(); ++k) {
+        (kv_[k].output ? kv_out_ : kv_in_).push_back(k);
+        (kv_[k].output ? out_names_ : in_names_).push_back(kv_[k].name.c_str());
+    }
+    fixed_.assign(3 + kv_.size(), nullptr);
+    by_length_.resize(1 + kv_.size());
+    by_length_[0].assign(max_len + 1, nullptr);
+    for (std::size_t k = 0; k < kv_.size(); ++k) by_length_[1 + k].assign(max_len, nullptr);
+}
+
+Step::~Step() {
+    if (!session_) return;
+    const OrtApi* api = session_->runtime().api;
+    for (OrtValue* v : fixed_)
+        if (v) api->ReleaseValue(v);
+    for (auto& slots : by_length_)
+        for (OrtValue* v : slots)
+            if (v) api->ReleaseValue(v);
 }
 
 int64_t Step::dim(int64_t d, std::size_t s, std::size_t past) const {
@@ -182,43 +196,83 @@ int64_t Step::dim(int64_t d, std::size_t s, std::size_t past) const {
     }
 }
 
-void Step::run(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask, std::size_t s,
-               std::size_t past) {
-    run_bound(embeds, hidden, positions, mask, s, past);
+OrtValue* Step::make_value(void* data, const std::vector<int64_t>& shape, int type, std::size_t element_bytes,
+                           const std::string& name) const {
+    const OrtApi* api = session_->runtime().api;
+    std::size_t count = 1;
+    for (int64_t d : shape) count *= std::size_t(d);
+    OrtValue* value = nullptr;
+    check(api, api->CreateTensorWithDataAsOrtValue(session_->runtime().cpu, data, count * element_bytes, shape.data(),
+                                                   shape.size(), ONNXTensorElementDataType(type), &value),
+          "binding " + name);
+    return value;
 }
 
+OrtValue* Step::kept(std::vector<OrtValue*>& slots, std::size_t at, void* data, const std::vector<int64_t>& shape,
+                     int type, std::size_t element_bytes, const std::string& name) {
+    OrtValue*& v = slots[at];
+    if (v == nullptr) v = make_value(data, shape, type, element_bytes, name);
+    return v;
+}
+
+void Step::run(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask, std::size_t s,
+               std::size_t past) {
+    run_bound(embeds, hidden, positions, mask, s, past, false);
+}
+
+// own_buffers: a one-token step over embeds1_, positions1_ and mask_, whose handles are kept; otherwise the caller's
+// arrays are wrapped for this run only.
 void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask,
-                     std::size_t s, std::size_t past) {
+                     std::size_t s, std::size_t past, bool own_buffers) {
     if (s == 0) throw std::invalid_argument("a run needs at least one new token");
     if (past + s > max_len_)
         throw std::invalid_argument("KV cache full: " + std::to_string(past) + " + " + std::to_string(s) +
                                     " tokens > max_len " + std::to_string(max_len_));
     const OrtApi* api = session_->runtime().api;
-    const OrtMemoryInfo* cpu = session_->runtime().cpu;
     const int64_t B = int64_t(batch_), S = int64_t(s), T = int64_t(past + s);
-    Values in{api, {}}, out{api, {}};
-    std::vector<const char*> in_names{names_.embeds.c_str(), names_.positions.c_str(), names_.mask.c_str()};
-    std::vector<const char*> out_names{names_.logits.c_str()};
-    in.add(cpu, const_cast<float*>(embeds), {B, S, int64_t(hidden)}, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4,
-           names_.embeds);
-    in.add(cpu, const_cast<int64_t*>(positions), {3, B, S}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 8, names_.positions);
-    in.add(cpu, const_cast<int64_t*>(mask), {B, T}, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 8, names_.mask);
-    out.add(cpu, logits_.data(), {B, int64_t(vocab_)}, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4, names_.logits);
+    constexpr int F32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, I64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    Values temp{api, {}};  // handles of this run only
+    auto once = [&](void* data, const std::vector<int64_t>& shape, int type, std::size_t bytes,
+                    const std::string& name) {
+        temp.v.push_back(make_value(data, shape, type, bytes, name));
+        return temp.v.back();
+    };
+    in_vals_.clear();
+    out_vals_.clear();
+    const bool one = own_buffers && s == 1;
+    if (one) {
+        if (fixed_hidden_ != hidden) {  // the first step (or another table width): the embeds buffer is made for it
+            if (fixed_[1]) api->ReleaseValue(fixed_[1]);
+            fixed_[1] = nullptr;
+            fixed_hidden_ = hidden;
+        }
+        in_vals_.push_back(kept(fixed_, 1, embeds1_.data(), {B, 1, int64_t(hidden)}, F32, 4, names_.embeds));
+        in_vals_.push_back(kept(fixed_, 2, positions1_.data(), {3, B, 1}, I64, 8, names_.positions));
+        in_vals_.push_back(kept(by_length_[0], std::size_t(T), mask_.data(), {B, T}, I64, 8, names_.mask));
+    } else {
+        in_vals_.push_back(once(const_cast<float*>(embeds), {B, S, int64_t(hidden)}, F32, 4, names_.embeds));
+        in_vals_.push_back(once(const_cast<int64_t*>(positions), {3, B, S}, I64, 8, names_.positions));
+        in_vals_.push_back(once(const_cast<int64_t*>(mask), {B, T}, I64, 8, names_.mask));
+    }
+    out_vals_.push_back(kept(fixed_, 0, logits_.data(), {B, int64_t(vocab_)}, F32, 4, names_.logits));
 
     struct Scatter { unsigned char* from; uintptr_t to; std::size_t row_bytes, row_stride; };
     std::vector<Scatter> scatters;
-    std::vector<int64_t> shape;
-    for (std::size_t k = 0; k < kv_.size(); ++k) {
+    std::vector<int64_t>& shape = shape_;
+    auto bind = [&](std::size_t k) {
         const KvTensor& t = kv_[k];
         shape.clear();
         std::size_t row_bytes = 4;  // float32
+        bool by_length = false;
         for (std::size_t i = 0; i < t.dims.size(); ++i) {
             shape.push_back(dim(t.dims[i], s, past));
+            by_length |= t.dims[i] == kPast || t.dims[i] == kNew || t.dims[i] == kTotal;
             if (i) row_bytes *= std::size_t(shape.back());
         }
         const uintptr_t first = t.base + (t.at_past ? past * t.slot_bytes : 0);
         unsigned char* data = reinterpret_cast<unsigned char*>(first);
-        if (batch_ > 1 && t.row_stride != row_bytes) {
+        std::vector<OrtValue*>& into = t.output ? out_vals_ : in_vals_;
+        if (batch_ > 1 && t.row_stride != row_bytes) {  // rows not adjacent: gathered / scattered through scratch
             std::vector<unsigned char>& buf = scratch_[k];
             buf.resize(row_bytes * batch_);
             if (t.output) {
@@ -228,18 +282,26 @@ void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* pos
                     std::memcpy(buf.data() + b * row_bytes, reinterpret_cast<const void*>(first + b * t.row_stride),
                                 row_bytes);
             }
-            data = buf.data();
+            into.push_back(once(buf.data(), shape, F32, 4, t.name));
+        } else if (!by_length) {
+            into.push_back(kept(fixed_, 3 + k, data, shape, F32, 4, t.name));
+        } else if (s == 1) {
+            into.push_back(kept(by_length_[1 + k], past, data, shape, F32, 4, t.name));
+        } else {
+            into.push_back(once(data, shape, F32, 4, t.name));
         }
-        (t.output ? out : in).add(cpu, data, shape, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4, t.name);
-        (t.output ? out_names : in_names).push_back(t.name.c_str());
-    }
-    const int64_t w0 = wall_ns(), c0 = thread_cpu_ns();
-    check(api, api->Run(session_->get(), nullptr, in_names.data(), in.v.data(), in.v.size(), out_names.data(),
-                        out.v.size(), out.v.data()),
-          "decoder run (batch " + std::to_string(batch_) + ", " + std::to_string(s) + " new tokens, past " +
-              std::to_string(past) + ")");
+    };
+    for (std::size_t k : kv_in_) bind(k);
+    for (std::size_t k : kv_out_) bind(k);
+    const bool recording = session_->recording();
+    const int64_t w0 = wall_ns(), c0 = recording ? thread_cpu_ns() : 0;
+    OrtStatus* status = api->Run(session_->get(), nullptr, in_names_.data(), in_vals_.data(), in_vals_.size(),
+                                 out_names_.data(), out_vals_.size(), out_vals_.data());
     last_run_ns_ = wall_ns() - w0;
-    session_->note_run(last_run_ns_, thread_cpu_ns() - c0);
+    if (recording) session_->note_run(last_run_ns_, thread_cpu_ns() - c0);
+    if (status != nullptr)  // the message is only built when it is needed
+        check(api, status, "decoder run (batch " + std::to_string(batch_) + ", " + std::to_string(s) +
+                               " new tokens, past " + std::to_string(past) + ")");
     for (const Scatter& sc : scatters)
         for (std::size_t b = 0; b < batch_; ++b)
             std::memcpy(reinterpret_cast<void*>(sc.to + b * sc.row_stride), sc.from + b * sc.row_bytes, sc.row_bytes);
@@ -248,37 +310,78 @@ void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* pos
 void Step::feed(const EmbedTable& table, const int64_t* ids, std::size_t s, int64_t* next_pos, int64_t* mask,
                 std::size_t width, std::size_t length) {
     if (length + s > width) throw std::invalid_argument("attention mask too narrow for the fed tokens");
+    if (length + s > max_len_)
+        throw std::invalid_argument("KV cache full: " + std::to_string(length) + " + " + std::to_string(s) +
+                                    " tokens > max_len " + std::to_string(max_len_));
     const std::size_t B = batch_, T = length + s;
-    embeds_.resize(B * s * table.hidden);
-    gather_embeddings(table, ids, B * s, embeds_.data());
-    positions_.resize(3 * B * s);
-    for (std::size_t k = 0; k < 3; ++k)
-        for (std::size_t b = 0; b < B; ++b)
-            for (std::size_t i = 0; i < s; ++i) positions_[(k * B + b) * s + i] = next_pos[b] + int64_t(i);
     for (std::size_t b = 0; b < B; ++b) std::fill(mask + b * width + length, mask + b * width + T, int64_t(1));
-    const int64_t* m = mask;
-    if (B > 1 && width != T) {  // rows of the (B, width) mask are not adjacent at width T
-        mask_.resize(B * T);
+    if (s == 1) {  // the decode step: the step's own buffers, whose tensor handles are kept
+        if (embeds1_.size() != B * table.hidden) embeds1_.assign(B * table.hidden, 0.f);
+        gather_embeddings(table, ids, B, embeds1_.data());
+        for (std::size_t k = 0; k < 3; ++k) std::copy(next_pos, next_pos + B, positions1_.data() + k * B);
         for (std::size_t b = 0; b < B; ++b) std::copy(mask + b * width, mask + b * width + T, mask_.data() + b * T);
-        m = mask_.data();
+        run_bound(embeds1_.data(), table.hidden, positions1_.data(), mask_.data(), 1, length, true);
+    } else {
+        embeds_.resize(B * s * table.hidden);
+        gather_embeddings(table, ids, B * s, embeds_.data());
+        positions_.resize(3 * B * s);
+        for (std::size_t k = 0; k < 3; ++k)
+            for (std::size_t b = 0; b < B; ++b)
+                for (std::size_t i = 0; i < s; ++i) positions_[(k * B + b) * s + i] = next_pos[b] + int64_t(i);
+        const int64_t* m = mask;
+        if (B > 1 && width != T) {  // rows of the (B, width) mask are not adjacent at width T
+            for (std::size_t b = 0; b < B; ++b)
+                std::copy(mask + b * width, mask + b * width + T, mask_.data() + b * T);
+            m = mask_.data();
+        }
+        run_bound(embeds_.data(), table.hidden, positions_.data(), m, s, length, false);
     }
-    run_bound(embeds_.data(), table.hidden, positions_.data(), m, s, length);
     for (std::size_t b = 0; b < B; ++b) next_pos[b] += int64_t(s);
+}
+
+bool text_clean(const TokenText& text, int64_t token) {
+    return token >= 0 && std::size_t(token) < text.vocab && text.clean[token] != 0;
+}
+
+bool feed_token_text(const TokenText& text, tam::StreamDecoder& stream, int64_t token) {
+    if (!text_clean(text, token)) throw std::logic_error("feed_token_text: token " + std::to_string(token) +
+                                                         " has no clean text (check text_clean first)");
+    const int64_t a = text.offsets[token], b = text.offsets[token + 1];
+    if (b <= a) return false;  // no text: the detokenizer emits nothing and the stream is not fed
+    stream.feed(std::string_view(reinterpret_cast<const char*>(text.bytes + a), std::size_t(b - a)));
+    return stream.closed();
 }
 
 std::size_t Step::loop(const LoopConfig& cfg, LoopState& st, const EmbedTable& table, int64_t* next_pos,
                        int64_t* mask, std::size_t width, std::size_t* length, int64_t* out_ids, int64_t* timings,
-                       std::size_t* forwards) {
+                       std::size_t* forwards, bool* handed_back) {
     if (cfg.sampler == nullptr) throw std::invalid_argument("loop needs a sampler");
     const std::size_t B = batch_;
+    tam::StreamDecoder* const* streams = st.mask_stream;
+    if (streams != nullptr && std::any_of(streams, streams + B, [](tam::StreamDecoder* d) { return d != nullptr; }))
+        if (cfg.text == nullptr || handed_back == nullptr)
+            throw std::invalid_argument("rows with a mask stream need the token text table and handed_back");
+    if (handed_back) *handed_back = false;
+    auto is_eos = [&](int64_t token) { return std::find(cfg.eos, cfg.eos + cfg.n_eos, token) != cfg.eos + cfg.n_eos; };
     std::vector<int64_t> ids(B), next(B);
     std::size_t steps = 0;
     sampling::LogitsView all{logits_.data(), sampling::DType::F32, B, vocab_};
     // The Python loop's order per step (generate.py, _decode and _accept): sample every row, then per running row
-    // the empty-mask score, the end-of-sequence check, the append and the length check; then one forward.
+    // the empty-mask score, the end-of-sequence check, the append, the Text-as-Mask stop and the length check; then
+    // one forward.
     while (steps < cfg.max_steps) {
         if (std::all_of(st.finish, st.finish + B, [](uint8_t f) { return f != 0; })) break;
         cfg.sampler->sample(all, {}, {}, cfg.rng, ids.data(), nullptr);
+        if (streams != nullptr) {
+            for (std::size_t b = 0; b < B; ++b) {
+                if (st.finish[b] || streams[b] == nullptr || is_eos(ids[b]) || text_clean(*cfg.text, ids[b]))
+                    continue;
+                // A token the caller's detokenizer may hold back: the caller takes this step, with these ids.
+                std::copy(ids.begin(), ids.end(), out_ids + steps * B);
+                *handed_back = true;
+                return steps;
+            }
+        }
         for (std::size_t b = 0; b < B; ++b) {
             out_ids[steps * B + b] = -1;
             next[b] = cfg.pad;
@@ -293,12 +396,17 @@ std::size_t Step::loop(const LoopConfig& cfg, LoopState& st, const EmbedTable& t
                 st.score_logp[b] += double(lp);
                 pos = (token != target || std::size_t(pos + 1) == cfg.score_len) ? -1 : pos + 1;
             }
-            if (std::find(cfg.eos, cfg.eos + cfg.n_eos, token) != cfg.eos + cfg.n_eos) {
+            if (is_eos(token)) {
                 st.finish[b] = 1;
                 continue;
             }
             out_ids[steps * B + b] = next[b] = token;
-            if (std::size_t(++st.generated[b]) >= cfg.max_new) st.finish[b] = 2;
+            ++st.generated[b];
+            if (streams != nullptr && streams[b] != nullptr && feed_token_text(*cfg.text, *streams[b], token)) {
+                st.finish[b] = 3;
+                continue;
+            }
+            if (std::size_t(st.generated[b]) >= cfg.max_new) st.finish[b] = 2;
         }
         ++steps;
         if (std::all_of(st.finish, st.finish + B, [](uint8_t f) { return f != 0; })) break;

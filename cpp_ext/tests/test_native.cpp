@@ -287,6 +287,30 @@ static void test_decoder() {
     CHECK(throws([&] { ort::Step(nullptr, 1, 8, 16, {null_buffer}); }));
 }
 
+// The native loop's Text-as-Mask stop: token texts from a table, fed to a compact-codec stream until it closes.
+static void test_token_text() {
+    // tokens: 0 "<seg>", 1 "no", 2 "ne", 3 "" (no text), 4 a lone UTF-8 lead byte (not clean)
+    const std::string bytes = "<seg>none\xE2";
+    const int64_t offsets[6] = {0, 5, 7, 9, 9, 10};
+    const uint8_t clean[5] = {1, 1, 1, 1, 0};
+    const ort::TokenText text{reinterpret_cast<const uint8_t*>(bytes.data()), offsets, clean, 5};
+    CHECK(ort::text_clean(text, 0) && ort::text_clean(text, 3));
+    CHECK(!ort::text_clean(text, 4) && !ort::text_clean(text, 5) && !ort::text_clean(text, -1));
+    tam::StreamDecoder stream(spec(tam::CodecKind::Compact, 4));
+    CHECK(!ort::feed_token_text(text, stream, 0));
+    CHECK(!ort::feed_token_text(text, stream, 3));  // no text: nothing fed, still open
+    CHECK(!ort::feed_token_text(text, stream, 1));  // "<seg>no": "none" is not complete yet
+    CHECK(ort::feed_token_text(text, stream, 2));   // "<seg>none": the empty mask closes the stream
+    tam::StreamDecoder other(spec(tam::CodecKind::Compact, 4));
+    bool refused = false;
+    try {
+        ort::feed_token_text(text, other, 4);
+    } catch (const std::logic_error&) {
+        refused = true;
+    }
+    CHECK(refused && !other.closed());
+}
+
 int main() {
     test_compact();
     test_coords();
@@ -298,6 +322,7 @@ int main() {
     test_kernels();
     test_sampler();
     test_decoder();
+    test_token_text();
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
