@@ -22,8 +22,8 @@ def _toy(tmp_path: Path, name: str = "float.onnx") -> Path:
 
     rng = np.random.default_rng(0)
     w = {n: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-         for n, s in (("w1", (64, 96)), ("wq", (96, 48)), ("wk", (96, 48)), ("w3", (4, 8)), ("g", (16, 8)), ("c", (16,)),
-                                                ("g2", (16, 16)))}
+         for n, s in (("w1", (64, 96)), ("wq", (96, 48)), ("wk", (96, 48)), ("w3", (4, 8)), ("g", (16, 8)),
+                      ("c", (16,)), ("g2", (16, 16)))}
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
              helper.make_node("Relu", ["h1"], ["r"], name="relu"),
              helper.make_node("MatMul", ["r", "wq"], ["q"], name="q_proj"),
