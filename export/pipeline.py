@@ -206,9 +206,10 @@ def _convert_weights(source: Path, out: Path, precision: str, opts: ExportOption
 
 
 def _release(module) -> None:
-    """Frees the storage of a module's weights once its graph is on disk. Dropping the module is not enough: the
-    exporter's objects (torch.export's program, onnxscript's graph) outlive the export step and hold the
-    parameters themselves, so their memory stayed taken into the next export and the quantization."""
+    """Frees the storage of a module's weights once its graph is on disk. Dropping the module is not enough: what
+    the exporter leaves behind (torch.export's program, onnxscript's graph) can still hold the parameters into the
+    next export and the quantization (an int4 export of an 8-block 3B-width vision tower peaked 352 MiB higher
+    without this; benchmarks/results/export-memory-vision3b.md)."""
     import torch
 
     for tensor in [*module.parameters(), *module.buffers()]:

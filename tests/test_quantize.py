@@ -99,8 +99,8 @@ def test_streamed_int8_equals_whole_graph_quantize_dynamic(tmp_path):
 
 
 def test_streamed_int8_quantizes_one_weight_at_a_time(tmp_path, monkeypatch):
-    """quantize_dynamic only ever sees a one-MatMul graph holding one weight; the result's weights go to
-    `dst`.data when they exceed the threshold, and a small result is one self-contained file."""
+    """quantize_dynamic only ever sees a one-node graph (MatMul or Gemm) holding one weight; the result's weights
+    go to `dst`.data when they exceed the threshold, and a small result is one self-contained file."""
     import onnx
     import onnxruntime.quantization as ortq
 
