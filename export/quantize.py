@@ -314,6 +314,11 @@ def _drop_dead(graph) -> None:
             graph.node.remove(n)
 
 
+# tensors smaller than this stay in the graph file, as onnx's own external-data conversion keeps them: ONNX Runtime
+# reads shape inputs at load time and refuses them in external data ("Cannot parse data from external tensors")
+INLINE_BYTES = 1024
+
+
 class _DataWriter:
     """Appends tensors to `dst`.data as they are made and keeps only their external-data references."""
 
@@ -333,6 +338,10 @@ class _DataWriter:
         from onnx import TensorProto, numpy_helper
 
         data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        if len(data) < INLINE_BYTES:  # shape inputs (Unsqueeze axes, Reshape shapes) must stay in the graph
+            ref = TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type, raw_data=data)
+            self.written.append(ref)
+            return ref
         offset = self.file.tell()
         pad = -offset % 64
         self.file.write(b"\0" * pad)

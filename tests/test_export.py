@@ -427,6 +427,35 @@ def test_bfloat16_checkpoint_exports_float_bundles_without_converting_the_model(
     assert _rel(logits["fp16"], logits["in_place"]) < 5e-3  # as for fp16 from a float32 checkpoint
 
 
+def test_folded_weights_keep_shape_inputs_in_the_graph(tmp_path):
+    """fold_casts_file with its weights in external data (a 3B decoder's case) keeps small tensors such as
+    Unsqueeze axes in the graph: ONNX Runtime refused the folded Qwen2.5-VL-3B decoder when they were external."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    import export.quantize as quantize
+
+    weight = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+         helper.make_node("MatMul", ["x", "w"], ["h"]),
+         helper.make_node("Unsqueeze", ["h", "axes"], ["y"])],
+        "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 64])],
+        [numpy_helper.from_array(weight, "w16"), numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    src = tmp_path / "src.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+
+    files = quantize.fold_casts_file(src, tmp_path / "dst.onnx", threshold=0)
+    assert [f.name for f in files] == ["dst.onnx", "dst.onnx.data"]
+    inits = {i.name: i for i in onnx.load_model(str(files[0]), load_external_data=False).graph.initializer}
+    assert inits["axes"].data_location != TensorProto.EXTERNAL and inits["w"].data_location == TensorProto.EXTERNAL
+    x = np.ones((2, 64), np.float32)
+    y = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y[0], x @ weight.astype(np.float32), rtol=1e-6)
+
+
 def _fp32_vocab_weights(graph, vocab: int, hidden: int) -> list[str]:
     import onnx
 
