@@ -338,6 +338,7 @@ class _DataWriter:
         from onnx import TensorProto, numpy_helper
 
         data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        self.names.add(tensor.name)
         if len(data) < INLINE_BYTES:  # shape inputs (Unsqueeze axes, Reshape shapes) must stay in the graph
             ref = TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type, raw_data=data)
             self.written.append(ref)
@@ -354,7 +355,6 @@ class _DataWriter:
         for key, value in (("location", self.path.name), ("offset", offset + pad), ("length", len(data))):
             ref.external_data.add(key=key, value=str(value))
         self.written.append(ref)
-        self.names.add(ref.name)
         return ref
 
 
