@@ -3,6 +3,9 @@
 int8: dynamic quantization of MatMul weights (per-channel int8 weights, activations quantized at run time).
 int4: weight-only (blocks of `block_size` along K, symmetric), activations stay float32; as ONNX Runtime's
 MatMulNBits or as standard DequantizeLinear + MatMul ("qdq").
+Both walk the saved graph and quantize one weight at a time (_stream_quantize): a whole-graph quantizer holds the
+float graph, its shape-inferred copies and the result in memory at once (an int4 export of an 8-block 3B-width
+vision tower peaked at 5302 MiB with it, 1618 MiB without; benchmarks/results/export-memory-vision3b.md).
 """
 from __future__ import annotations
 
@@ -11,28 +14,7 @@ from pathlib import Path
 
 from omniad_edge.errors import ExportError
 
-__all__ = ["quantize_int8", "quantize_int4", "quantize_int4_file", "fold_casts_file", "output_projection"]
-
-
-def quantize_int8(model):
-    """fp32 graph (ModelProto, or path of a saved one) -> int8 dynamic ModelProto (MatMul weights only)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(prefix="omniad-q8-") as tmp:
-        if isinstance(model, (str, Path)):
-            src = Path(model)
-        else:
-            src = Path(tmp, "in.onnx")
-            onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location="in.onnx.data")
-        dst = Path(tmp, "out.onnx")
-        # external data always: the quantizer cannot write a >2 GB protobuf, and it costs nothing when small
-        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
-        result = onnx.load_model(str(dst), load_external_data=True)
-    _check_changed(result, ("MatMulInteger", "DynamicQuantizeLinear"), "int8")
-    return result
+__all__ = ["quantize_int8_file", "quantize_int4", "quantize_int4_file", "fold_casts_file", "output_projection"]
 
 
 def quantize_int4(model, block_size: int = 32, accuracy_level: int = 4, fmt: str = "matmulnbits",
@@ -72,28 +54,73 @@ def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, 
         raise ExportError(f"int4 accuracy level must be 0..4, got {accuracy_level!r}")
     if fmt not in ("matmulnbits", "qdq"):
         raise ExportError(f"int4 format must be 'matmulnbits' or 'qdq', got {fmt!r}")
+    settings = dict(bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level or None,
+                    quant_format=_quant_format(fmt), op_types_to_quantize=("MatMul",))
+    head = output_projection(onnx.load_model(str(src), load_external_data=False).graph)  # the structure only
+    if head is None:
+        raise ExportError("int4: found no output projection (constant-weight MatMul/Gemm feeding the first output)")
+    kept = head.output[0] if keep_lm_head else None
+
+    def replace(node, weights, opsets, writer):
+        if node.op_type not in ("MatMul", "Gemm") or node.output[0] == kept:
+            return None
+        return _int4_node(node, weights, settings, opsets, writer)
+
+    check = ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",)
+    return _stream_quantize(src, dst, replace, threshold, (check, "int4"))
+
+
+def quantize_int8_file(src, dst, threshold: int | None = None) -> list[Path]:
+    """Saved float graph `src` -> int8 dynamic graph `dst` (MatMul weights per-channel int8, activations quantized
+    at run time to uint8), one weight in memory at a time; returns the files written as quantize_int4_file does.
+
+    Each MatMul, or Gemm that the tool rewrites to one, with a constant weight (an initializer, or one seen through
+    Transpose/Cast as for int4) goes through onnxruntime's quantize_dynamic as a one-node graph, with the settings a
+    whole-graph call would take (per_channel, QInt8, MatMul only, MatMulConstBOnly); an activation several MatMuls
+    read is quantized once, as that tool does, so the result is the whole-graph one (tests/test_quantize.py)
+    without the whole float32 graph in memory. Not rewritten here: a Gemm without a constant weight (the tool turns
+    it into MatMul + Add, same numbers)."""
+
+    def replace(node, weights, opsets, writer):
+        return _int8_node(node, weights, opsets, writer) if node.op_type in ("MatMul", "Gemm") else None
+
+    return _stream_quantize(src, dst, replace, threshold, (("MatMulInteger", "DynamicQuantizeLinear"), "int8"))
+
+
+def _stream_quantize(src, dst, replace, threshold: int | None, check=None) -> list[Path]:
+    """The one pass every on-disk conversion makes: loads `src`'s structure only, offers each node to
+    `replace(node, weights, opsets, writer)` (None keeps it, else the nodes that take its place; their weights
+    already written by `writer`), folds the Casts left on constants, and writes every weight to `dst`'s data file
+    as it goes, so one weight at a time is in memory. check: (op types, precision) that must appear."""
+    import onnx
+    from onnx import helper, numpy_helper
+
     src, dst = Path(src), Path(dst)
     model = onnx.load_model(str(src), load_external_data=False)
     graph = model.graph
-    head = output_projection(graph)
-    if head is None:
-        raise ExportError("int4: found no output projection (constant-weight MatMul/Gemm feeding the first output)")
     weights = _Weights(graph, src.parent)
-    settings = dict(bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level or None,
-                    quant_format=_quant_format(fmt), op_types_to_quantize=("MatMul",))
     opsets = {o.domain: o.version for o in model.opset_import}
     with _DataWriter(dst) as writer:
-        for node in list(graph.node):
-            if (keep_lm_head and node is head) or node.op_type not in ("MatMul", "Gemm"):
+        produced = {out for node in graph.node for out in node.output}
+        for node in list(graph.node) if replace is not None else ():
+            replacement = replace(node, weights, opsets, writer)
+            if replacement is None:
                 continue
-            replacement = _quantized_node(node, weights, settings, opsets, writer)
-            if replacement is not None:
-                at = list(graph.node).index(node)
-                graph.node.remove(node)
-                for offset, new in enumerate(replacement):
-                    graph.node.insert(at + offset, new)
+            at = list(graph.node).index(node)
+            graph.node.remove(node)
+            produced.difference_update(node.output)
+            # a node whose outputs exist already: the DynamicQuantizeLinear of an activation another MatMul read
+            replacement = [new for new in replacement if not set(new.output) <= produced]
+            produced.update(out for new in replacement for out in new.output)
+            for offset, new in enumerate(replacement):
+                graph.node.insert(at + offset, new)
         _drop_dead(graph)  # first: the Casts that fed quantized weights must not be folded into float32 copies
-        _fold_weight_casts(graph, weights)
+        # Cast(initializer) left over (norm weights, biases of a bfloat16 checkpoint; every weight for
+        # fold_casts_file): written in the cast type, so the graph holds no Cast on a constant
+        for node in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in weights.inits]:
+            dtype = helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
+            writer.add(numpy_helper.from_array(weights.array(node.input[0]).astype(dtype), node.output[0]))
+            graph.node.remove(node)
         used = {i for n in graph.node for i in n.input}
         kept = [i.name for i in graph.initializer if i.name in used]
         del graph.initializer[:]
@@ -101,8 +128,9 @@ def quantize_int4_file(src, dst, block_size: int = 32, accuracy_level: int = 4, 
             writer.add(weights.tensor(name))
         graph.initializer.extend(writer.written)
     del model.opset_import[:]
-    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
-    _check_changed(model, ("DequantizeLinear",) if fmt == "qdq" else ("MatMulNBits",), "int4")
+    model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
+    if check is not None:
+        _check_changed(model, *check)
     return _save_streamed(model, dst, writer.path, threshold)
 
 
@@ -126,25 +154,7 @@ def fold_casts_file(src, dst, threshold: int | None = None) -> list[Path]:
     fp16) -> the same graph with every Cast of a constant folded into a weight of the cast type, one weight in
     memory at a time; returns the files written as quantize_int4_file does. Converting a 3B decoder in torch
     instead holds all of it in float32 while it is exported (killed at 20.6 GB resident on a 24 GiB machine)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    src, dst = Path(src), Path(dst)
-    model = onnx.load_model(str(src), load_external_data=False)
-    graph = model.graph
-    weights = _Weights(graph, src.parent)
-    with _DataWriter(dst) as writer:
-        for node in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in weights.inits]:
-            dtype = helper.tensor_dtype_to_np_dtype(_attrs(node)["to"])
-            writer.add(numpy_helper.from_array(weights.array(node.input[0]).astype(dtype), node.output[0]))
-            graph.node.remove(node)
-        used = {i for n in graph.node for i in n.input}
-        kept = [i.name for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        for name in kept:
-            writer.add(weights.tensor(name))
-        graph.initializer.extend(writer.written)
-    return _save_streamed(model, dst, writer.path, threshold)
+    return _stream_quantize(src, dst, None, threshold)
 
 
 def _quant_format(fmt: str):
@@ -200,10 +210,10 @@ class _Weights:
         return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def _quantized_node(node, weights: _Weights, settings: dict, opsets: dict, writer: "_DataWriter"):
+def _int4_node(node, weights: _Weights, settings: dict, opsets: dict, writer: "_DataWriter"):
     """The int4 replacement of one MatMul/Gemm with a constant weight (None when it has none or is not a plain
     x @ W (+ C)): onnxruntime's quantizer run over a one-node graph holding just that weight."""
-    from onnx import NodeProto, TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     found = weights.source(node.input[1])
@@ -218,42 +228,79 @@ def _quantized_node(node, weights: _Weights, settings: dict, opsets: dict, write
         transpose = bool(a.get("transB", 0))
     elif not ops and weights.inits[name].data_type != TensorProto.FLOAT:
         return None
-    weight = weights.float_matrix(name, ops, transpose)
     bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
     out = node.output[0]
     mm_out = f"{out}_matmul" if bias else out
-    w_name = f"{node.name or out}_weight"
-    one = helper.make_graph([helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name or out)],
-                           "one", [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None)],
-                           [helper.make_tensor_value_info(mm_out, TensorProto.FLOAT, None)],
-                           [numpy_helper.from_array(weight, w_name)])
-    del weight
-    single = helper.make_model(one, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
-    quantizer = MatMulNBitsQuantizer(single, **settings)
+    weight = numpy_helper.from_array(weights.float_matrix(name, ops, transpose), f"{node.name or out}_weight")
+    matmul = helper.make_node("MatMul", [node.input[0], weight.name], [mm_out], name=node.name or out)
+    quantizer = MatMulNBitsQuantizer(_one_node(matmul, weight, opsets), **settings)
     quantizer.process()
-    result = quantizer.model.model
-    for opset in result.opset_import:
-        opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
-    for init in result.graph.initializer:
-        writer.add(init)
-    nodes = [NodeProto.FromString(n.SerializeToString()) for n in result.graph.node]  # copies, as _DataWriter.add
+    nodes = _spliced(quantizer.model.model, opsets, writer)
     if bias:
         nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=f"{node.name}_bias"))
     return nodes
 
 
-def _fold_weight_casts(graph, weights: _Weights) -> None:
-    """Cast(initializer) nodes left after quantization (norm weights, biases of a bfloat16 checkpoint) become
-    initializers of the cast type, so the written graph holds no Cast on a constant."""
-    from onnx import helper, numpy_helper
+def _int8_node(node, weights: _Weights, opsets: dict, writer: "_DataWriter"):
+    """The int8 dynamic replacement of one MatMul/Gemm with a constant weight (None when it has none, or the tool
+    leaves it): onnxruntime's quantize_dynamic run over a graph of that node alone, holding just its weight under
+    the weight's own name, so nodes and initializers are named as a whole-graph run names them."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for node in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in weights.inits]:
-        to = _attrs(node)["to"]
-        array = weights.array(node.input[0]).astype(helper.tensor_dtype_to_np_dtype(to))
-        tensor = numpy_helper.from_array(array, node.output[0])
-        graph.initializer.append(tensor)
-        weights.inits[tensor.name] = tensor
-        graph.node.remove(node)
+    found = weights.source(node.input[1])
+    if found is None and node.input[1] in weights.inits:  # a constant of another rank, as the whole-graph tool takes
+        found = node.input[1], []
+    if found is None:
+        return None
+    name, ops = found
+    if ops:  # seen through Transpose/Cast (a bfloat16 checkpoint): the float32 matrix the node reads
+        weight = numpy_helper.from_array(weights.float_matrix(name, ops, False), name)
+    elif weights.inits[name].data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
+        weight = weights.tensor(name)
+    else:
+        return None
+    single = _one_node(node, weight, opsets, weight.data_type)
+    del weight
+    with tempfile.TemporaryDirectory(prefix="omniad-q8-") as tmp:
+        src, dst = Path(tmp, "in.onnx"), Path(tmp, "out.onnx")
+        onnx.save_model(single, str(src), save_as_external_data=True, location="in.onnx.data")
+        del single
+        # external data: a weight over 2 GB (a 7B lm_head in float32) does not fit a protobuf
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+        result = onnx.load_model(str(dst), load_external_data=True)
+    if not any(n.op_type == "MatMulInteger" for n in result.graph.node):
+        return None  # a Gemm the tool does not rewrite (alpha, beta or transA set): it stays float
+    return _spliced(result, opsets, writer)
+
+
+def _one_node(node, weight, opsets: dict, elem_type: int = 1):
+    """A model running a copy of `node` alone with `weight` (a TensorProto) as its input 1 and its other inputs
+    as graph inputs, at the source graph's opsets; float32 unless elem_type (a TensorProto data type) says."""
+    from onnx import NodeProto, helper
+
+    one = NodeProto()
+    one.CopyFrom(node)
+    one.input[1] = weight.name
+    inputs = [helper.make_tensor_value_info(i, elem_type, None) for k, i in enumerate(one.input) if k != 1 and i]
+    graph = helper.make_graph([one], "one", inputs, [helper.make_tensor_value_info(one.output[0], elem_type, None)],
+                              [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+
+
+def _spliced(result, opsets: dict, writer: "_DataWriter") -> list:
+    """A quantizer's one-node result: its weights written (once per name: a weight two MatMuls share), its opsets
+    merged, copies of its nodes returned (as _DataWriter.add, to leave nothing of `result` referenced)."""
+    from onnx import NodeProto
+
+    for opset in result.opset_import:
+        opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    for init in result.graph.initializer:
+        if init.name not in writer.names:
+            writer.add(init)
+    return [NodeProto.FromString(n.SerializeToString()) for n in result.graph.node]
 
 
 def _drop_dead(graph) -> None:
@@ -278,6 +325,7 @@ class _DataWriter:
     def __init__(self, dst: Path):
         self.path = dst.with_name(dst.name + ".data")
         self.written = []
+        self.names = set()
 
     def __enter__(self):
         self.file = self.path.open("wb")
@@ -290,6 +338,7 @@ class _DataWriter:
         from onnx import TensorProto, numpy_helper
 
         data = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+        self.names.add(tensor.name)
         if len(data) < INLINE_BYTES:  # shape inputs (Unsqueeze axes, Reshape shapes) must stay in the graph
             ref = TensorProto(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type, raw_data=data)
             self.written.append(ref)

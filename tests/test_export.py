@@ -362,10 +362,15 @@ def test_precisions_run_with_float32_io(tiny_checkpoint, tiny_bundle, precision,
         depth = m["model"]["vision"]["depth"]
         mlp = {i.name: i.data_type for i in vision.graph.initializer if ".mlp." in i.name and i.name[:7] == "blocks."}
         assert mlp and all((t == onnx.TensorProto.FLOAT) == (int(n.split(".")[1]) >= depth - 2) for n, t in mlp.items())
-    else:  # every constant weight matrix was quantized, the lm_head included
-        weights = {i.name for i in graph.graph.initializer if len(i.dims) == 2}
-        left = [n.name for n in graph.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & weights]
-        assert not left, left
+    else:  # every constant weight matrix was quantized, the lm_head included; an int8 vision graph's too
+        graphs = [graph] + ([onnx.load(str(bundle / "vision.onnx"))] if m["graphs"]["vision"]["precision"] == "int8"
+                            else [])
+        for g in graphs:
+            weights = {i.name for i in g.graph.initializer if len(i.dims) == 2}
+            left = [n.name for n in g.graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & weights]
+            assert not left, left
+        assert len(graphs) == (2 if options.get("target") != "tensorrt" else 1)
+        assert all(any(n.op_type == "MatMulInteger" for n in g.graph.node) for g in graphs[1:])
     for value in list(graph.graph.input) + list(graph.graph.output):
         if value.name not in ("position_ids", "attention_mask"):
             assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, value.name
