@@ -86,13 +86,30 @@ class _Graph:
             transposes += node.op_type == "Transpose"
             name = node.output[0]
 
-    def first_norm_epsilon(self) -> float | None:
-        """The epsilon of the fused form's normalisation ops (the plain form spells it out in a constant)."""
-        for node in self.model.graph.node:
+    def norm_epsilon(self) -> float | None:
+        """The decoder's RMSNorm epsilon: an attribute of the fused form's normalisation ops, else the plain form's
+        scalar added to ReduceMean(x^2) before Sqrt."""
+        from onnx import numpy_helper
+
+        nodes = self.model.graph.node
+        for node in nodes:
             if node.op_type in ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"):
                 for a in node.attribute:
-                    if a.name == "epsilon":
+                    if a.name == "epsilon" and a.f:
                         return float(a.f)
+        produced = {o: n for n in nodes for o in n.output}
+        constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
+        for node in nodes:
+            if node.op_type != "Add" or not any(produced.get(i) is not None and produced[i].op_type == "ReduceMean"
+                                                for i in node.input):
+                continue
+            for name in node.input:
+                if name in self.inits and self.inits[name].dims in ([], [1]):
+                    return float(self.array(name).reshape(-1)[0])
+                if name in constants:
+                    value = next((a.t for a in constants[name].attribute if a.name == "value"), None)
+                    if value is not None and numpy_helper.to_array(value).size == 1:
+                        return float(numpy_helper.to_array(value).reshape(-1)[0])
         return None
 
 
@@ -181,26 +198,6 @@ def _bundle_weights(root: Path, m: dict, graphs: dict[str, _Graph]) -> dict[str,
     return weights
 
 
-def _plain_norm_epsilon(graph: _Graph) -> float | None:
-    """The plain form's RMSNorm epsilon: the scalar added to ReduceMean(x^2) before Sqrt."""
-    from onnx import numpy_helper
-
-    produced = {o: n for n in graph.model.graph.node for o in n.output}
-    constants = {n.output[0]: n for n in graph.model.graph.node if n.op_type == "Constant"}
-    for node in graph.model.graph.node:
-        if node.op_type != "Add" or not any(produced.get(i) is not None and produced[i].op_type == "ReduceMean"
-                                            for i in node.input):
-            continue
-        for name in node.input:
-            if name in graph.inits and graph.inits[name].dims in ([], [1]):
-                return float(graph.array(name).reshape(-1)[0])
-            if name in constants:
-                value = next((a.t for a in constants[name].attribute if a.name == "value"), None)
-                if value is not None and numpy_helper.to_array(value).size == 1:
-                    return float(numpy_helper.to_array(value).reshape(-1)[0])
-    return None
-
-
 def bundle_config(bundle_dir: str | Path, weights: dict[str, np.ndarray] | None = None,
                   decoder: _Graph | None = None):
     """A transformers Qwen2_5_VLConfig for a bundle: shapes and token ids from the manifest; what the manifest does
@@ -217,7 +214,7 @@ def bundle_config(bundle_dir: str | Path, weights: dict[str, np.ndarray] | None 
         decoder = _Graph(root / m["graphs"]["decoder"]["path"])
         weights = _bundle_weights(root, m, {"vision": _Graph(root / m["graphs"]["vision"]["path"]),
                                             "decoder": decoder})
-    eps = decoder.first_norm_epsilon() or _plain_norm_epsilon(decoder)
+    eps = decoder.norm_epsilon()
     if eps is None:
         raise BundleError(f"bundle {root}: cannot find the decoder's RMSNorm epsilon in {decoder.path.name}")
     eps = float(str(np.float32(eps)))  # the float32 the graph holds, as written (1e-06)
