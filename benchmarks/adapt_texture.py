@@ -197,6 +197,8 @@ def main(argv=None):
     bundle = args.out / "bundle"
     done = max([s["train_cpu_minutes"] for s in result["stages"]], default=0)
     stages = [m for m in args.stages if m > done]
+    if stages:
+        result.pop("stopped_after_stage", None)  # a resumed run goes on past the stage it was stopped after
     for k, minutes in enumerate(stages):
         cmd = [sys.executable, "-m", "training.adapt", str(good), "--out", str(bundle), "--minutes", str(minutes),
                "--clock", "cpu", "--threads", "1", "--overwrite", "--allow-worse", "--quiet",
