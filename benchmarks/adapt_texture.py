@@ -268,6 +268,7 @@ def markdown(r: dict) -> str:
              *([f"The run was stopped after the {r['stopped_after_stage']} CPU-minute stage (the machine's share did "
                 "not allow more in the session): later stages of the schedule were not reached.", ""]
                if "stopped_after_stage" in r else []),
+             *[line for note in r.get("notes", []) for line in (note, "")],  # written by hand into the JSON
              f"## Held-out texture patches ({r['n_held_per_class']} good + {r['n_held_per_class']} defective)", "",
              "Good flagged: held-out good patches with an anomalous verdict. Pixel IoU: the defects' masks against "
              "the grid's cells and against the bundle's refined mask.", "",
