@@ -3,11 +3,12 @@
   (a) transformers `generate()` on PyTorch (the checkpoint folder), greedy;
   (b) onnxruntime-genai's free-running generator loop over its builder's decoder (fused GQA + MRoPE), fed our
       prefill inputs (see genai_wrap.py: same embed table, same image embeddings, genai's own 3-D positions), with
-      the same intra-op threads as ours and ONNX Runtime's thread spinning off, as ours;
+      the same intra-op threads and ONNX Runtime thread spinning as ours (off, omniad_edge's default, or with
+      --spinning on for both; transformers' PyTorch threads keep their own setting);
   (c) omniad_edge.Inspector on the exported bundle.
 
     python benchmarks/compare.py MODELS_DIR --precision fp32 [--mode detect|explain] [--frames 5]
-        [--tokens 32] [--threads 2] [--skip transformers genai prefix roofline] [--genai DIR_NAME]
+        [--tokens 32] [--threads 2] [--spinning] [--skip transformers genai prefix roofline] [--genai DIR_NAME]
         [--bundle DIR_NAME] [--genai-own-tokens]
 
 MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
@@ -102,11 +103,12 @@ def mask_closed_checker(bundle_dir, manifest: dict):
 
 
 # -- (c) omniad_edge ---------------------------------------------------------------------------------------------
-def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str) -> dict:
+def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str, spinning: bool) -> dict:
     """Per frame: tokens, per-stage ms, ms per decode forward, loop overhead; plus what genai/transformers need."""
     from omniad_edge import Inspector
 
-    ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens)
+    ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
+                    backend_options={"spinning": spinning})
     seen = {}
     inner = ins.generator.generate
 
@@ -141,7 +143,8 @@ def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode:
     return {"rows": rows, "info": info}
 
 
-def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str) -> dict:
+def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str,
+                     spinning: bool) -> dict:
     """Per-frame prefill with one reference image: prefix cached vs prefilled with every frame."""
     from omniad_edge import Inspector, synth
     from training.splits import split_seed
@@ -150,7 +153,7 @@ def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int,
     out = {}
     for cached in (False, True):
         ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
-                        reference=[reference], prefix_cache=cached)
+                        reference=[reference], prefix_cache=cached, backend_options={"spinning": spinning})
         results = [ins.run(f) for f in frames]
         kept = results[warmup:]
         out["cached" if cached else "uncached"] = {
@@ -334,7 +337,8 @@ def markdown(res: dict) -> str:
     differs = (f" (onnxruntime-genai differs: timed free-running on its own greedy tokens, which agree with "
                 f"omniad_edge's for the first {_span(own)} tokens of a frame)") if own else ""
     lines = [f"### {res['model_name']} ({o['precision']}), {o['frames']} frames {o['size']}x{o['size']}, "
-             f"mode {o['mode']}, at most {o['tokens']} new tokens, {o['threads']} threads"
+             f"mode {o['mode']}, at most {o['tokens']} new tokens, {o['threads']} threads, "
+             f"ONNX Runtime spinning {'on' if o.get('spinning') else 'off'}"
              + (f", genai model {res['genai_model']}" if res.get("genai_model") else ""), "",
              f"Tokens identical across runtimes: **{res['tokens']['identical']}**{differs} "
              f"({res['tokens']['frames']} frames, {_span(res['tokens']['tokens_per_frame'])} tokens each); "
@@ -376,6 +380,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--spinning", action="store_true", help="ONNX Runtime's threads spin between ops, for both "
+                   "omniad_edge and onnxruntime-genai (default: off for both, omniad_edge's default)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "genai", "prefix", "roofline"])
     p.add_argument("--bundle", default=None, help="bundle folder under MODELS_DIR (default bundle-PRECISION)")
@@ -406,7 +412,8 @@ def main(argv=None) -> int:
            "options": vars(args), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": []}
     log("omniad_edge")
     stop = mask_closed_checker(bundle, manifest) if args.mode == "detect" else None
-    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup, args.mode)}
+    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup, args.mode,
+                                     args.spinning)}
     res["prompt_tokens"] = int(len(results["omniad"]["rows"][0]["prompt_ids"]))
     if "genai" not in args.skip:
         from genai_wrap import set_session_options, wrap_genai_model
@@ -418,14 +425,15 @@ def main(argv=None) -> int:
                                    bundle / manifest["embed_tokens"]["path"],
                                    image_pad=manifest["tokens"]["image_pad"],
                                    vision_start=manifest["tokens"]["vision_start"], vision=manifest["model"]["vision"])
-        set_session_options(wrapped, args.threads, spinning=False)
+        set_session_options(wrapped, args.threads, spinning=args.spinning)
         results["genai"] = run_genai(wrapped, results["omniad"]["rows"], args.tokens, stop)
         res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
                             "table; its prefill also computes logits for every prompt position (its graph's "
                             "output), omniad_edge's only for the last. Its sessions get the same intra-op threads "
-                            f"({args.threads}) and ONNX Runtime's thread spinning off, as omniad_edge's")
+                            f"({args.threads}) and ONNX Runtime's thread spinning "
+                            f"{'on' if args.spinning else 'off'}, as omniad_edge's")
     if "transformers" not in args.skip:
         log("transformers")
         results["transformers"] = run_transformers(models / "hf", frames, results["omniad"]["rows"], manifest,
@@ -449,7 +457,8 @@ def main(argv=None) -> int:
                             "same token budget and stop rule, per forward like every runtime")
     if "prefix" not in args.skip:
         log("prefix cache")
-        res["prefix_cache"] = run_prefix_cache(bundle, frames, args.tokens, args.threads, args.warmup, args.mode)
+        res["prefix_cache"] = run_prefix_cache(bundle, frames, args.tokens, args.threads, args.warmup, args.mode,
+                                               args.spinning)
     res["summary"] = {}
     if "roofline" not in args.skip:
         log("bandwidth")

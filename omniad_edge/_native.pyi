@@ -55,7 +55,8 @@ def log_softmax_at(logits: npt.NDArray[np.float32] | npt.NDArray[np.float16], id
 # ---- decode step over ONNX Runtime's C API (backends/onnxruntime.py is the facade) ---------------------------------
 
 class OrtSession:
-    def __init__(self, library: str, model: str, threads: int, optimization: int, mem_pattern: bool) -> None: ...
+    def __init__(self, library: str, model: str, threads: int, optimization: int, mem_pattern: bool,
+                 spinning: bool = False) -> None: ...
     @property
     def inputs(self) -> list[str]: ...
     @property

@@ -311,6 +311,7 @@ def run_bench(bundle=None, *, frames: int = 20, warmup: int = 2, mode: str = "de
                     "max_new_tokens": inspector.max_new_tokens, "size": [height, width], "references": references,
                     "seed": seed, **{k: v for k, v in (inspector_options or {}).items() if _jsonable(v)}},
         "provider": inspector.backend.provider,
+        "spinning": getattr(inspector.backend, "spinning", None),  # ONNX Runtime's thread spinning (ORT backend)
         # the C API decode step (backends/onnxruntime.py) or the Python loop: its host share differs several-fold
         "decode_step": "native" if getattr(inspector.backend, "native", None) is not None else "Python",
         "load_ms": load_ms,
@@ -348,10 +349,11 @@ def format_report(result: dict) -> str:
             rows.append([STAGE_TITLES[k], s["min"], s["p50"], s["p90"], s["p99"]])
     b, o, m = result["bundle"], result["options"], result["machine"]
     step = f", {result['decode_step']} decode step" if result.get("decode_step") else ""
+    spin = "" if result.get("spinning") is None else f", spinning {'on' if result['spinning'] else 'off'}"
     lines = [f"## omniad-edge bench: {b['name']} ({b['precision']}, {result['provider']}{step})", "",
              f"{o['frames']} frames of {o['size'][0]}x{o['size'][1]} after {o['warmup']} warm-up, mode {o['mode']}, "
              f"max_new_tokens {o['max_new_tokens']}, references {o['references']}, threads "
-             f"{o['threads'] if o['threads'] is not None else 'default'}; prompt "
+             f"{o['threads'] if o['threads'] is not None else 'default'}{spin}; prompt "
              f"{result['prompt_tokens']['p50']:.0f} tokens, generated {result['generated_tokens']['p50']:.0f} "
              f"(median; finish {result['finish_reasons']})", "",
              markdown_table(["stage (ms)", "min", "p50", "p90", "p99"], rows, digits=3), ""]
@@ -401,6 +403,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--provider", nargs="+", default=None, metavar="NAME",
                    help="execution providers: cpu, cuda, tensorrt (default cpu)")
     p.add_argument("--threads", type=_arg_int(0), default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument("--spinning", action="store_true",
+                   help="let ONNX Runtime's threads spin between ops (faster on a quiet, dedicated machine; off by "
+                        "default, as spinning threads take cores from everything else)")
     p.add_argument("--max-new-tokens", type=_arg_int(1), default=None, help="default: the Inspector's per mode")
     p.add_argument("--size", type=_arg_int(32), nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="frame size in pixels (default 224 224)")
@@ -432,7 +437,8 @@ def main(args=None) -> int:
         args = build_parser().parse_args(args)
     result = run_bench(args.bundle, frames=args.frames, warmup=args.warmup, mode=args.mode, providers=args.provider,
                        threads=args.threads, max_new_tokens=args.max_new_tokens, size=tuple(args.size),
-                       references=args.references, seed=args.seed)
+                       references=args.references, seed=args.seed,
+                       inspector_options={"backend_options": {"spinning": True}} if args.spinning else None)
     report = format_report(result)
     print(report)
     for name, text in ((args.json, json.dumps(result, indent=1)), (args.markdown, report + "\n")):

@@ -156,6 +156,30 @@ def test_native_step_gives_the_python_sessions_results(toy, batch):
         np.testing.assert_array_equal(a, b)
 
 
+def test_spinning_reaches_every_session_and_changes_no_result(toy, monkeypatch):
+    """spinning=True is set on the Python sessions' options and handed to the native session; the numbers are the
+    same as with spinning off (it changes how threads wait, not what they compute)."""
+    from omniad_edge.backends import onnxruntime as module
+    made = []
+    real = module._native_module().OrtSession
+
+    def recording(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module._native_module(), "OrtSession", recording)
+    runs = {}
+    for spinning in (False, True):
+        backend = OnnxRuntimeBackend(toy, threads=2, native=True, spinning=spinning)
+        entry = backend.session_options.get_session_config_entry("session.intra_op.allow_spinning")
+        assert (backend.spinning, entry) == (spinning, "1" if spinning else "0")
+        assert made[-1][-1] is spinning  # the native session's spinning argument
+        runs[spinning] = _steps(backend, 1, 6)
+    (got, got_cache), (want, want_cache) = runs[True], runs[False]
+    for a, b in zip(got + got_cache.keys, want + want_cache.keys):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_native_step_unavailable_falls_back_or_is_refused(toy, monkeypatch, caplog):
     from omniad_edge.backends import onnxruntime as module
 
@@ -284,6 +308,8 @@ def test_bad_options_are_typed(toy):
         OnnxRuntimeBackend(toy, threads=-1)
     with pytest.raises(BackendError, match="optimization"):
         OnnxRuntimeBackend(toy, optimization="max")
+    with pytest.raises(BackendError, match="spinning must be True or False, got 'yes'"):
+        OnnxRuntimeBackend(toy, spinning="yes")
     with pytest.raises(BackendError, match="backend must be"):
         create_backend(toy, backend="openvino")
 

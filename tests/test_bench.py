@@ -253,6 +253,7 @@ def test_run_bench_on_the_tiny_bundle(tiny_bundle, tmp_path, capsys):
     result = bench.run_bench(tiny_bundle, frames=2, warmup=0, max_new_tokens=3, size=(64, 64), threads=1)
     json.dumps(result)  # JSON-ready
     assert result["options"]["frames"] == 2 and result["provider"] == "CPUExecutionProvider"
+    assert result["spinning"] is False  # omniad_edge's default: ONNX Runtime's threads sleep between ops
     assert result["decode_step"] == "native"  # the CPU provider runs the C API decode step
     for stage in ("preprocess", "vision", "prefill", "tam_decode", "postprocess", "total"):
         assert result["stages_ms"][stage]["n"] == 2
@@ -269,10 +270,13 @@ def test_run_bench_on_the_tiny_bundle(tiny_bundle, tmp_path, capsys):
     assert stages["total"]["min"] >= stages["prefill"]["min"]
     out = tmp_path / "r.json"
     assert bench.main([str(tiny_bundle), "--frames", "1", "--warmup", "0", "--max-new-tokens", "2",
-                       "--size", "64", "64", "--json", str(out), "--markdown", str(tmp_path / "r.md")]) == 0
+                       "--size", "64", "64", "--spinning", "--json", str(out), "--markdown",
+                       str(tmp_path / "r.md")]) == 0
     printed = capsys.readouterr().out
     assert "| end to end" in printed and printed.startswith((tmp_path / "r.md").read_text().strip())
+    assert "spinning on" in printed
     assert json.loads(out.read_text())["stages_ms"]["total"]["n"] == 1
+    assert json.loads(out.read_text())["spinning"] is True
     # explain mode with a reference image (prefix cache path)
     result = bench.run_bench(tiny_bundle, frames=1, warmup=1, mode="explain", max_new_tokens=2, size=(64, 64),
                              references=1, threads=1)

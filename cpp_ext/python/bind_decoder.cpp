@@ -138,14 +138,14 @@ py::tuple resume_loop(PyStep& s) {
 void bind_decoder(py::module_& m) {
     py::class_<ort::Session, std::shared_ptr<ort::Session>>(m, "OrtSession")
         .def(py::init([](const std::string& library, const std::string& model, int threads, int optimization,
-                         bool mem_pattern) {
+                         bool mem_pattern, bool spinning) {
                  auto runtime = ort::Runtime::load(library);
                  py::gil_scoped_release unlocked;  // loading a graph takes a while
                  return std::make_shared<ort::Session>(runtime, model, ort::SessionConfig{threads, optimization,
-                                                                                           mem_pattern});
+                                                                                           mem_pattern, spinning});
              }),
              py::arg("library"), py::arg("model"), py::arg("threads"), py::arg("optimization"),
-             py::arg("mem_pattern"))
+             py::arg("mem_pattern"), py::arg("spinning") = false)
         .def_property_readonly("inputs", &ort::Session::inputs)
         .def_property_readonly("outputs", &ort::Session::outputs)
         .def("record", &ort::Session::record, py::arg("on"))

@@ -195,11 +195,13 @@ class OnnxRuntimeBackend:
 
     def __init__(self, bundle, *, providers=None, threads: int | None = None, allow_fallback: bool = False,
                  optimization: str = "all", cache_dir: str | Path | None = None, fp16: bool = False,
-                 device_id: int = 0, native: bool | None = None):
+                 device_id: int = 0, native: bool | None = None, spinning: bool = False):
         ort = _ort()
         check_version(ort.__version__)
         if threads is not None and (not isinstance(threads, int) or threads < 0):
             raise BackendError(f"threads must be a non-negative int (0 = onnxruntime's default), got {threads!r}")
+        if not isinstance(spinning, bool):
+            raise BackendError(f"spinning must be True or False, got {spinning!r}")
         if optimization not in _OPT_LEVELS:
             raise BackendError(f"optimization must be one of {list(_OPT_LEVELS)}, got {optimization!r}")
         self.bundle = bundle
@@ -228,8 +230,11 @@ class OnnxRuntimeBackend:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
-        # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app)
+        # and from other processes, so it is off unless asked for: on a quiet, dedicated machine it makes every
+        # run faster (docs/BENCHMARKS.md, "Thread spinning").
+        self.spinning = spinning
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.session_options = opts
@@ -303,7 +308,7 @@ class OnnxRuntimeBackend:
             for library in libraries:
                 try:
                     return _native_module().OrtSession(str(library), str(self.bundle.decoder_path), int(threads or 0),
-                                                       _OPT_CODES[optimization], True)
+                                                       _OPT_CODES[optimization], True, self.spinning)
                 except RuntimeError as exc:
                     if str(exc).startswith("loading "):  # the library works, the graph does not: no other one helps
                         raise self._load_error(exc, "decoder", self.bundle.decoder_path) from None

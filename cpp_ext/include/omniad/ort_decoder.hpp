@@ -50,6 +50,7 @@ struct SessionConfig {
     int threads = 0;      // intra-op threads; 0 = ONNX Runtime's default
     int optimization = 99;  // GraphOptimizationLevel: 0 disable, 1 basic, 2 extended, 99 all
     bool mem_pattern = true;
+    bool spinning = false;  // intra-op threads spin between ops: faster steps, a core busy while it waits
 };
 
 class Session {

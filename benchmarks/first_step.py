@@ -1,0 +1,111 @@
+"""The decode step right after a prefill against later steps, per decoder graph, under plain ONNX Runtime.
+
+    python benchmarks/first_step.py --graph omniad=DIR/bundle-fp32/decoder.onnx \
+        --graph genai=DIR/genai-fp32/model.onnx [--kv 2,64] [--prefill 100] [--steps 8] [--frames 40] \
+        [--threads 2] [--spinning] [--json OUT.json]
+
+A detect frame of the reference model runs one decoder forward after its prefill, so its "decode per token" is
+that first step. Each frame here runs a --prefill-token prefill, then --steps one-token steps on the same cache
+(past and present bound to one buffer, as both runtimes do), graphs alternating frame by frame; prints the median
+time of the prefill and of each step after it over the frames (the first 5 dropped), with the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def _cache_names(session) -> list[tuple[str, str]]:
+    """(past input, present output) pairs, matched by layer number and key/value in their names."""
+    outs = [o.name for o in session.get_outputs() if o.name != "logits"]
+    pairs = []
+    for name in (i.name for i in session.get_inputs()):
+        if "past" not in name:
+            continue
+        layer = "".join(c if c.isdigit() else " " for c in name).split()
+        kind = "key" if "key" in name else "value"
+        match = [o for o in outs if kind in o and "".join(c if c.isdigit() else " " for c in o).split() == layer]
+        if len(match) != 1:
+            raise SystemExit(f"cannot pair {name} with one present output ({match})")
+        pairs.append((name, match[0]))
+    return pairs
+
+
+def make_runner(path: str, threads: int, spinning: bool, capacity: int, kv: tuple[int, int] | None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    hidden = shapes["inputs_embeds"][-1]
+    cache = {}
+    for past, present in _cache_names(session):
+        heads, dim = shapes[past][1], shapes[past][3]
+        if not (isinstance(heads, int) and isinstance(dim, int)):
+            if kv is None:
+                raise SystemExit(f"{path}: {past} has symbolic dims {shapes[past]}: give --kv HEADS,DIM")
+            heads, dim = kv
+        cache[past] = (present, np.zeros((1, heads, capacity, dim), np.float32))
+    io = session.io_binding()
+    rng = np.random.default_rng(0)
+
+    def run(n: int, length: int) -> float:
+        io.bind_cpu_input("inputs_embeds", rng.standard_normal((1, n, hidden)).astype(np.float32))
+        io.bind_cpu_input("position_ids", np.tile(np.arange(length, length + n), (3, 1, 1)).astype(np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, length + n), np.int64))
+        for past, (present, buf) in cache.items():
+            io.bind_cpu_input(past, buf)
+            io.bind_output(present, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        io.bind_output("logits")
+        start = time.perf_counter()
+        session.run_with_iobinding(io)
+        return (time.perf_counter() - start) * 1e3
+
+    return run
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--graph", action="append", required=True, metavar="NAME=PATH")
+    p.add_argument("--prefill", type=int, default=100)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--spinning", action="store_true")
+    p.add_argument("--kv", help="KV heads and head size (HEADS,DIM) for graphs whose cache dims are symbolic")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    graphs = dict(g.split("=", 1) for g in args.graph)
+    load = os.getloadavg()
+    print(f"load average before: {load}; threads {args.threads}, spinning {'on' if args.spinning else 'off'}, "
+          f"prefill {args.prefill} tokens, {args.frames} frames (first 5 dropped), medians in ms")
+    kv = tuple(int(x) for x in args.kv.split(",")) if args.kv else None
+    runners = {name: make_runner(path, args.threads, args.spinning, args.prefill + args.steps + 8, kv)
+               for name, path in graphs.items()}
+    times = {name: [] for name in graphs}
+    for _ in range(args.frames):
+        for name, run in runners.items():
+            times[name].append([run(args.prefill, 0)] + [run(1, args.prefill + j) for j in range(args.steps)])
+    result = {"options": vars(args), "load_average_before": load, "graphs": {}}
+    for name in graphs:
+        med = np.median(np.asarray(times[name][5:]), axis=0)
+        result["graphs"][name] = {"prefill_ms": float(med[0]), "steps_ms": [float(x) for x in med[1:]]}
+        print(f"{name:10s} prefill {med[0]:.2f} | steps after it: " + " ".join(f"{x:.3f}" for x in med[1:])
+              + f" | first / last {med[1] / med[-1]:.2f}")
+    result["load_average_after"] = os.getloadavg()
+    print(f"load average after: {result['load_average_after']}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
