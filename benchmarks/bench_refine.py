@@ -120,7 +120,7 @@ def run_photos(bundle, n: int, threads: int) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# Mask refinement and score semantics ({result['bundle']})", "",
              f"load average before {result['loadavg_before']}, after {result['loadavg_after']}; "
-             f"{result['machine']}; threads {result['threads']}; shared machine (other work was running)", ""]
+             f"{result['machine']}; threads {result['threads']}; a shared machine: see the load average", ""]
     for m in result["modes"]:
         p, s, c = m["pixel_iou"], m["score"], m["refine_ms"]
         lines += [f"## mode {m['mode']}: {m['frames']} test frames, {m['anomalous']} anomalous", "",

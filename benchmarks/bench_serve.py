@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                      f"{row['frames_per_s'] / local_fps:.2f}x | {row['latency_ms_p50']:.0f} | "
                      f"{row['mean_batch_size']:.2f} |")
     lines += ["", f"- load average before {tuple(round(x, 2) for x in load_before)}, after "
-              f"{tuple(round(x, 2) for x in load_after)} (shared machine: other work was running)",
+              f"{tuple(round(x, 2) for x in load_after)} (a shared machine: other work may run)",
               f"- {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
               f"omniad-edge {__version__}, ray {ray.__version__}"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -231,10 +231,11 @@ class OnnxRuntimeBackend:
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
         # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app)
-        # and from other processes, so it is off unless asked for: on a quiet, dedicated machine it makes every
-        # run faster (docs/BENCHMARKS.md, "Thread spinning").
+        # and from other processes, so it is off unless asked for: on a quiet, dedicated machine it makes the
+        # decoder's many small ops faster (docs/BENCHMARKS.md, "Thread spinning"). The vision graph never spins:
+        # its pool's threads would spin on into the prefill that follows and take the cores from it.
         self.spinning = spinning
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.session_options = opts
@@ -245,6 +246,7 @@ class OnnxRuntimeBackend:
         opts.enable_mem_pattern = False
         self.vision = self._session(bundle.vision_path, "vision")
         opts.enable_mem_pattern = True
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.native = self._native_session(ort, native, threads, optimization)
         if self.native is None:
             self.decoder = self._session(bundle.decoder_path, "decoder")
