@@ -9,8 +9,8 @@ encoder, and puts the encoded frames in a bounded queue (`prefetch` deep): when 
 blocks, so a live source applies its own drop policy ("newest frame wins") and memory stays bounded. The decode loop
 (in the thread iterating the stream) takes the oldest waiting frame of every camera that has one and decodes them in
 one left-padded batch (`batch=True`, the default) or one by one (`batch=False`). So vision of upcoming frames
-overlaps the decode of the current batch. On a 2-core CPU a batch of 4 costs ~0.8x the time of 4 single decodes and
-a batch of 2 about the same as 2 (benchmarks/results/stream.txt).
+overlaps the decode of the current batch. On a 2-core CPU a batch of 2 or 4 frames costs 0.91-1.00x the time of as
+many single decodes (benchmarks/results/stream.txt).
 
 Order and identity: results of one camera come in the order of its frames; cameras interleave. Each `StreamResult`
 names its camera (position in `sources`) and the frame (`index`, `name`, `timestamp`, `dropped` from the source item

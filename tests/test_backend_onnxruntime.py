@@ -470,8 +470,8 @@ def test_a_fused_decoder_on_cuda_warns_that_its_attention_runs_on_the_cpu(tiny_b
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
     monkeypatch.setattr(OnnxRuntimeBackend, "_session",
-                        lambda self, path, what: OnCuda(real(self, path, what)) if what == "decoder"
-                        else real(self, path, what))
+                        lambda self, path, what, options=None: OnCuda(real(self, path, what, options))
+                        if what == "decoder" else real(self, path, what, options))
     OnnxRuntimeBackend(load_bundle(tiny_bundle_plain), threads=1, native=False)
     assert "GroupQueryAttention" not in caplog.text
     OnnxRuntimeBackend(load_bundle(tiny_bundle), threads=1, native=False)

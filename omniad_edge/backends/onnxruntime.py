@@ -220,33 +220,33 @@ class OnnxRuntimeBackend:
                                            device_id=device_id, package=self.runtime["package"])
         self._allow_fallback = allow_fallback
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or 0)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
+        def options(mem_pattern: bool, spin: bool):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = int(threads or 0)
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = {
+                "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            }[optimization]
+            opts.enable_mem_pattern = mem_pattern
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            opts.log_severity_level = 3
+            return opts
+
         # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app)
         # and from other processes, so it is off unless asked for: on a quiet, dedicated machine it makes the
         # decoder's many small ops faster (docs/BENCHMARKS.md, "Thread spinning"). The vision graph never spins:
         # its pool's threads would spin on into the prefill that follows and take the cores from it.
         self.spinning = spinning
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self.session_options = opts
-
         # ONNX Runtime keeps a memory pattern per input shape on top of its arena: for the vision graph (a new shape
         # per image size) that doubled the peak from the second call on
         # (benchmarks/results/vision-scaling-mem-pattern-on.md)
-        opts.enable_mem_pattern = False
-        self.vision = self._session(bundle.vision_path, "vision")
-        opts.enable_mem_pattern = True
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.vision = self._session(bundle.vision_path, "vision", options(mem_pattern=False, spin=False))
+        self.session_options = options(mem_pattern=True, spin=spinning)  # the decoder's
         self.native = self._native_session(ort, native, threads, optimization)
         if self.native is None:
             self.decoder = self._session(bundle.decoder_path, "decoder")
@@ -267,10 +267,11 @@ class OnnxRuntimeBackend:
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
         self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
-    def _session(self, path: Path, what: str):
+    def _session(self, path: Path, what: str, options=None):
         ort = _ort()
         try:
-            session = ort.InferenceSession(str(path), sess_options=self.session_options, providers=self.requested)
+            session = ort.InferenceSession(str(path), sess_options=options or self.session_options,
+                                           providers=self.requested)
         except Exception as exc:  # onnxruntime raises its own exception types, not exported consistently
             raise self._load_error(exc, what, path) from None
         wanted = self.requested[0][0]
