@@ -2,21 +2,31 @@
 
     python benchmarks/first_step.py --graph omniad=DIR/bundle-fp32/decoder.onnx \
         --graph genai=DIR/genai-fp32/model.onnx [--kv 2,64] [--prefill 100] [--steps 8] [--frames 40] \
-        [--threads 2] [--spinning] [--json OUT.json]
+        [--threads 2] [--json OUT.json]
 
 A detect frame of the reference model runs one decoder forward after its prefill, so its "decode per token" is
 that first step. Each frame here runs a --prefill-token prefill, then --steps one-token steps on the same cache
 (past and present bound to one buffer, as both runtimes do), graphs alternating frame by frame; prints the median
 time of the prefill and of each step after it over the frames (the first 5 dropped), with the load average.
+Thread spinning stays off: with it on, the alternating sessions' thread pools would spin against each other.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import time
 
 import numpy as np
+
+
+def _layer_and_kind(name: str) -> tuple[list[str], str | None]:
+    """'past_key_values.3.value' -> (['3'], 'value'): the numbers in the name, and its last word that is key or
+    value (genai's names hold both words before the layer)."""
+    parts = re.split(r"[._]", name)
+    kinds = [p for p in parts if p in ("key", "value")]
+    return [p for p in parts if p.isdigit()], kinds[-1] if kinds else None
 
 
 def _cache_names(session) -> list[tuple[str, str]]:
@@ -26,21 +36,19 @@ def _cache_names(session) -> list[tuple[str, str]]:
     for name in (i.name for i in session.get_inputs()):
         if "past" not in name:
             continue
-        layer = "".join(c if c.isdigit() else " " for c in name).split()
-        kind = "key" if "key" in name else "value"
-        match = [o for o in outs if kind in o and "".join(c if c.isdigit() else " " for c in o).split() == layer]
+        match = [o for o in outs if _layer_and_kind(o) == _layer_and_kind(name)]
         if len(match) != 1:
             raise SystemExit(f"cannot pair {name} with one present output ({match})")
         pairs.append((name, match[0]))
     return pairs
 
 
-def make_runner(path: str, threads: int, spinning: bool, capacity: int, kv: tuple[int, int] | None):
+def make_runner(path: str, threads: int, capacity: int, kv: tuple[int, int] | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     shapes = {i.name: i.shape for i in session.get_inputs()}
@@ -78,16 +86,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--spinning", action="store_true")
     p.add_argument("--kv", help="KV heads and head size (HEADS,DIM) for graphs whose cache dims are symbolic")
     p.add_argument("--json")
     args = p.parse_args(argv)
     graphs = dict(g.split("=", 1) for g in args.graph)
     load = os.getloadavg()
-    print(f"load average before: {load}; threads {args.threads}, spinning {'on' if args.spinning else 'off'}, "
-          f"prefill {args.prefill} tokens, {args.frames} frames (first 5 dropped), medians in ms")
+    print(f"load average before: {load}; threads {args.threads}, spinning off, prefill {args.prefill} tokens, "
+          f"{args.frames} frames (first 5 dropped), medians in ms")
     kv = tuple(int(x) for x in args.kv.split(",")) if args.kv else None
-    runners = {name: make_runner(path, args.threads, args.spinning, args.prefill + args.steps + 8, kv)
+    runners = {name: make_runner(path, args.threads, args.prefill + args.steps + 8, kv)
                for name, path in graphs.items()}
     times = {name: [] for name in graphs}
     for _ in range(args.frames):

@@ -297,6 +297,32 @@ def _benchmarks_module(name):
     return importlib.import_module(name)
 
 
+def test_first_step_pairs_each_past_input_with_its_present_output():
+    first_step = _benchmarks_module("first_step")
+
+    class Session:  # the two naming schemes of the decoders first_step.py times (ours, onnxruntime-genai's)
+        def __init__(self, inputs, outputs):
+            self.inputs, self.outputs = inputs, outputs
+
+        def get_inputs(self):
+            return [type("I", (), {"name": n}) for n in self.inputs]
+
+        def get_outputs(self):
+            return [type("O", (), {"name": n}) for n in self.outputs]
+
+    ours = Session(["inputs_embeds", "past_key.0", "past_value.0", "past_key.11", "past_value.11"],
+                   ["logits", "present_value.11", "present_key.11", "present_value.0", "present_key.0"])
+    assert first_step._cache_names(ours) == [("past_key.0", "present_key.0"), ("past_value.0", "present_value.0"),
+                                             ("past_key.11", "present_key.11"),
+                                             ("past_value.11", "present_value.11")]
+    genai = Session(["past_key_values.1.key", "past_key_values.10.value"], ["logits", "present.10.value",
+                                                                          "present.1.key", "present.1.value"])
+    assert first_step._cache_names(genai) == [("past_key_values.1.key", "present.1.key"),
+                                              ("past_key_values.10.value", "present.10.value")]
+    with pytest.raises(SystemExit, match="cannot pair past_key.2"):
+        first_step._cache_names(Session(["past_key.2"], ["logits", "present_key.3"]))
+
+
 def test_roofline_arithmetic(tmp_path):
     roofline = _benchmarks_module("roofline")
     model = {"num_layers": 24, "num_key_value_heads": 2, "head_dim": 64}
