@@ -103,44 +103,51 @@ def mask_closed_checker(bundle_dir, manifest: dict):
 
 
 # -- (c) omniad_edge ---------------------------------------------------------------------------------------------
-def run_omniad(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str, spinning: bool) -> dict:
-    """Per frame: tokens, per-stage ms, ms per decode forward, loop overhead; plus what genai/transformers need."""
-    from omniad_edge import Inspector
+class OmniadRunner:
+    """omniad_edge.Inspector on the bundle; `row(frame)`: tokens, per-stage ms, ms per decode forward, loop overhead,
+    and the exact prompt ids and image embeddings it used (what genai and transformers are fed)."""
 
-    ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
-                    backend_options={"spinning": spinning})
-    seen = {}
-    inner = ins.generator.generate
+    def __init__(self, bundle_dir, tokens: int, threads: int, mode: str, spinning: bool):
+        from omniad_edge import Inspector
 
-    def capture(requests, **kwargs):  # keep the exact prompt ids and image embeddings the runtime used
-        out = inner(requests, **kwargs)
-        seen["request"], seen["generation"] = requests[0], out[0]
-        return out
+        self.ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
+                             backend_options={"spinning": spinning})
+        self.mode = mode
+        self._seen = {}
+        inner = self.ins.generator.generate
 
-    ins.generator.generate = capture
-    timer = bench.ForwardTimer(ins.backend)
-    rows = []
-    for i, frame in enumerate(frames):
-        timer.reset()
-        r = ins.run(frame)
-        gen, req = seen["generation"], seen["request"]
-        inside, steps = timer.decode_session_ms()
+        def capture(requests, **kwargs):
+            out = inner(requests, **kwargs)
+            self._seen["request"], self._seen["generation"] = requests[0], out[0]
+            return out
+
+        self.ins.generator.generate = capture
+        self.timer = bench.ForwardTimer(self.ins.backend)
+
+    def row(self, frame, warmup: bool) -> dict:
+        self.timer.reset()
+        r = self.ins.run(frame)
+        gen, req = self._seen["generation"], self._seen["request"]
+        inside, steps = self.timer.decode_session_ms()
         t = r.timings
         speed = bench.decode_speed(t["decode"], gen.forwards)
-        row = {"tokens": list(map(int, gen.ids)), "preprocess": t["preprocess"], "vision": t["vision"],
-               "prefill": t["prefill"], "decode": t["decode"], "postprocess": t["postprocess"], "total": t["total"],
-               "forwards": gen.forwards, "decode_per_step": speed and speed["ms_per_token"],
-               "session_per_step": inside / max(1, steps),
-               "loop_overhead_pct": 100.0 * max(0.0, t["decode"] - inside) / t["decode"],
-               "prompt_ids": np.asarray(req.prompt.ids, np.int64), "image_embeds": np.asarray(req.image_embeds[-1]),
-               "grid": tuple(int(g) for g in req.grids[-1]), "warmup": i < warmup,
-               "finish_reason": gen.finish_reason}
-        rows.append(row)
-    info = {"bundle": ins.bundle.name, "precision": ins.bundle.precision, "model": ins.bundle.model,
-            "provider": ins.backend.provider, "mode": mode}
-    del ins, timer
-    gc.collect()
-    return {"rows": rows, "info": info}
+        return {"tokens": list(map(int, gen.ids)), "preprocess": t["preprocess"], "vision": t["vision"],
+                "prefill": t["prefill"], "decode": t["decode"], "postprocess": t["postprocess"], "total": t["total"],
+                "forwards": gen.forwards, "decode_per_step": speed and speed["ms_per_token"],
+                "session_per_step": inside / max(1, steps),
+                "loop_overhead_pct": 100.0 * max(0.0, t["decode"] - inside) / t["decode"],
+                "prompt_ids": np.asarray(req.prompt.ids, np.int64), "image_embeds": np.asarray(req.image_embeds[-1]),
+                "grid": tuple(int(g) for g in req.grids[-1]), "warmup": warmup,
+                "finish_reason": gen.finish_reason}
+
+    def info(self) -> dict:
+        b = self.ins.bundle
+        return {"bundle": b.name, "precision": b.precision, "model": b.model, "provider": self.ins.backend.provider,
+                "mode": self.mode}
+
+    def close(self) -> None:
+        del self.ins, self.timer
+        gc.collect()
 
 
 def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int, mode: str,
@@ -171,25 +178,17 @@ def run_prefix_cache(bundle_dir, frames, tokens: int, threads: int, warmup: int,
 
 
 # -- (b) onnxruntime-genai ---------------------------------------------------------------------------------------
-def run_genai(model_dir, omniad_rows, tokens: int, stop=None) -> dict:
-    from genai_wrap import GenaiRunner
-
-    runner = GenaiRunner(model_dir)
-    rows = []
-    for o in omniad_rows:
-        start = time.perf_counter()
-        out, prefill_ms, steps = runner.generate(o["prompt_ids"], o["image_embeds"], o["grid"], tokens, stop=stop)
-        total = (time.perf_counter() - start) * 1e3
-        # step 0 samples from the prefill's logits; steps 1.. each run one decoder forward: the decode phase is all
-        # steps (as omniad_edge's decode time holds its first sampling too), over len(steps) - 1 forwards
-        speed = bench.decode_speed(sum(steps), len(steps) - 1) if steps else None
-        rows.append({"tokens": out, "prefill": prefill_ms, "generate": total, "forwards": max(0, len(steps) - 1),
-                     "decode_per_step": speed and speed["ms_per_token"],
-                     "first_step": steps[0] if steps else None,
-                     "warmup": o["warmup"]})
-    del runner
-    gc.collect()
-    return {"rows": rows}
+def genai_row(runner, o: dict, tokens: int, stop=None) -> dict:
+    """One frame through genai's own loop, fed what omniad_edge's row `o` was fed."""
+    start = time.perf_counter()
+    out, prefill_ms, steps = runner.generate(o["prompt_ids"], o["image_embeds"], o["grid"], tokens, stop=stop)
+    total = (time.perf_counter() - start) * 1e3
+    # step 0 samples from the prefill's logits; steps 1.. each run one decoder forward: the decode phase is all
+    # steps (as omniad_edge's decode time holds its first sampling too), over len(steps) - 1 forwards
+    speed = bench.decode_speed(sum(steps), len(steps) - 1) if steps else None
+    return {"tokens": out, "prefill": prefill_ms, "generate": total, "forwards": max(0, len(steps) - 1),
+            "decode_per_step": speed and speed["ms_per_token"], "first_step": steps[0] if steps else None,
+            "warmup": o["warmup"]}
 
 
 # -- (a) transformers ----------------------------------------------------------------------------------------------
@@ -412,11 +411,13 @@ def main(argv=None) -> int:
            "options": vars(args), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": []}
     log("omniad_edge")
     stop = mask_closed_checker(bundle, manifest) if args.mode == "detect" else None
-    results = {"omniad": run_omniad(bundle, frames, args.tokens, args.threads, args.warmup, args.mode,
-                                     args.spinning)}
-    res["prompt_tokens"] = int(len(results["omniad"]["rows"][0]["prompt_ids"]))
+    omniad = OmniadRunner(bundle, args.tokens, args.threads, args.mode, args.spinning)
+    # the first pass records what the other runtimes are fed (and is the timed one when genai is skipped)
+    rows = [omniad.row(f, i < args.warmup) for i, f in enumerate(frames)]
+    results = {"omniad": {"rows": rows, "info": omniad.info()}}
+    res["prompt_tokens"] = int(len(rows[0]["prompt_ids"]))
     if "genai" not in args.skip:
-        from genai_wrap import set_session_options, wrap_genai_model
+        from genai_wrap import GenaiRunner, set_session_options, wrap_genai_model
 
         log("onnxruntime-genai")
         genai_name = args.genai or f"genai-{args.precision}"
@@ -426,14 +427,24 @@ def main(argv=None) -> int:
                                    image_pad=manifest["tokens"]["image_pad"],
                                    vision_start=manifest["tokens"]["vision_start"], vision=manifest["model"]["vision"])
         set_session_options(wrapped, args.threads, spinning=args.spinning)
-        results["genai"] = run_genai(wrapped, results["omniad"]["rows"], args.tokens, stop)
+        runner = GenaiRunner(wrapped)
+        # the timed pass: omniad_edge and genai alternate frame by frame, so the machine's drift hits both alike
+        # (in runtime-by-runtime blocks a step of a few ms swung by more than the difference measured)
+        timed = [(omniad.row(f, o["warmup"]), genai_row(runner, o, args.tokens, stop)) for f, o in zip(frames, rows)]
+        results["omniad"]["rows"] = [a for a, _ in timed]
+        results["genai"] = {"rows": [b for _, b in timed]}
+        del runner
+        gc.collect()
         res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
                             "table; its prefill also computes logits for every prompt position (its graph's "
                             "output), omniad_edge's only for the last. Its sessions get the same intra-op threads "
                             f"({args.threads}) and ONNX Runtime's thread spinning "
-                            f"{'on' if args.spinning else 'off'}, as omniad_edge's")
+                            f"{'on' if args.spinning else 'off'}, as omniad_edge's. The two alternate frame by "
+                            "frame (omniad_edge's times are from that pass, after a first pass that records what "
+                            "genai is fed)")
+    omniad.close()
     if "transformers" not in args.skip:
         log("transformers")
         results["transformers"] = run_transformers(models / "hf", frames, results["omniad"]["rows"], manifest,

@@ -129,11 +129,14 @@ def _frames():
 
 
 def run_omniad(bundle: Path, tokens: int) -> dict:
-    from compare import run_omniad as run
+    from compare import OmniadRunner
 
     from omniad_edge import bench
 
-    res = run(bundle, _frames(), tokens, THREADS, 1, "detect")
+    runner = OmniadRunner(bundle, tokens, THREADS, "detect", spinning=False)
+    rows = [runner.row(frame, i < 1) for i, frame in enumerate(_frames())]
+    res = {"rows": rows, "info": runner.info()}
+    runner.close()
     for row in res["rows"]:
         row.pop("image_embeds")
         row["prompt_ids"] = row["prompt_ids"].tolist()
