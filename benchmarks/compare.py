@@ -12,7 +12,10 @@
         [--bundle DIR_NAME] [--genai-own-tokens]
 
 MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
-tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run. With
+tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run. omniad_edge
+runs the frames once to record what the others are fed, then omniad_edge and onnxruntime-genai alternate frame by
+frame in the timed pass (drift on a shared machine hits both alike; with --spinning they run in blocks, since one
+runtime's spinning threads would take the cores from the other's next frame); transformers runs after them. With
 --genai-own-tokens a mismatch of onnxruntime-genai alone (an int4 decoder with other numerics) keeps its
 free-running timings over its own greedy tokens, with the same token budget and stop rule; the result gives how many
 tokens agreed. In detect mode every runtime stops on the token that closes the mask. Decode speed is per decoder
@@ -428,11 +431,16 @@ def main(argv=None) -> int:
                                    vision_start=manifest["tokens"]["vision_start"], vision=manifest["model"]["vision"])
         set_session_options(wrapped, args.threads, spinning=args.spinning)
         runner = GenaiRunner(wrapped)
-        # the timed pass: omniad_edge and genai alternate frame by frame, so the machine's drift hits both alike
-        # (in runtime-by-runtime blocks a step of a few ms swung by more than the difference measured)
-        timed = [(omniad.row(f, o["warmup"]), genai_row(runner, o, args.tokens, stop)) for f, o in zip(frames, rows)]
-        results["omniad"]["rows"] = [a for a, _ in timed]
-        results["genai"] = {"rows": [b for _, b in timed]}
+        if args.spinning:
+            # in blocks: alternating, one runtime's threads would still spin while the other starts its frame
+            results["genai"] = {"rows": [genai_row(runner, o, args.tokens, stop) for o in rows]}
+        else:
+            # the timed pass: omniad_edge and genai alternate frame by frame, so the machine's drift hits both
+            # alike (in runtime-by-runtime blocks a step of a few ms swung by more than the difference measured)
+            timed = [(omniad.row(f, o["warmup"]), genai_row(runner, o, args.tokens, stop))
+                     for f, o in zip(frames, rows)]
+            results["omniad"]["rows"] = [a for a, _ in timed]
+            results["genai"] = {"rows": [b for _, b in timed]}
         del runner
         gc.collect()
         res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
@@ -441,9 +449,11 @@ def main(argv=None) -> int:
                             "table; its prefill also computes logits for every prompt position (its graph's "
                             "output), omniad_edge's only for the last. Its sessions get the same intra-op threads "
                             f"({args.threads}) and ONNX Runtime's thread spinning "
-                            f"{'on' if args.spinning else 'off'}, as omniad_edge's. The two alternate frame by "
-                            "frame (omniad_edge's times are from that pass, after a first pass that records what "
-                            "genai is fed)")
+                            f"{'on' if args.spinning else 'off'}, as omniad_edge's. "
+                            + ("Timed in blocks, omniad_edge first (with spinning on, alternating runtimes would "
+                               "spin against each other)" if args.spinning else
+                               "The two alternate frame by frame (omniad_edge's times are from that pass, after a "
+                               "first pass that records what genai is fed)"))
     omniad.close()
     if "transformers" not in args.skip:
         log("transformers")
