@@ -19,7 +19,9 @@ __all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECO
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    # x / sqrt, not x * rsqrt (transformers' form): ONNX Runtime fuses Pow-ReduceMean-Add-Sqrt-Div-Mul into one
+    # SimplifiedLayerNormalization and leaves the Reciprocal form as six nodes; the two differ by rounding only
+    x = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
     return weight.float() * x
 
 

@@ -259,6 +259,26 @@ def test_vision_graph_holds_no_patches_squared_tensor(tiny_bundle):
         assert largest < n * n / 8, (side, n, largest)
 
 
+@pytest.mark.parametrize("graph", ["vision.onnx", "decoder.onnx"])
+def test_onnx_runtime_fuses_every_rmsnorm(tiny_bundle_plain, graph, tmp_path):
+    """The exporter writes RMSNorm in the form ONNX Runtime fuses: after its optimizer the vision graph and the
+    plain decoder hold one SimplifiedLayerNormalization per norm and no Pow or Sqrt (transformers' x * rsqrt form
+    stays six nodes a norm)."""
+    import onnx
+    import onnxruntime as ort
+
+    path = tiny_bundle_plain / graph
+    norms = sum(n.op_type == "ReduceMean" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    assert norms > 0
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node]
+    assert ops.count("SimplifiedLayerNormalization") + ops.count("SkipSimplifiedLayerNormalization") == norms
+    assert "Pow" not in ops and "Sqrt" not in ops
+
+
 # --- Qwen2-VL: full attention in every vision block, LayerNorm, QuickGELU MLP, its own merger -----------------
 
 def _qwen2vl(name: str, tokenizer=None):
