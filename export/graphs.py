@@ -121,6 +121,9 @@ class VisionGraph(nn.Module):
         self.fullatt = set(getattr(cfg, "fullatt_block_indexes", None) or range(depth))
         self.windowed = len(self.fullatt) < depth
         self.fused = {"full": attention == "auto", "window": attention == "auto" and dtype == torch.float16}
+        # with the fused attention, q and k also turn through ONNX Runtime's RotaryEmbedding (one node instead of
+        # rotate_half's Neg/Slice/Concat/Mul/Add), fed a per-patch angle table as the fused decoder does
+        self.fused_rotary = attention == "auto"
         self.fp32_mlp = set(range(depth - fp32_mlp_blocks, depth)) if dtype != torch.float32 else set()
         # Conv3d with kernel == stride over one patch is a matmul with the flattened kernel
         weight = visual.patch_embed.proj.weight
@@ -143,6 +146,12 @@ class VisionGraph(nn.Module):
         fused = {k: self.fused[k] and exporter == "dynamo" for k in kinds}
         return {k: _FUSED_OP.replace("::", ".") if fused[k] else "plain" for k in kinds}
 
+    def contrib_ops(self, exporter: str) -> list[str]:
+        """ONNX Runtime's own ops the graph holds (the manifest lists them for the load error that names them)."""
+        if exporter != "dynamo" or not self.fused_rotary:
+            return []
+        return ["MultiHeadAttention", "RotaryEmbedding"]
+
     def _plain(self, q, k, v, valid):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (G, H, L, hd)
         scores = torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5)
@@ -159,11 +168,21 @@ class VisionGraph(nn.Module):
                                                              "scale": self.head_dim ** -0.5},
                                        dtype=v.dtype, shape=v.shape, version=1)
 
-    def _attention(self, block, x, cos, sin, gather, scatter, fused):
+    def _turn(self, t, rotary):
+        """Rotary on (N, H, hd) q or k: rotate_half, or ONNX Runtime's RotaryEmbedding over (rows, cos, sin)."""
+        if len(rotary) == 2:
+            return _rotary(t, *rotary).to(self.dtype)
+        rows, cos, sin = rotary
+        n = t.shape[0]
+        flat = t.float().reshape(1, n, self.num_heads * self.head_dim)
+        out = _contrib("RotaryEmbedding", (flat, rows, cos, sin), {"num_heads": self.num_heads}, torch.float32,
+                       flat.shape)
+        return out.reshape(n, self.num_heads, self.head_dim).to(self.dtype)
+
+    def _attention(self, block, x, rotary, gather, scatter, fused):
         n = x.shape[0]
         qkv = block.attn.qkv(x.to(self.dtype)).reshape(n, 3, self.num_heads, self.head_dim)
-        q = _rotary(qkv[:, 0], cos, sin).to(self.dtype)
-        k = _rotary(qkv[:, 1], cos, sin).to(self.dtype)
+        q, k = self._turn(qkv[:, 0], rotary), self._turn(qkv[:, 1], rotary)
         valid = gather >= 0
         rows = gather.clamp(min=0).reshape(-1)
 
@@ -185,12 +204,15 @@ class VisionGraph(nn.Module):
         # rotary angles per patch: (h freqs, w freqs) twice, as transformers lays them out
         freqs = rotary_pos_ids.float()[..., None] * self.inv_freq  # (N, 2, F)
         freqs = freqs.reshape(n, -1)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]  # broadcast over heads
+        if self.fused_rotary and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
+            rotary = (torch.arange(n, device=freqs.device).reshape(1, n), freqs.cos(), freqs.sin())
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)
+            rotary = (emb.cos()[:, None, :], emb.sin()[:, None, :])  # broadcast over heads
         for i, block in enumerate(self.blocks):
             kind = "full" if i in self.fullatt else "window"
             groups = (image_gather, image_scatter) if kind == "full" else (window_gather, window_scatter)
-            x = x + self._attention(block, _norm(block.norm1, x), cos, sin, *groups, self.fused[kind])
+            x = x + self._attention(block, _norm(block.norm1, x), rotary, *groups, self.fused[kind])
             mlp_dtype = torch.float32 if i in self.fp32_mlp else self.dtype
             x = x + block.mlp(_norm(block.norm2, x).to(mlp_dtype)).float()
         h = _norm(self.merger.ln_q, x).to(self.dtype)

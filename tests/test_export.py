@@ -127,6 +127,12 @@ def test_graph_io_follows_design(request, target):
         ("window_scatter", "tensor(int64)", ["patches"])]
     fused = "com.microsoft.MultiHeadAttention" if target == "ort" else "plain"
     assert m["graphs"]["vision"]["attention"] == {"full": fused, "window": "plain"}
+    # ONNX Runtime's own ops in the vision graph are listed (the load error names them), and only there
+    contrib = {n.domain + "." + n.op_type for n in onnx.load(str(tiny_bundle / "vision.onnx")).graph.node
+               if n.domain == "com.microsoft"}
+    assert contrib == {f"com.microsoft.{op}" for op in m["graphs"]["vision"].get("contrib_ops", [])}
+    assert contrib == ({"com.microsoft.MultiHeadAttention", "com.microsoft.RotaryEmbedding"} if target == "ort"
+                       else set())
     assert [(o.name, o.type) for o in vision.get_outputs()] == [("image_embeds", "tensor(float)")]
     decoder = ort_session(tiny_bundle / "decoder.onnx")
     names = ["inputs_embeds", "position_ids", "attention_mask"]

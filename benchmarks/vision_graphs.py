@@ -1,0 +1,80 @@
+"""Vision graphs of one model exported different ways, side by side: nodes after ONNX Runtime's optimizer, output
+difference from the first graph, and the time of a call, alternating between the graphs.
+
+    python benchmarks/vision_graphs.py OLD/vision.onnx NEW/vision.onnx [--threads 2] [--runs 40]
+
+Inputs: one 224x224 synthetic frame, preprocessed and indexed by the runtime exactly as Inspector.run does (the
+graphs must share the tower's shape). Spinning off, memory pattern off (the backend's vision settings). Prints the
+load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def vision_inputs() -> dict:
+    from omniad_edge import Inspector, synth
+
+    ins = Inspector(threads=1)
+    seen = {}
+    real = ins.backend.encode_image
+    ins.backend.encode_image = lambda inputs: (seen.update(inputs), real(inputs))[1]
+    ins.run(synth.make_sample(synth.FIRST_UNSEEN_SEED).image)
+    return seen
+
+
+def main(argv=None) -> int:
+    import onnx
+    import onnxruntime as ort
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("graphs", nargs="+")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=40)
+    args = p.parse_args(argv)
+    print(f"load average before: {os.getloadavg()}; threads {args.threads}, {args.runs} alternating runs, first 5 "
+          "dropped, medians")
+    inputs = vision_inputs()
+    sessions, outputs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, path in enumerate(args.graphs):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = args.threads
+            opts.enable_mem_pattern = False
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.log_severity_level = 3
+            opts.optimized_model_filepath = str(Path(tmp) / f"{k}.onnx")
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            feeds = {i.name: inputs[i.name] for i in session.get_inputs()}
+            sessions.append((session, feeds))
+            outputs.append(session.run(None, feeds)[0])
+            ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath,
+                                                                   load_external_data=False).graph.node)
+            print(f"{path}: {sum(ops.values())} nodes after optimization; "
+                  f"max |output - first graph's| {float(np.abs(outputs[-1] - outputs[0]).max()):.2e}; "
+                  f"most common {ops.most_common(5)}")
+    times = [[] for _ in sessions]
+    for _ in range(args.runs):
+        for k, (session, feeds) in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[k].append((time.perf_counter() - start) * 1e3)
+    for path, t in zip(args.graphs, times):
+        print(f"{path}: median {statistics.median(t[5:]):.3f} ms a call")
+    print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
