@@ -44,13 +44,9 @@ def _cache_names(session) -> list[tuple[str, str]]:
 
 
 def make_runner(path: str, threads: int, capacity: int, kv: tuple[int, int] | None):
-    import onnxruntime as ort
+    from graph_step import _session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = _session(path, threads, spinning=False)
     shapes = {i.name: i.shape for i in session.get_inputs()}
     hidden = shapes["inputs_embeds"][-1]
     cache = {}

@@ -3,8 +3,8 @@ difference from the first graph, and the time of a call, alternating between the
 
     python benchmarks/vision_graphs.py OLD/vision.onnx NEW/vision.onnx [--threads 2] [--runs 40]
 
-Inputs: one 224x224 synthetic frame, preprocessed and indexed by the runtime exactly as Inspector.run does (the
-graphs must share the tower's shape). Spinning off, memory pattern off (the backend's vision settings). Prints the
+Inputs: one 224x224 synthetic frame, preprocessed and indexed as Inspector.run does for the first graph's bundle
+(the graphs must share the tower's shape). Spinning off, memory pattern off (the backend's vision settings). Prints the
 load average before and after.
 """
 from __future__ import annotations
@@ -23,15 +23,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def vision_inputs() -> dict:
-    from omniad_edge import Inspector, synth
+def vision_inputs(bundle_dir: Path) -> dict:
+    """One synthetic frame's vision inputs, made as Inspector._encode makes them for that bundle."""
+    from omniad_edge import synth
+    from omniad_edge.bundle import load_bundle
+    from omniad_edge.preprocess import concat_images, preprocess_image
 
-    ins = Inspector(threads=1)
-    seen = {}
-    real = ins.backend.encode_image
-    ins.backend.encode_image = lambda inputs: (seen.update(inputs), real(inputs))[1]
-    ins.run(synth.make_sample(synth.FIRST_UNSEEN_SEED).image)
-    return seen
+    bundle = load_bundle(bundle_dir)
+    vision = bundle.model["vision"]
+    pre = preprocess_image(synth.make_sample(synth.FIRST_UNSEEN_SEED).image, bundle.preprocess)
+    return concat_images([pre], int(vision["spatial_merge_size"]), vision["window_size"], int(vision["patch_size"]))
 
 
 def main(argv=None) -> int:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()}; threads {args.threads}, {args.runs} alternating runs, first 5 "
           "dropped, medians")
-    inputs = vision_inputs()
+    inputs = vision_inputs(Path(args.graphs[0]).parent)
     sessions, outputs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k, path in enumerate(args.graphs):

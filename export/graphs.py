@@ -168,21 +168,27 @@ class VisionGraph(nn.Module):
                                                              "scale": self.head_dim ** -0.5},
                                        dtype=v.dtype, shape=v.shape, version=1)
 
-    def _turn(self, t, rotary):
-        """Rotary on (N, H, hd) q or k: rotate_half, or ONNX Runtime's RotaryEmbedding over (rows, cos, sin)."""
-        if len(rotary) == 2:
-            return _rotary(t, *rotary).to(self.dtype)
-        rows, cos, sin = rotary
-        n = t.shape[0]
-        flat = t.float().reshape(1, n, self.num_heads * self.head_dim)
-        out = _contrib("RotaryEmbedding", (flat, rows, cos, sin), {"num_heads": self.num_heads}, torch.float32,
-                       flat.shape)
-        return out.reshape(n, self.num_heads, self.head_dim).to(self.dtype)
+    def _turner(self, freqs):
+        """The rotary turn of (N, H, hd) q or k for per-patch angles `freqs` (N, hd / 2): ONNX Runtime's
+        RotaryEmbedding over a per-patch table when exporting the fused form, else rotate_half."""
+        n = freqs.shape[0]
+        if self.fused_rotary and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
+            rows, cos, sin = torch.arange(n, device=freqs.device).reshape(1, n), freqs.cos(), freqs.sin()
 
-    def _attention(self, block, x, rotary, gather, scatter, fused):
+            def turn(t):
+                flat = t.float().reshape(1, n, self.num_heads * self.head_dim)
+                out = _contrib("RotaryEmbedding", (flat, rows, cos, sin), {"num_heads": self.num_heads},
+                               torch.float32, flat.shape)
+                return out.reshape(n, self.num_heads, self.head_dim).to(self.dtype)
+            return turn
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]  # broadcast over heads
+        return lambda t: _rotary(t, cos, sin).to(self.dtype)
+
+    def _attention(self, block, x, turn, gather, scatter, fused):
         n = x.shape[0]
         qkv = block.attn.qkv(x.to(self.dtype)).reshape(n, 3, self.num_heads, self.head_dim)
-        q, k = self._turn(qkv[:, 0], rotary), self._turn(qkv[:, 1], rotary)
+        q, k = turn(qkv[:, 0]), turn(qkv[:, 1])
         valid = gather >= 0
         rows = gather.clamp(min=0).reshape(-1)
 
@@ -203,16 +209,11 @@ class VisionGraph(nn.Module):
         x = torch.matmul(pixel_values.to(self.dtype), self.patch_weight.t()).float()
         # rotary angles per patch: (h freqs, w freqs) twice, as transformers lays them out
         freqs = rotary_pos_ids.float()[..., None] * self.inv_freq  # (N, 2, F)
-        freqs = freqs.reshape(n, -1)
-        if self.fused_rotary and torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing():
-            rotary = (torch.arange(n, device=freqs.device).reshape(1, n), freqs.cos(), freqs.sin())
-        else:
-            emb = torch.cat((freqs, freqs), dim=-1)
-            rotary = (emb.cos()[:, None, :], emb.sin()[:, None, :])  # broadcast over heads
+        turn = self._turner(freqs.reshape(n, -1))
         for i, block in enumerate(self.blocks):
             kind = "full" if i in self.fullatt else "window"
             groups = (image_gather, image_scatter) if kind == "full" else (window_gather, window_scatter)
-            x = x + self._attention(block, _norm(block.norm1, x), rotary, *groups, self.fused[kind])
+            x = x + self._attention(block, _norm(block.norm1, x), turn, *groups, self.fused[kind])
             mlp_dtype = torch.float32 if i in self.fp32_mlp else self.dtype
             x = x + block.mlp(_norm(block.norm2, x).to(mlp_dtype)).float()
         h = _norm(self.merger.ln_q, x).to(self.dtype)

@@ -137,8 +137,8 @@ def _export_vision(model, model_cfg, dtype, opts, log, path, threshold):
     names = graph.input_names
     args = _sample_vision_inputs(model_cfg, names)
     info = export_graph(graph, args, names, [VISION_OUTPUT], _VISION_DIMS, path, opts.prefer_dynamo, log, threshold)
-    ops = graph.contrib_ops(info["exporter"])
-    return {**info, "attention": graph.attention_forms(info["exporter"]), **({"contrib_ops": ops} if ops else {})}
+    exporter = info["exporter"]
+    return {**info, "attention": graph.attention_forms(exporter), "contrib_ops": graph.contrib_ops(exporter)}
 
 
 def _decoder_weights(model, dtype, precision: str) -> str:
@@ -324,7 +324,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
             precision=opts.precision, model=model_cfg, tokens=checkpoint.tokens, preprocess=preprocess, spec=spec,
             graphs={"vision": {"path": "vision.onnx", "precision": vision_precision,
                                "attention": graph_info["vision"]["attention"],
-                               **{k: v for k, v in graph_info["vision"].items() if k == "contrib_ops"}},
+                               **({"contrib_ops": ops} if (ops := graph_info["vision"]["contrib_ops"]) else {})},
                     "decoder": decoder_graph},
             embed=embed, files=file_entries(tmp), exporter=exporter_section(checkpoint.path.name, graph_info),
             has_chat_template=checkpoint.chat_template is not None, target=opts.target)
