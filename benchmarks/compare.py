@@ -13,9 +13,9 @@
 
 MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
 tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run. omniad_edge
-runs the frames once to record what the others are fed, then omniad_edge and onnxruntime-genai alternate frame by
-frame in the timed pass (drift on a shared machine hits both alike; with --spinning they run in blocks, since one
-runtime's spinning threads would take the cores from the other's next frame); transformers runs after them. With
+runs the frames once to record what the others are fed, then all three runtimes alternate frame by frame, in
+rotating order, in the timed pass (drift on a shared machine hits all alike; with --spinning they run in blocks, since
+one runtime's spinning threads would take the cores from the next one's frame). With
 --genai-own-tokens a mismatch of onnxruntime-genai alone (an int4 decoder with other numerics) keeps its
 free-running timings over its own greedy tokens, with the same token budget and stop rule; the result gives how many
 tokens agreed. In detect mode every runtime stops on the token that closes the mask. Decode speed is per decoder
@@ -206,30 +206,35 @@ def image_processor(manifest: dict):
                                     image_std=pre["std"])
 
 
-def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, threads: int, stop=None) -> dict:
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+class TransformersRunner:
+    """transformers' generate() on the checkpoint; `row(frame, o)`: one frame, fed omniad_edge's row `o`'s prompt."""
 
-    class MaskClosed(StoppingCriteria):  # detect mode: stop on the token that closes the mask, like omniad_edge
-        def __init__(self, start: int):
-            self.start = start
+    def __init__(self, hf_dir, manifest: dict, tokens: int, threads: int, stop=None):
+        import torch
+        from transformers import Qwen2_5_VLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
 
-        def __call__(self, input_ids, scores, **kwargs):
-            done = [stop(row[self.start:].tolist()) for row in input_ids]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        class MaskClosed(StoppingCriteria):  # detect mode: stop on the token that closes the mask, like omniad_edge
+            def __init__(self, start: int):
+                self.start = start
 
-    torch.set_num_threads(threads)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
-    proc = image_processor(manifest)
-    toks = manifest["tokens"]
-    eos = list(toks["eos"])
-    rows = []
-    for frame, o in zip(frames, omniad_rows):
+            def __call__(self, input_ids, scores, **kwargs):
+                done = [stop(row[self.start:].tolist()) for row in input_ids]
+                return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+        torch.set_num_threads(threads)
+        self.torch, self.tokens, self.stop = torch, tokens, stop
+        self.criteria = lambda start: StoppingCriteriaList([MaskClosed(start)])
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+        self.proc = image_processor(manifest)
+        self.toks = manifest["tokens"]
+
+    def row(self, frame, o: dict) -> dict:
+        torch, toks = self.torch, self.toks
         t0 = time.perf_counter()
-        feats = proc(images=[frame], return_tensors="pt")
+        feats = self.proc(images=[frame], return_tensors="pt")
         t1 = time.perf_counter()
         with torch.no_grad():
-            model.model.get_image_features(feats["pixel_values"], feats["image_grid_thw"])
+            self.model.model.get_image_features(feats["pixel_values"], feats["image_grid_thw"])
         t2 = time.perf_counter()
         ids = torch.from_numpy(o["prompt_ids"])[None]
         if tuple(int(v) for v in feats["image_grid_thw"][0]) != o["grid"]:
@@ -237,26 +242,26 @@ def run_transformers(hf_dir, frames, omniad_rows, manifest: dict, tokens: int, t
                              f"omniad_edge {o['grid']}")
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=feats["pixel_values"],
                       image_grid_thw=feats["image_grid_thw"], mm_token_type_ids=(ids == toks["image_pad"]).int(),
-                      do_sample=False, eos_token_id=eos, pad_token_id=toks["pad"])
-        if stop is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([MaskClosed(ids.shape[1])])
+                      do_sample=False, eos_token_id=list(toks["eos"]), pad_token_id=toks["pad"])
+        if self.stop is not None:
+            kwargs["stopping_criteria"] = self.criteria(ids.shape[1])
         with torch.no_grad():
             s = time.perf_counter()
-            model.generate(max_new_tokens=1, **kwargs)
+            self.model.generate(max_new_tokens=1, **kwargs)
             one = (time.perf_counter() - s) * 1e3
             s = time.perf_counter()
-            seq = model.generate(max_new_tokens=tokens, **kwargs)
+            seq = self.model.generate(max_new_tokens=self.tokens, **kwargs)
             full = (time.perf_counter() - s) * 1e3
         out = seq[0, ids.shape[1]:].tolist()
         # generate(1) runs vision + prefill + the first sampling; generate(N) adds N - 1 forwards
         speed = bench.decode_speed(max(0.0, full - one), max(0, len(out) - 1))
-        rows.append({"tokens": out, "preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3,
-                     "prefill": one - (t2 - t1) * 1e3,
-                     "decode_per_step": speed and speed["ms_per_token"],
-                     "generate": full, "total": (t1 - t0) * 1e3 + full, "warmup": o["warmup"]})
-    del model
-    gc.collect()
-    return {"rows": rows}
+        return {"tokens": out, "preprocess": (t1 - t0) * 1e3, "vision": (t2 - t1) * 1e3,
+                "prefill": one - (t2 - t1) * 1e3, "decode_per_step": speed and speed["ms_per_token"],
+                "generate": full, "total": (t1 - t0) * 1e3 + full, "warmup": o["warmup"]}
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
 
 
 # -- report --------------------------------------------------------------------------------------------------------
@@ -419,6 +424,7 @@ def main(argv=None) -> int:
     rows = [omniad.row(f, i < args.warmup) for i, f in enumerate(frames)]
     results = {"omniad": {"rows": rows, "info": omniad.info()}}
     res["prompt_tokens"] = int(len(rows[0]["prompt_ids"]))
+    runners = {}  # the other runtimes, each a function of (frame, omniad_edge's first-pass row) -> its row
     if "genai" not in args.skip:
         from genai_wrap import GenaiRunner, set_session_options, wrap_genai_model
 
@@ -430,37 +436,51 @@ def main(argv=None) -> int:
                                    image_pad=manifest["tokens"]["image_pad"],
                                    vision_start=manifest["tokens"]["vision_start"], vision=manifest["model"]["vision"])
         set_session_options(wrapped, args.threads, spinning=args.spinning)
-        runner = GenaiRunner(wrapped)
-        if args.spinning:
-            # in blocks: alternating, one runtime's threads would still spin while the other starts its frame
-            results["genai"] = {"rows": [genai_row(runner, o, args.tokens, stop) for o in rows]}
-        else:
-            # the timed pass: omniad_edge and genai alternate frame by frame, so the machine's drift hits both
-            # alike (in runtime-by-runtime blocks a step of a few ms swung by more than the difference measured)
-            timed = [(omniad.row(f, o["warmup"]), genai_row(runner, o, args.tokens, stop))
-                     for f, o in zip(frames, rows)]
-            results["omniad"]["rows"] = [a for a, _ in timed]
-            results["genai"] = {"rows": [b for _, b in timed]}
-        del runner
-        gc.collect()
+        genai = GenaiRunner(wrapped)
+        runners["genai"] = lambda f, o: genai_row(genai, o, args.tokens, stop)
         res["notes"].append("onnxruntime-genai runs its builder's decoder with its own loop, KV cache, sampler and "
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
                             "table; its prefill also computes logits for every prompt position (its graph's "
                             "output), omniad_edge's only for the last. Its sessions get the same intra-op threads "
                             f"({args.threads}) and ONNX Runtime's thread spinning "
-                            f"{'on' if args.spinning else 'off'}, as omniad_edge's. "
-                            + ("Timed in blocks, omniad_edge first (with spinning on, alternating runtimes would "
-                               "spin against each other)" if args.spinning else
-                               "The two alternate frame by frame (omniad_edge's times are from that pass, after a "
-                               "first pass that records what genai is fed)"))
-    omniad.close()
+                            f"{'on' if args.spinning else 'off'}, as omniad_edge's")
     if "transformers" not in args.skip:
         log("transformers")
-        results["transformers"] = run_transformers(models / "hf", frames, results["omniad"]["rows"], manifest,
-                                                   args.tokens, args.threads, stop)
+        hf = TransformersRunner(models / "hf", manifest, args.tokens, args.threads, stop)
+        runners["transformers"] = hf.row
         res["notes"].append("transformers: prefill = generate(max_new_tokens=1) - vision; decode / token = "
                             "(generate(N) - generate(1)) / (N - 1); end to end = its image processor + generate(N)")
+    if args.spinning:
+        # in blocks, after omniad_edge's pass: alternating, one runtime's threads would still spin while the next
+        # one starts its frame
+        for name, run in runners.items():
+            results[name] = {"rows": [run(f, o) for f, o in zip(frames, rows)]}
+        res["notes"].append("Timed in blocks, omniad_edge first (with spinning on, alternating runtimes would spin "
+                            "against each other)")
+    elif runners:
+        # the timed pass: the runtimes alternate frame by frame, so the machine's drift hits all alike (in
+        # runtime-by-runtime blocks a step of a few ms swung by more than the difference measured, and a block of
+        # transformers frames ran at half the speed of another); the order rotates, so each runtime follows each
+        # other equally often (PyTorch's OpenMP threads spin on briefly after its frame)
+        timed = {name: [] for name in ["omniad", *runners]}
+        for i, (f, o) in enumerate(zip(frames, rows)):
+            order = list(timed)[i % len(timed):] + list(timed)[:i % len(timed)]
+            for name in order:
+                timed[name].append(omniad.row(f, o["warmup"]) if name == "omniad" else runners[name](f, o))
+        results["omniad"]["rows"] = timed.pop("omniad")
+        for name, got in timed.items():
+            results[name] = {"rows": got}
+        res["notes"].append(f"The runtimes ({', '.join(['omniad_edge', *runners])}) alternate frame by frame in "
+                            "rotating order (omniad_edge's times are from that pass, after a first pass that records "
+                            "what the others are fed)")
+    omniad.close()
+    if "genai" in runners:
+        del genai
+    if "transformers" in runners:
+        hf.close()
+    runners.clear()
+    gc.collect()
     eos = set(manifest["tokens"]["eos"])
     res["tokens"] = check_tokens(results, eos)
     if not res["tokens"]["identical"]:

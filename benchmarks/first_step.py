@@ -8,6 +8,10 @@ A detect frame of the reference model runs one decoder forward after its prefill
 that first step. Each frame here runs a --prefill-token prefill, then --steps one-token steps on the same cache
 (past and present bound to one buffer, as both runtimes do), graphs alternating frame by frame; prints the median
 time of the prefill and of each step after it over the frames (the first 5 dropped), with the load average.
+With --grown, each graph also runs a control frame: a 2-token prefill and one-token steps up to the same cache length,
+then the same timed steps at the same positions (it tells a state the long prefill leaves from the context length);
+with --sweep MB, a third frame kind grows the cache the same way and then reads MB of unrelated memory before the
+timed steps (cold caches without a prefill).
 Thread spinning stays off: with it on, the alternating sessions' thread pools would spin against each other.
 """
 from __future__ import annotations
@@ -82,6 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--grown", action="store_true", help="also time the steps after a cache grown one token at a time")
+    p.add_argument("--sweep", type=int, default=0, metavar="MB",
+                   help="also time the steps after a grown cache and a read of MB of other memory")
     p.add_argument("--kv", help="KV heads and head size (HEADS,DIM) for graphs whose cache dims are symbolic")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -92,15 +99,35 @@ def main(argv=None) -> int:
     kv = tuple(int(x) for x in args.kv.split(",")) if args.kv else None
     runners = {name: make_runner(path, args.threads, args.prefill + args.steps + 8, kv)
                for name, path in graphs.items()}
-    times = {name: [] for name in graphs}
+
+    other = np.ones(args.sweep * 2**20 // 8)
+
+    def frame(run, kind: str) -> list[float]:
+        if kind == "prefill":
+            first = run(args.prefill, 0)
+        else:  # the same cache length reached by steps; the first column is then the 2-token prefill
+            first = run(2, 0)
+            for j in range(2, args.prefill):
+                run(1, j)
+            if kind == "sweep":
+                other.sum()
+        return [first] + [run(1, args.prefill + j) for j in range(args.steps)]
+
+    kinds = ["prefill"] + ["grown"] * args.grown + ["sweep"] * bool(args.sweep)
+    labels = {"prefill": "{}", "grown": "{}, grown", "sweep": "{}, grown + sweep"}
+    runs = [(name, kind) for kind in kinds for name in graphs]
+    times = {run: [] for run in runs}
     for _ in range(args.frames):
-        for name, run in runners.items():
-            times[name].append([run(args.prefill, 0)] + [run(1, args.prefill + j) for j in range(args.steps)])
+        for name, kind in runs:
+            times[name, kind].append(frame(runners[name], kind))
     result = {"options": vars(args), "load_average_before": load, "graphs": {}}
-    for name in graphs:
-        med = np.median(np.asarray(times[name][5:]), axis=0)
-        result["graphs"][name] = {"prefill_ms": float(med[0]), "steps_ms": [float(x) for x in med[1:]]}
-        print(f"{name:10s} prefill {med[0]:.2f} | steps after it: " + " ".join(f"{x:.3f}" for x in med[1:])
+    for name, kind in runs:
+        label = labels[kind].format(name)
+        med = np.median(np.asarray(times[name, kind][5:]), axis=0)
+        result["graphs"][label] = {"prefill_ms": float(med[0]), "steps_ms": [float(x) for x in med[1:]]}
+        if kind != "prefill":
+            result["graphs"][label]["prefill_tokens"] = 2
+        print(f"{label:24s} prefill {med[0]:.2f} | steps after it: " + " ".join(f"{x:.3f}" for x in med[1:])
               + f" | first / last {med[1] / med[-1]:.2f}")
     result["load_average_after"] = os.getloadavg()
     print(f"load average after: {result['load_average_after']}")
