@@ -14,8 +14,8 @@
 MODELS_DIR is what benchmarks/models.py builds (hf/, bundle-{precision}/, genai-{precision}/). Identical greedy
 tokens are asserted (per frame, all runtimes) before any time is compared; a mismatch stops the run. omniad_edge
 runs the frames once to record what the others are fed, then all three runtimes alternate frame by frame, in
-rotating order, in the timed pass (drift on a shared machine hits all alike; with --spinning they run in blocks, since
-one runtime's spinning threads would take the cores from the next one's frame). With
+rotating order, in the timed pass (drift on a shared machine hits all alike; with --spinning each frame is followed by
+a 100 ms pause, so one runtime's spinning threads have stopped before the next one's frame). With
 --genai-own-tokens a mismatch of onnxruntime-genai alone (an int4 decoder with other numerics) keeps its
 free-running timings over its own greedy tokens, with the same token budget and stop rule; the result gives how many
 tokens agreed. In detect mode every runtime stops on the token that closes the mask. Decode speed is per decoder
@@ -264,6 +264,10 @@ class TransformersRunner:
         gc.collect()
 
 
+# ONNX Runtime's spinning threads stop spinning within tens of ms of a run's end; a frame waits longer than that
+SPIN_PAUSE_S = 0.1
+
+
 # -- report --------------------------------------------------------------------------------------------------------
 def kept(rows, key):
     return [r[key] for r in rows if not r["warmup"] and r.get(key) is not None]
@@ -451,29 +455,27 @@ def main(argv=None) -> int:
         runners["transformers"] = hf.row
         res["notes"].append("transformers: prefill = generate(max_new_tokens=1) - vision; decode / token = "
                             "(generate(N) - generate(1)) / (N - 1); end to end = its image processor + generate(N)")
-    if args.spinning:
-        # in blocks, after omniad_edge's pass: alternating, one runtime's threads would still spin while the next
-        # one starts its frame
-        for name, run in runners.items():
-            results[name] = {"rows": [run(f, o) for f, o in zip(frames, rows)]}
-        res["notes"].append("Timed in blocks, omniad_edge first (with spinning on, alternating runtimes would spin "
-                            "against each other)")
-    elif runners:
+    if runners:
         # the timed pass: the runtimes alternate frame by frame, so the machine's drift hits all alike (in
         # runtime-by-runtime blocks a step of a few ms swung by more than the difference measured, and a block of
         # transformers frames ran at half the speed of another); the order rotates, so each runtime follows each
-        # other equally often (PyTorch's OpenMP threads spin on briefly after its frame)
+        # other equally often. With spinning, a pause after each frame lets the threads of the runtime that just ran
+        # stop spinning before the next one starts (PyTorch's OpenMP threads also spin on briefly)
+        pause = SPIN_PAUSE_S if args.spinning else 0.0
         timed = {name: [] for name in ["omniad", *runners]}
         for i, (f, o) in enumerate(zip(frames, rows)):
             order = list(timed)[i % len(timed):] + list(timed)[:i % len(timed)]
             for name in order:
                 timed[name].append(omniad.row(f, o["warmup"]) if name == "omniad" else runners[name](f, o))
+                time.sleep(pause)
         results["omniad"]["rows"] = timed.pop("omniad")
         for name, got in timed.items():
             results[name] = {"rows": got}
         res["notes"].append(f"The runtimes ({', '.join(['omniad_edge', *runners])}) alternate frame by frame in "
                             "rotating order (omniad_edge's times are from that pass, after a first pass that records "
-                            "what the others are fed)")
+                            "what the others are fed)"
+                            + (f", with a {pause * 1e3:.0f} ms pause after each frame so that spinning threads stop "
+                               "before the next runtime's frame" if pause else ""))
     omniad.close()
     if "genai" in runners:
         del genai

@@ -14,7 +14,8 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS"]
+__all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS",
+           "rotary_table_rows"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -243,6 +244,8 @@ class DecoderGraph(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         # which of the 3 position axes (t, h, w) drives each frequency: transformers' mrope_section split
         section = list(lm.rotary_emb.mrope_section)
+        self.mrope_section = section
+        self.max_position = int(getattr(cfg, "max_position_embeddings", ROTARY_TABLE_MAX))
         owner = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(section)])
         if owner.numel() != inv_freq.numel():
             raise ValueError(f"mrope_section {section} does not cover head_dim/2 = {inv_freq.numel()} frequencies")
@@ -294,8 +297,16 @@ class DecoderGraph(nn.Module):
 
 
 # ONNX Runtime's own ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
-DECODER_CONTRIB_OPS = ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization",
+DECODER_CONTRIB_OPS = ("GroupQueryAttention", "MRotaryEmbedding", "SkipSimplifiedLayerNormalization",
                        "SimplifiedLayerNormalization")
+# rows of the fused decoder's cos/sin tables: positions past them are refused by MRotaryEmbedding (and by the runtime
+# before the run, from the manifest); 32768 keeps a 128-wide head's tables at 16 MiB where configs say 128000
+ROTARY_TABLE_MAX = 32768
+
+
+def rotary_table_rows(max_position: int) -> int:
+    """Positions the fused decoder's rotary tables cover (graphs.decoder.rotary_positions in the manifest)."""
+    return min(int(max_position), ROTARY_TABLE_MAX)
 # a left-padding key's score: far below any real score, still finite after adding one
 _PAD_BIAS = -1e9
 
@@ -322,10 +333,11 @@ def _contrib(op: str, inputs, attrs, dtype, shape):
 class FusedDecoderGraph(DecoderGraph):
     """The decoder for ONNX Runtime (target "ort"): the same math as DecoderGraph in ONNX Runtime's fused contrib ops.
 
-    Per layer: packed QKV and gate/up MatMuls, RotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
+    Per layer: packed QKV and gate/up MatMuls, MRotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
     buffer that is both its past input and its present output (written in place at slots [T-S, T)), and
-    SkipSimplifiedLayerNormalization for each residual add + RMSNorm. The mrope angles are computed once per step
-    from the 3-D position_ids and handed to RotaryEmbedding as a per-step table indexed by token (GQA's own rotary
+    SkipSimplifiedLayerNormalization for each residual add + RMSNorm. MRotaryEmbedding reads the 3-D position_ids
+    itself and looks the angles up in cos/sin tables of `rotary_table_rows` positions, made here as transformers
+    computes them (float32 position x inv_freq, then cos / sin), so a step has no angle subgraph (GQA's own rotary
     takes one 1-D position per prompt, which mrope's image positions are not). seqlens_k is T-1 for every row and
     left padding is masked by an attention bias from attention_mask, so left-padded batches keep slot order.
     Attention and the KV cache stay float32 whatever `dtype` (graph I/O is float32 in every precision).
@@ -336,6 +348,9 @@ class FusedDecoderGraph(DecoderGraph):
                  weights: str = "copy"):
         super().__init__(model, dtype, weights)
         self.packed = packed  # False: separate projections (benchmarks/decoder_graphs.py measures both)
+        angles = torch.arange(rotary_table_rows(self.max_position)).float()[:, None] * self.inv_freq[None, :]
+        self.register_buffer("rotary_cos", angles.cos().contiguous(), persistent=False)
+        self.register_buffer("rotary_sin", angles.sin().contiguous(), persistent=False)
         if packed:
             cast = dtype if weights == "cast" else None
             self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], cast)
@@ -356,6 +371,11 @@ class FusedDecoderGraph(DecoderGraph):
         mlp = self.layers[i].mlp
         return mlp.gate_proj(h), mlp.up_proj(h)
 
+    def _mrope(self, x, position_ids, heads: int):
+        return _contrib("MRotaryEmbedding", (x, position_ids, self.rotary_cos, self.rotary_sin),
+                        {"num_heads": heads, "mrope_section": self.mrope_section, "interleaved": 0},
+                        torch.float32, x.shape)
+
     def _skip_norm(self, x, residual, weight, eps):
         """(RMSNorm(x + residual) * weight, x + residual) in one op."""
         shape = residual.shape
@@ -367,9 +387,6 @@ class FusedDecoderGraph(DecoderGraph):
     def forward(self, inputs_embeds, position_ids, attention_mask, past):
         b, s, _ = inputs_embeds.shape
         total = attention_mask.shape[1]
-        freqs = self._rotary_angles(position_ids).reshape(b * s, -1)  # one table row per token of this step
-        cos, sin = freqs.cos(), freqs.sin()
-        rows = torch.arange(b * s, device=inputs_embeds.device).reshape(b, s)
         # T-1 for every row (slots, not tokens: left padding stays in place), from the mask's last column
         last = attention_mask[:, -1].to(torch.int32)
         seqlens = last * 0 + (total - 1)
@@ -386,9 +403,7 @@ class FusedDecoderGraph(DecoderGraph):
         present = []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, h.to(self.dtype))
-            q = _contrib("RotaryEmbedding", (q, rows, cos, sin), {"num_heads": self.num_heads}, torch.float32,
-                         q.shape)
-            k = _contrib("RotaryEmbedding", (k, rows, cos, sin), {"num_heads": self.num_kv}, torch.float32, k.shape)
+            q, k = self._mrope(q, position_ids, self.num_heads), self._mrope(k, position_ids, self.num_kv)
             past_k, past_v = past[2 * i], past[2 * i + 1]
             kv_shape = (b, self.num_kv, past_k.shape[2] + s, self.head_dim)
             out, new_k, new_v = torch.onnx.ops.symbolic_multi_out(

@@ -302,10 +302,12 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         shutil.rmtree(scratch, ignore_errors=True)
         decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
         if opts.target == "ort":
-            from .graphs import DECODER_CONTRIB_OPS
+            from .graphs import DECODER_CONTRIB_OPS, rotary_table_rows
 
             decoder_graph.update(kv_layout="BNSH", attention="com.microsoft.GroupQueryAttention",
-                                 contrib_ops=list(DECODER_CONTRIB_OPS))
+                                 contrib_ops=list(DECODER_CONTRIB_OPS),
+                                 rotary_positions=rotary_table_rows(checkpoint.text.get("max_position_embeddings",
+                                                                                          32768)))
         if opts.precision == "int4":
             # accuracy_level only exists for MatMulNBits; the qdq form runs at whatever the reading runtime chooses
             int4 = {"format": opts.int4_format, "block_size": opts.int4_block_size, "symmetric": True,

@@ -8,7 +8,8 @@ Heavy parts (onnxruntime, the inspector) load on first use, so `import omniad_ed
 import logging
 
 from ._version import __version__
-from .errors import BackendError, BundleError, ExportError, FrameError, InspectorClosedError, OmniADError
+from .errors import (BackendError, BundleError, ExportError, FrameError, InspectorClosedError, OmniADError,
+                     PositionError)
 
 _LAZY = {
     "Inspector": ("inspector", "Inspector"),
@@ -20,7 +21,7 @@ _LAZY = {
 _MODULES = ("visualize", "synth", "contract")
 
 __all__ = ["__version__", "OmniADError", "BundleError", "FrameError", "BackendError", "ExportError",
-           "InspectorClosedError", *_LAZY, *_MODULES]
+           "InspectorClosedError", "PositionError", *_LAZY, *_MODULES]
 
 # The library reports through the "omniad_edge" logger only; the application decides where it goes.
 logging.getLogger(__name__).addHandler(logging.NullHandler())

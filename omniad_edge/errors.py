@@ -22,6 +22,11 @@ class ExportError(OmniADError, ValueError):
     """A checkpoint cannot be exported: not Qwen2.5-VL, missing/corrupt files, unsupported settings."""
 
 
+class PositionError(OmniADError, ValueError):
+    """A request past the positions the bundle's decoder covers (its rotary tables: manifest
+    graphs.decoder.rotary_positions, or model.max_position): a prompt plus token budget too long for it."""
+
+
 class InspectorClosedError(OmniADError, RuntimeError):
     """The Inspector was closed (close() or the end of its `with` block); create a new one."""
 

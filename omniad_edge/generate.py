@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import PositionError
 from .positions import rope_positions
 from .prompt import Prompt
 
@@ -234,7 +235,9 @@ class Generator:
         self.pad_id = int(bundle.tokens.get("pad", bundle.eos_ids[0]))
         self.tokens = bundle.tokens
         self.merge = int(bundle.model["vision"]["spatial_merge_size"])
-        self.max_position = int(bundle.model.get("max_position", 1 << 30))
+        # positions the decoder can take: a fused decoder's rotary tables end at rotary_positions
+        self.max_position = min(int(bundle.model.get("max_position", 1 << 30)),
+                                int(bundle.graphs["decoder"].get("rotary_positions", 1 << 30)))
         self.empty_mask_ids = list(empty_mask_ids)
         self.answer_probe = answer_probe
         self.mask_stream_factory = mask_stream_factory
@@ -312,6 +315,12 @@ class Generator:
         rows = []
         for r in requests:
             pos, delta = rope_positions(r.prompt.ids, list(r.grids), self.tokens, self.merge)
+            # the last token fed back (the one before the budget's last) sits at len + delta + max_new_tokens - 2
+            top = max(int(pos.max()), len(r.prompt) + int(delta) + max_new_tokens - 2)
+            if top >= self.max_position:
+                raise PositionError(f"the prompt ({len(r.prompt)} tokens) and max_new_tokens={max_new_tokens} need "
+                                    f"position {top}; {self.bundle.name}'s decoder covers positions below "
+                                    f"{self.max_position}: lower max_new_tokens or the prompt's images")
             rows.append((self._embeddings(r), pos, delta))
         lengths = [len(r.prompt) for r in requests]
         prefix, prefix_ms = self._shared_prefix(requests, rows, lengths, prefix_key)

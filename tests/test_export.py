@@ -66,8 +66,10 @@ def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
     assert m["model"]["mrope_section"] == text["rope_parameters"]["mrope_section"]
     assert m["model"]["vision"]["fullatt_block_indexes"] == cfg["vision_config"]["fullatt_block_indexes"]
     assert m["target"] == "ort" and m["graphs"]["decoder"]["kv_layout"] == "BNSH"
-    assert m["graphs"]["decoder"]["contrib_ops"] == ["GroupQueryAttention", "RotaryEmbedding",
+    assert m["graphs"]["decoder"]["contrib_ops"] == ["GroupQueryAttention", "MRotaryEmbedding",
                                                      "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"]
+    # the rotary tables cover the config's positions (the tiny config's 4096, under the 32768 cap)
+    assert m["graphs"]["decoder"]["rotary_positions"] == text["max_position_embeddings"] == m["model"]["max_position"]
     import onnx
 
     used = {n.op_type for n in onnx.load(str(tiny_bundle / "decoder.onnx"), load_external_data=False).graph.node}

@@ -341,3 +341,30 @@ def test_native_loop_raises_the_samplers_error_on_nan_logits(tiny_bundle, mode, 
         errors[native] = str(info.value)
         monkeypatch.undo()
     assert errors[True] == errors[False]
+
+
+def test_a_request_past_the_decoders_positions_is_refused_before_it_runs(tiny_bundle, tmp_path):
+    # a fused decoder's rotary tables end at graphs.decoder.rotary_positions: the Generator refuses a prompt plus
+    # token budget that would need a position past them, with a typed error, instead of an error inside the graph
+    import shutil
+
+    from omniad_edge import Inspector, PositionError
+    from omniad_edge.frame import to_rgb
+    from omniad_edge.positions import rope_positions
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    ins = Inspector(bundle, mode="explain", threads=1)
+    frame = make_frame(64, 64, seed=43)
+    request = ins._request(ins._references, ins._encode(to_rgb(frame)), "x")
+    _, delta = rope_positions(request.prompt.ids, list(request.grids), ins.bundle.tokens,
+                              ins.bundle.model["vision"]["spatial_merge_size"])
+    # 4 new tokens feed 3 back, the last at len + delta + 2: a table of len + delta + 3 positions just holds them
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["graphs"]["decoder"]["rotary_positions"] = len(request.prompt.ids) + int(delta) + 3
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    ins = Inspector(bundle, mode="explain", threads=1)
+    ids, _ = ins.generate(frame, "x", max_new_tokens=4)
+    assert 0 < len(ids) <= 4
+    with pytest.raises(PositionError, match="max_new_tokens=5 need position"):
+        ins.generate(frame, "x", max_new_tokens=5)
