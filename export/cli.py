@@ -44,6 +44,10 @@ def build_parser(prog: str = "python -m export") -> argparse.ArgumentParser:
     p.add_argument("--vision-attention", choices=["auto", "plain"], default="auto",
                    help="auto: ONNX Runtime's fused attention where it measured faster (plain for --int4-format "
                         "qdq and --target tensorrt); plain: standard ONNX ops only")
+    p.add_argument("--decoder-rotary", choices=["table", "computed"], default="table",
+                   help="--target ort: table (default): mrope angles looked up by ONNX Runtime's MRotaryEmbedding "
+                        "(needs onnxruntime >= 1.29; fewer nodes a step); computed: angles computed each step and "
+                        "RotaryEmbedding (onnxruntime >= 1.20)")
     p.add_argument("--embed-dtype", choices=["float32", "float16"], default="float32",
                    help="dtype of embed_tokens.npy (float16 halves it; rows are cast to float32 at run time)")
     p.add_argument("--legacy-exporter", action="store_true", help="use the TorchScript exporter, not dynamo")
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
                          int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
                          int4_format=args.int4_format, int4_keep_lm_head=args.int4_keep_lm_head,
                          fp32_vision_mlp_blocks=args.fp32_vision_mlp_blocks, vision_attention=args.vision_attention,
-                         embed_dtype=args.embed_dtype, quiet=args.quiet)
+                         decoder_rotary=args.decoder_rotary, embed_dtype=args.embed_dtype, quiet=args.quiet)
     try:
         out = export_bundle(args.checkpoint, args.out, opts)
     except ExportError as exc:

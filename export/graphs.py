@@ -14,8 +14,8 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS",
-           "rotary_table_rows"]
+__all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS", "DECODER_ROTARY",
+           "decoder_contrib_ops", "rotary_table_rows"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -299,6 +299,14 @@ class DecoderGraph(nn.Module):
 # ONNX Runtime's own ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
 DECODER_CONTRIB_OPS = ("GroupQueryAttention", "MRotaryEmbedding", "SkipSimplifiedLayerNormalization",
                        "SimplifiedLayerNormalization")
+# the fused decoder's rotary forms (--decoder-rotary): "table" looks the mrope angles up in cos/sin tables with
+# MRotaryEmbedding (ONNX Runtime >= 1.29, the first release with that op; fewer nodes a step), "computed" computes
+# them each step and turns q and k with RotaryEmbedding (every ONNX Runtime the runtime supports)
+DECODER_ROTARY = {"table": ("MRotaryEmbedding", "1.29"), "computed": ("RotaryEmbedding", "1.20")}
+
+
+def decoder_contrib_ops(rotary: str = "table") -> list[str]:
+    return [DECODER_ROTARY[rotary][0] if op == "MRotaryEmbedding" else op for op in DECODER_CONTRIB_OPS]
 # rows of the fused decoder's cos/sin tables: positions past them are refused by MRotaryEmbedding (and by the runtime
 # before the run, from the manifest); 32768 keeps a 128-wide head's tables at 16 MiB where configs say 128000
 ROTARY_TABLE_MAX = 32768
@@ -335,9 +343,10 @@ class FusedDecoderGraph(DecoderGraph):
 
     Per layer: packed QKV and gate/up MatMuls, MRotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
     buffer that is both its past input and its present output (written in place at slots [T-S, T)), and
-    SkipSimplifiedLayerNormalization for each residual add + RMSNorm. MRotaryEmbedding reads the 3-D position_ids
-    itself and looks the angles up in cos/sin tables of `rotary_table_rows` positions, made here as transformers
-    computes them (float32 position x inv_freq, then cos / sin), so a step has no angle subgraph (GQA's own rotary
+    SkipSimplifiedLayerNormalization for each residual add + RMSNorm. With rotary "table" MRotaryEmbedding reads the
+    3-D position_ids itself and looks the angles up in cos/sin tables of `rotary_table_rows` positions, made here as
+    transformers computes them (float32 position x inv_freq, then cos / sin), so a step has no angle subgraph; with
+    "computed" the step computes its tokens' angles and RotaryEmbedding indexes them by token (GQA's own rotary
     takes one 1-D position per prompt, which mrope's image positions are not). seqlens_k is T-1 for every row and
     left padding is masked by an attention bias from attention_mask, so left-padded batches keep slot order.
     Attention and the KV cache stay float32 whatever `dtype` (graph I/O is float32 in every precision).
@@ -345,12 +354,16 @@ class FusedDecoderGraph(DecoderGraph):
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, packed: bool = True,
-                 weights: str = "copy"):
+                 weights: str = "copy", rotary: str = "table"):
         super().__init__(model, dtype, weights)
         self.packed = packed  # False: separate projections (benchmarks/decoder_graphs.py measures both)
-        angles = torch.arange(rotary_table_rows(self.max_position)).float()[:, None] * self.inv_freq[None, :]
-        self.register_buffer("rotary_cos", angles.cos().contiguous(), persistent=False)
-        self.register_buffer("rotary_sin", angles.sin().contiguous(), persistent=False)
+        if rotary not in DECODER_ROTARY:
+            raise ValueError(f"rotary must be one of {sorted(DECODER_ROTARY)}, got {rotary!r}")
+        self.rotary = rotary
+        if rotary == "table":
+            angles = torch.arange(rotary_table_rows(self.max_position)).float()[:, None] * self.inv_freq[None, :]
+            self.register_buffer("rotary_cos", angles.cos().contiguous(), persistent=False)
+            self.register_buffer("rotary_sin", angles.sin().contiguous(), persistent=False)
         if packed:
             cast = dtype if weights == "cast" else None
             self.qkv = nn.ModuleList(_packed([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj], cast)
@@ -371,10 +384,19 @@ class FusedDecoderGraph(DecoderGraph):
         mlp = self.layers[i].mlp
         return mlp.gate_proj(h), mlp.up_proj(h)
 
-    def _mrope(self, x, position_ids, heads: int):
-        return _contrib("MRotaryEmbedding", (x, position_ids, self.rotary_cos, self.rotary_sin),
-                        {"num_heads": heads, "mrope_section": self.mrope_section, "interleaved": 0},
-                        torch.float32, x.shape)
+    def _turner(self, position_ids):
+        """The rotary turn of q or k (B, S, heads * hd) for this step, in the form `rotary` names."""
+        if self.rotary == "table":
+            return lambda x, heads: _contrib(
+                "MRotaryEmbedding", (x, position_ids, self.rotary_cos, self.rotary_sin),
+                {"num_heads": heads, "mrope_section": self.mrope_section, "interleaved": 0}, torch.float32, x.shape)
+        # the mrope angles of this step's tokens, one table row per token, indexed by token
+        b, s = position_ids.shape[1:]
+        freqs = self._rotary_angles(position_ids).reshape(b * s, -1)
+        cos, sin = freqs.cos(), freqs.sin()
+        rows = torch.arange(b * s, device=position_ids.device).reshape(b, s)
+        return lambda x, heads: _contrib("RotaryEmbedding", (x, rows, cos, sin), {"num_heads": heads},
+                                         torch.float32, x.shape)
 
     def _skip_norm(self, x, residual, weight, eps):
         """(RMSNorm(x + residual) * weight, x + residual) in one op."""
@@ -394,6 +416,7 @@ class FusedDecoderGraph(DecoderGraph):
         # every row appends all S tokens; saying so lets GQA take multi-token steps over a past in batches > 1
         new_lens = last * 0 + s
         bias = torch.where(attention_mask[:, None, None, :] == 1, 0.0, _PAD_BIAS).expand(b, 1, s, total)
+        turn = self._turner(position_ids)
 
         x = inputs_embeds.float()
         first = self.layers[0].input_layernorm
@@ -403,7 +426,7 @@ class FusedDecoderGraph(DecoderGraph):
         present = []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(i, h.to(self.dtype))
-            q, k = self._mrope(q, position_ids, self.num_heads), self._mrope(k, position_ids, self.num_kv)
+            q, k = turn(q, self.num_heads), turn(k, self.num_kv)
             past_k, past_v = past[2 * i], past[2 * i + 1]
             kv_shape = (b, self.num_kv, past_k.shape[2] + s, self.head_dim)
             out, new_k, new_v = torch.onnx.ops.symbolic_multi_out(

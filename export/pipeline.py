@@ -46,6 +46,7 @@ class ExportOptions:
     int4_format: str | None = None  # "matmulnbits" (target ort) or "qdq": DequantizeLinear + MatMul (tensorrt)
     fp32_vision_mlp_blocks: int = 2
     vision_attention: str = "auto"  # "plain": standard ONNX ops only (TensorRT; int4 qdq bundles); graphs.py
+    decoder_rotary: str = "table"  # target ort: "table" (MRotaryEmbedding, ORT >= 1.29) or "computed"; graphs.py
     embed_dtype: str = "float32"  # float16 halves embed_tokens.npy; the runtime casts looked-up rows to float32
     quiet: bool = False
 
@@ -64,6 +65,10 @@ def _check_options(opts: ExportOptions) -> str:
         raise ExportError(f"precision must be one of {PRECISIONS}, got {opts.precision!r}")
     if opts.target not in TARGETS:
         raise ExportError(f"target must be one of {TARGETS}, got {opts.target!r}")
+    from .graphs import DECODER_ROTARY
+
+    if opts.decoder_rotary not in DECODER_ROTARY:
+        raise ExportError(f"decoder_rotary must be one of {sorted(DECODER_ROTARY)}, got {opts.decoder_rotary!r}")
     if opts.target == "ort" and not opts.prefer_dynamo:
         raise ExportError("target ort needs the dynamo exporter (the legacy one cannot write GroupQueryAttention); "
                           "drop --legacy-exporter or export with --target tensorrt")
@@ -157,8 +162,8 @@ def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed:
 
     fused = opts.target == "ort"
     weights = _decoder_weights(model, dtype, opts.precision)
-    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed, weights=weights) if fused
-             else DecoderGraph(model, dtype=dtype, weights=weights)).eval()
+    graph = (FusedDecoderGraph(model, dtype=dtype, packed=packed, weights=weights, rotary=opts.decoder_rotary)
+             if fused else DecoderGraph(model, dtype=dtype, weights=weights)).eval()
     layers, kv, hd = model_cfg["num_layers"], model_cfg["num_key_value_heads"], model_cfg["head_dim"]
     b, s, p = 2, 5, 3  # sizes > 1 so the exporter keeps batch, seq and past dynamic
     gen = torch.Generator().manual_seed(0)
@@ -302,12 +307,14 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         shutil.rmtree(scratch, ignore_errors=True)
         decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
         if opts.target == "ort":
-            from .graphs import DECODER_CONTRIB_OPS, rotary_table_rows
+            from .graphs import DECODER_ROTARY, decoder_contrib_ops, rotary_table_rows
 
             decoder_graph.update(kv_layout="BNSH", attention="com.microsoft.GroupQueryAttention",
-                                 contrib_ops=list(DECODER_CONTRIB_OPS),
-                                 rotary_positions=rotary_table_rows(checkpoint.text.get("max_position_embeddings",
-                                                                                          32768)))
+                                 contrib_ops=decoder_contrib_ops(opts.decoder_rotary),
+                                 min_onnxruntime=DECODER_ROTARY[opts.decoder_rotary][1])
+            if opts.decoder_rotary == "table":
+                decoder_graph["rotary_positions"] = rotary_table_rows(
+                    checkpoint.text.get("max_position_embeddings", 32768))
         if opts.precision == "int4":
             # accuracy_level only exists for MatMulNBits; the qdq form runs at whatever the reading runtime chooses
             int4 = {"format": opts.int4_format, "block_size": opts.int4_block_size, "symmetric": True,

@@ -73,6 +73,12 @@ def tiny_bundle_plain(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle_computed_rotary(tiny_checkpoint):
+    """The fused decoder with --decoder-rotary computed (RotaryEmbedding over per-step angles: ONNX Runtime < 1.29)."""
+    return _bundle("tiny-bundle-custom-fp32-computed-rotary", tiny_checkpoint, decoder_rotary="computed")
+
+
+@pytest.fixture(scope="session")
 def qwen_checkpoint(qwen_tokenizer_path):
     return _checkpoint("tiny-checkpoint-qwenvocab", qwen_tokenizer_path)
 

@@ -330,7 +330,13 @@ def test_onnxruntime_older_than_the_floor_is_refused():
             check_version(old)
 
 
-def test_a_runtime_without_the_graph_s_contrib_op_gets_a_clear_error(tmp_path):
+@pytest.mark.parametrize("op, domain, min_ort, fix", [
+    ("NoSuchFusedAttention", "com.microsoft", None, r">= 1\.20, or re-export the bundle with --target tensorrt"),
+    # an ONNX Runtime older than 1.29 lacks the decoder's MRotaryEmbedding (stood in for by a domain it lacks)
+    ("MRotaryEmbedding", "com.microsoft.absent", "1.29",
+     r">= 1\.29, or re-export the bundle with --decoder-rotary computed .*or --target tensorrt"),
+])
+def test_a_runtime_without_the_graph_s_contrib_op_gets_a_clear_error(tmp_path, op, domain, min_ort, fix):
     """A graph using a com.microsoft operator this ONNX Runtime build lacks: the error names the op and the fix."""
     import json
 
@@ -342,16 +348,16 @@ def test_a_runtime_without_the_graph_s_contrib_op_gets_a_clear_error(tmp_path):
     root = make_toy_bundle(tmp_path / "toy")
     model = onnx.load(str(root / "decoder.onnx"))
     node = model.graph.node[0]  # an op this build lacks, in front of the first node
-    model.graph.node.insert(0, helper.make_node("NoSuchFusedAttention", [node.input[0]], ["unused_fused"],
-                                                domain="com.microsoft"))
-    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    model.graph.node.insert(0, helper.make_node(op, [node.input[0]], ["unused_fused"], domain=domain))
+    model.opset_import.append(helper.make_opsetid(domain, 1))
     onnx.save(model, str(root / "decoder.onnx"))
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["target"] = "ort"
-    manifest["graphs"]["decoder"]["contrib_ops"] = ["NoSuchFusedAttention"]
+    manifest["graphs"]["decoder"]["contrib_ops"] = [op]
+    if min_ort:
+        manifest["graphs"]["decoder"]["min_onnxruntime"] = min_ort
     write_manifest(root, manifest)
-    with pytest.raises(BackendError, match=r"lacks the contrib operator\(s\) \['NoSuchFusedAttention'\].*"
-                                           r"--target tensorrt"):
+    with pytest.raises(BackendError, match=rf"lacks the contrib operator\(s\) \['{op}'\].*{fix}"):
         OnnxRuntimeBackend(load_bundle(root), threads=1)
 
 

@@ -70,6 +70,7 @@ def test_manifest_follows_design(tiny_bundle, tiny_checkpoint):
                                                      "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization"]
     # the rotary tables cover the config's positions (the tiny config's 4096, under the 32768 cap)
     assert m["graphs"]["decoder"]["rotary_positions"] == text["max_position_embeddings"] == m["model"]["max_position"]
+    assert m["graphs"]["decoder"]["min_onnxruntime"] == "1.29"  # MRotaryEmbedding's first release
     import onnx
 
     used = {n.op_type for n in onnx.load(str(tiny_bundle / "decoder.onnx"), load_external_data=False).graph.node}

@@ -147,17 +147,26 @@ def test_prefix_cache_with_references_matches_transformers(tiny_bundle, tiny_che
     assert ids == _strip_eos(expected, set(manifest["tokens"]["eos"]))
 
 
-@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+@pytest.mark.parametrize("target", ["ort", "ort-computed-rotary", "tensorrt"])
 def test_both_targets_match_transformers_in_a_batch_after_a_reference_prefix(request, tiny_checkpoint, manifest,
                                                                                target):
     """The onnxruntime backend runs bundles of either target: the fused decoder (in-place BNSH cache, a batched
-    multi-token step over the cached reference prefix, left padding) and the plain one give transformers' tokens."""
+    multi-token step over the cached reference prefix, left padding; either rotary form) and the plain one give
+    transformers' tokens."""
     from omniad_edge import Inspector
 
-    bundle = request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain")
+    bundle = request.getfixturevalue({"ort": "tiny_bundle", "ort-computed-rotary": "tiny_bundle_computed_rotary",
+                                      "tensorrt": "tiny_bundle_plain"}[target])
     refs = [make_frame(64, 64, seed=50)]
     ins = Inspector(bundle, mode="explain", reference=refs, threads=1, max_new_tokens=8)
-    assert ins.backend.kv_layout == ("BNSH" if target == "ort" else "BSHD")
+    assert ins.backend.kv_layout == ("BSHD" if target == "tensorrt" else "BNSH")
+    if target != "tensorrt":  # the rotary form the manifest says is the one in the graph
+        rotary = "RotaryEmbedding" if target == "ort-computed-rotary" else "MRotaryEmbedding"
+        assert rotary in ins.bundle.graphs["decoder"]["contrib_ops"]
+        import onnx
+
+        graph = onnx.load(str(bundle / "decoder.onnx"), load_external_data=False).graph
+        assert rotary in {n.op_type for n in graph.node}
     frames = [make_frame(64, 92, seed=51), make_frame(120, 70, seed=52)]
     results = ins.run_batch(frames)
     assert results[0].options["prefix_tokens"] > 0

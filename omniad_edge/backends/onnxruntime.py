@@ -284,12 +284,17 @@ class OnnxRuntimeBackend:
         return session
 
     def _load_error(self, exc: Exception, what: str, path: Path) -> BackendError:
-        missing = missing_contrib_ops(str(exc), self.bundle.graphs[what].get("contrib_ops", ()))
+        graph = self.bundle.graphs[what]
+        missing = missing_contrib_ops(str(exc), graph.get("contrib_ops", ()))
         if missing:
+            # MRotaryEmbedding (the decoder's rotary tables) arrived in ONNX Runtime 1.29; the rest in 1.20
+            need = graph.get("min_onnxruntime", "1.20")
+            older = (" --decoder-rotary computed (for onnxruntime >= 1.20) or" if "MRotaryEmbedding" in missing
+                     else "")
             return BackendError(
                 f"this ONNX Runtime build ({_ort().__version__}) lacks the contrib operator(s) {missing} that the "
                 f"{what} graph {path.name} uses (the bundle was exported with --target ort): install the full "
-                "onnxruntime (or onnxruntime-gpu) >= 1.20, or re-export the bundle with --target tensorrt "
+                f"onnxruntime (or onnxruntime-gpu) >= {need}, or re-export the bundle with{older} --target tensorrt "
                 "(standard ONNX ops only)")
         return BackendError(f"onnxruntime cannot load the {what} graph {path.name}: {exc}")
 
