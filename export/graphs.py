@@ -303,20 +303,21 @@ DECODER_CONTRIB_OPS = ("GroupQueryAttention", "MRotaryEmbedding", "SkipSimplifie
 # MRotaryEmbedding (ONNX Runtime >= 1.29, the first release with that op; fewer nodes a step), "computed" computes
 # them each step and turns q and k with RotaryEmbedding (every ONNX Runtime the runtime supports)
 DECODER_ROTARY = {"table": ("MRotaryEmbedding", "1.29"), "computed": ("RotaryEmbedding", "1.20")}
-
-
-def decoder_contrib_ops(rotary: str = "table") -> list[str]:
-    return [DECODER_ROTARY[rotary][0] if op == "MRotaryEmbedding" else op for op in DECODER_CONTRIB_OPS]
 # rows of the fused decoder's cos/sin tables: positions past them are refused by MRotaryEmbedding (and by the runtime
 # before the run, from the manifest); 32768 keeps a 128-wide head's tables at 16 MiB where configs say 128000
 ROTARY_TABLE_MAX = 32768
+# a left-padding key's score: far below any real score, still finite after adding one
+_PAD_BIAS = -1e9
+
+
+def decoder_contrib_ops(rotary: str = "table") -> list[str]:
+    """The contrib ops a fused decoder with this rotary form uses (graphs.decoder.contrib_ops in the manifest)."""
+    return [DECODER_ROTARY[rotary][0] if op == "MRotaryEmbedding" else op for op in DECODER_CONTRIB_OPS]
 
 
 def rotary_table_rows(max_position: int) -> int:
     """Positions the fused decoder's rotary tables cover (graphs.decoder.rotary_positions in the manifest)."""
     return min(int(max_position), ROTARY_TABLE_MAX)
-# a left-padding key's score: far below any real score, still finite after adding one
-_PAD_BIAS = -1e9
 
 
 def _packed(linears, cast: torch.dtype | None = None) -> nn.Module:
@@ -341,7 +342,7 @@ def _contrib(op: str, inputs, attrs, dtype, shape):
 class FusedDecoderGraph(DecoderGraph):
     """The decoder for ONNX Runtime (target "ort"): the same math as DecoderGraph in ONNX Runtime's fused contrib ops.
 
-    Per layer: packed QKV and gate/up MatMuls, MRotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
+    Per layer: packed QKV and gate/up MatMuls, (M)RotaryEmbedding on q and k, GroupQueryAttention over a BNSH KV
     buffer that is both its past input and its present output (written in place at slots [T-S, T)), and
     SkipSimplifiedLayerNormalization for each residual add + RMSNorm. With rotary "table" MRotaryEmbedding reads the
     3-D position_ids itself and looks the angles up in cos/sin tables of `rotary_table_rows` positions, made here as
