@@ -2,9 +2,13 @@
 its loop? Same session options for every graph, with ONNX Runtime's thread spinning off and on.
 
     python benchmarks/graph_step.py --graph omniad=BUNDLE/decoder.onnx --graph genai=GENAI/model.onnx \
-        [--past 140] [--repeats 20] [--threads 2] [--json FILE]
+        [--past 140] [--rounds 5] [--repeats 20] [--threads 2] [--json FILE]
 
-The JSON also holds the load average at start and end, the machine and the device state (omniad_edge.devicestate).
+The graphs are timed in alternating rounds (--repeats steps of each graph a round, the order rotating), so the
+machine's drift hits them alike; each graph's ratio to the first one is the median of the per-round ratios. With
+spinning on, a 100 ms pause after each graph's turn lets its threads stop spinning before the next graph runs
+(compare.SPIN_PAUSE_S). The JSON also holds the load average at start and end, the machine and the device state
+(omniad_edge.devicestate).
 
 Inputs are random (the time of a step does not depend on the values): one new token attending over --past cached
 positions. omniad_edge's plain graph takes BSHD past (past_key.{i}), its fused graph (export --target ort) and
@@ -62,16 +66,43 @@ def _feeds(session, past: int, rng, head_dim: int) -> dict:
     return feeds
 
 
-def step_ms(path: str, past: int, repeats: int, threads: int, spinning: bool, head_dim: int = 64) -> dict:
+def _stepper(path: str, past: int, threads: int, spinning: bool, head_dim: int):
+    """A function timing n steps of the graph (ms each), after one warm-up step."""
     session = _session(path, threads, spinning)
     feeds = _feeds(session, past, np.random.default_rng(0), head_dim)
-    session.run(["logits"], feeds)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(["logits"], feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats}
+    session.run(["logits"], feeds)
+
+    def steps(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            session.run(["logits"], feeds)
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+    return steps
+
+
+def time_graphs(graphs: dict, args, spinning: bool) -> dict:
+    """{name: {median_ms, min_ms, repeats, ratio_vs_first}}: alternating rounds over the graphs (module docstring)."""
+    from compare import SPIN_PAUSE_S
+
+    steppers = {name: _stepper(path, args.past, args.threads, spinning, args.head_dim) for name, path in graphs.items()}
+    names = list(graphs)
+    times = {name: [] for name in names}
+    rounds = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            got = steppers[name](args.repeats)
+            times[name] += got
+            rounds[name].append(statistics.median(got))
+            if spinning:
+                time.sleep(SPIN_PAUSE_S)
+    first = rounds[names[0]]
+    return {name: {"median_ms": statistics.median(times[name]), "min_ms": min(times[name]),
+                   "repeats": len(times[name]), "rounds": args.rounds, "round_medians_ms": rounds[name],
+                   "ratio_vs_first": statistics.median(b / a for a, b in zip(first, rounds[name]))}
+            for name in names}
 
 
 def main(argv=None) -> int:
@@ -79,7 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--graph", action="append", required=True, metavar="NAME=PATH",
                    help="a decoder graph to time (repeatable)")
     p.add_argument("--past", type=int, default=140)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=20, help="steps of each graph a round")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=64, help="for graphs that leave it symbolic")
     p.add_argument("--json", default=None)
@@ -87,15 +119,18 @@ def main(argv=None) -> int:
     out = {"past": args.past, "threads": args.threads, "graphs": {}, "machine": bench.machine_info()}
     recorder = devicestate.Recorder(usable_cores=out["machine"]["usable_cores"])
     recorder.start()
+    graphs = {}
     for item in args.graph:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             p.error(f"--graph: expected NAME=PATH, got {item!r}")
-        for spinning in (False, True):
-            r = step_ms(path, args.past, args.repeats, args.threads, spinning, args.head_dim)
-            out["graphs"][f"{name} spinning={int(spinning)}"] = {**r, "path": path}
-            print(f"{name:24s} spinning={int(spinning)}: median {r['median_ms']:.1f} ms, min {r['min_ms']:.1f} ms",
-                  flush=True)
+        graphs[name] = path
+    first = next(iter(graphs))
+    for spinning in (False, True):  # one setting at a time: spinning sessions would spin against the others
+        for name, r in time_graphs(graphs, args, spinning).items():
+            out["graphs"][f"{name} spinning={int(spinning)}"] = {**r, "path": graphs[name]}
+            print(f"{name:24s} spinning={int(spinning)}: median {r['median_ms']:.3f} ms, min {r['min_ms']:.3f} ms, "
+                  f"{r['ratio_vs_first']:.3f}x {first}", flush=True)
     out["device_state"] = recorder.stop(frames=0)
     out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     print(f"load average {out['machine'].get('load_average_1m')} at start, {out['load_average_1m_end']} at end")
