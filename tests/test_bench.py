@@ -297,6 +297,28 @@ def _benchmarks_module(name):
     return importlib.import_module(name)
 
 
+def test_graph_step_alternates_rounds_in_rotating_order_and_pauses_only_when_spinning(monkeypatch):
+    import types
+
+    graph_step = _benchmarks_module("graph_step")
+    compare = _benchmarks_module("compare")
+    calls, pauses = [], []
+    speed = {"a": 2.0, "b": 1.0, "c": 3.0}  # ms a step; b is twice as fast as a in every round
+
+    def stepper(path, past, threads, spinning, head_dim):
+        return lambda n: calls.append(path) or [speed[path]] * n
+
+    monkeypatch.setattr(graph_step, "_stepper", stepper)
+    monkeypatch.setattr(graph_step.time, "sleep", pauses.append)
+    args = types.SimpleNamespace(past=140, threads=2, head_dim=64, rounds=3, repeats=4)
+    out = graph_step.time_graphs({"a": "a", "b": "b", "c": "c"}, args, spinning=False)
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"] and pauses == []
+    assert out["b"]["ratio_vs_first"] == 0.5 and out["c"]["ratio_vs_first"] == 1.5
+    assert out["a"]["repeats"] == 12 and out["a"]["round_medians_ms"] == [2.0, 2.0, 2.0]
+    graph_step.time_graphs({"a": "a", "b": "b"}, args, spinning=True)
+    assert pauses == [compare.SPIN_PAUSE_S] * 6  # one after each graph's turn
+
+
 def test_first_step_pairs_each_past_input_with_its_present_output():
     first_step = _benchmarks_module("first_step")
 
