@@ -91,8 +91,11 @@ def wrap_genai_model(builder_dir, out_dir, embed_tokens_npy, *, image_pad: int, 
 
 def set_session_options(model_dir, threads: int | None, *, spinning: bool = False) -> None:
     """Give genai's sessions omniad_edge's thread settings: the same intra-op threads, one inter-op thread, and
-    ONNX Runtime's thread spinning off (omniad_edge's backend turns it off). genai passes session_options keys it
-    does not know to ONNX Runtime as session config entries, which is how spinning is set."""
+    ONNX Runtime's thread spinning as omniad_edge sets it (off by default; on: between the ops of a run only,
+    backends.onnxruntime.spin_entries). genai passes session_options keys it does not know to ONNX Runtime as
+    session config entries, which is how spinning is set."""
+    from omniad_edge.backends.onnxruntime import spin_entries
+
     path = Path(model_dir) / "genai_config.json"
     config = json.loads(path.read_text())
     for section in ("decoder", "embedding", "vision"):
@@ -102,8 +105,7 @@ def set_session_options(model_dir, threads: int | None, *, spinning: bool = Fals
         else:
             options.pop("intra_op_num_threads", None)
         options["inter_op_num_threads"] = 1
-        for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-            options[key] = "1" if spinning else "0"
+        options.update(spin_entries(spinning))
         options.setdefault("log_id", "onnxruntime-genai")
         options.setdefault("provider_options", [])
     path.write_text(json.dumps(config, indent=1))

@@ -404,8 +404,9 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="execution providers: cpu, cuda, tensorrt (default cpu)")
     p.add_argument("--threads", type=_arg_int(0), default=None, help="ONNX Runtime intra-op threads")
     p.add_argument("--spinning", action="store_true",
-                   help="let ONNX Runtime's threads spin between ops (faster on a quiet, dedicated machine; off by "
-                        "default, as spinning threads take cores from everything else)")
+                   help="let the decoder's ONNX Runtime threads spin between the ops of a run (faster on a quiet, "
+                        "dedicated machine; off by default, as spinning threads take cores from everything else "
+                        "while a run lasts)")
     p.add_argument("--max-new-tokens", type=_arg_int(1), default=None, help="default: the Inspector's per mode")
     p.add_argument("--size", type=_arg_int(32), nargs=2, default=(224, 224), metavar=("H", "W"),
                    help="frame size in pixels (default 224 224)")

@@ -157,9 +157,9 @@ def test_native_step_gives_the_python_sessions_results(toy, batch):
 
 
 def test_spinning_reaches_every_session_and_changes_no_result(toy, monkeypatch):
-    """spinning=True is set on the Python decoder session's options and handed to the native session, never on the
-    vision session; the numbers are the same as with spinning off (it changes how threads wait, not what they
-    compute)."""
+    """spinning=True is set on the Python decoder session's options, with the spinning stopped when a run returns,
+    and handed to the native session, never on the vision session; the numbers are the same as with spinning off (it
+    changes how threads wait, not what they compute)."""
     from omniad_edge.backends import onnxruntime as module
     made = []
     real = module._native_module().OrtSession
@@ -175,9 +175,10 @@ def test_spinning_reaches_every_session_and_changes_no_result(toy, monkeypatch):
         entry = backend.session_options.get_session_config_entry("session.intra_op.allow_spinning")
         assert (backend.spinning, entry) == (spinning, "1" if spinning else "0")
         python = OnnxRuntimeBackend(toy, threads=2, native=False, spinning=spinning)
-        spins = {s: s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-                 for s in (python.vision, python.decoder)}
-        assert (spins[python.vision], spins[python.decoder]) == ("0", "1" if spinning else "0")
+        for session, flag in ((python.vision, "0"), (python.decoder, "1" if spinning else "0")):
+            options = session.get_session_options()
+            for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+                assert options.get_session_config_entry(key) == flag, (session, key)
         assert made[-1][-1] is spinning  # the native session's spinning argument
         runs[spinning] = _steps(backend, 1, 6)
     (got, got_cache), (want, want_cache) = runs[True], runs[False]

@@ -425,6 +425,9 @@ def test_genai_wrapper_graphs_do_the_host_embedding(tmp_path):
         options = json.loads((out / "genai_config.json").read_text())["model"][section]["session_options"]
         assert options["intra_op_num_threads"] == 2 and options["inter_op_num_threads"] == 1
         assert options["session.intra_op.allow_spinning"] == options["session.inter_op.allow_spinning"] == "0"
+    genai_wrap.set_session_options(out, 2, spinning=True)  # on: between the ops of a run only, as omniad_edge's
+    options = json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["session_options"]
+    assert options["session.intra_op.allow_spinning"] == options["session.force_spinning_stop"] == "1"
 
     ids = np.array([[1, 6, 7, 7, 2, 7]], np.int64)
     image = -np.arange(3 * 4, dtype=np.float32).reshape(3, 4) - 1  # distinct from every table row

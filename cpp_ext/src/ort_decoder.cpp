@@ -89,9 +89,11 @@ Session::Session(std::shared_ptr<Runtime> runtime, const std::string& model, con
     check(api, api->SetSessionGraphOptimizationLevel(opts, GraphOptimizationLevel(config.optimization)),
           "optimization level");
     check(api, config.mem_pattern ? api->EnableMemPattern(opts) : api->DisableMemPattern(opts), "memory pattern");
+    // spinning between the ops of a run only: the threads sleep once the run returns (backends' spin_entries)
     const char* spin = config.spinning ? "1" : "0";
     check(api, api->AddSessionConfigEntry(opts, "session.intra_op.allow_spinning", spin), "spinning");
     check(api, api->AddSessionConfigEntry(opts, "session.inter_op.allow_spinning", "0"), "spinning");
+    check(api, api->AddSessionConfigEntry(opts, "session.force_spinning_stop", spin), "spinning");
     check(api, api->SetSessionLogSeverityLevel(opts, 3), "log level");
     check(api, api->CreateSession(runtime_->env, model.c_str(), opts, &session_), "loading " + model);
 

@@ -232,15 +232,17 @@ class OnnxRuntimeBackend:
                 "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             }[optimization]
             opts.enable_mem_pattern = mem_pattern
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            for key, value in spin_entries(spin).items():
+                opts.add_session_config_entry(key, value)
             opts.log_severity_level = 3
             return opts
 
-        # Spinning threads steal the CPU from everything else in the process (sampler, preprocessing, the app)
-        # and from other processes, so it is off unless asked for: on a quiet, dedicated machine it makes the
-        # decoder's many small ops faster (docs/BENCHMARKS.md, "Thread spinning"). The vision graph never spins:
-        # its pool's threads would spin on into the prefill that follows and take the cores from it.
+        # Spinning threads take the CPU from everything else in the process (sampler, preprocessing, the app) and
+        # from other processes while a graph runs, so it is off unless asked for: on a quiet, dedicated machine it
+        # makes the decoder's many small, back-to-back ops faster (docs/BENCHMARKS.md, "Thread spinning"). The
+        # threads stop spinning when a run returns (force_spinning_stop), so they never spin on into what follows.
+        # The vision graph never spins: it runs once a frame, after the station's idle gap, and there spinning made
+        # it slower (benchmarks/results/vision-spinning.txt).
         self.spinning = spinning
         # ONNX Runtime keeps a memory pattern per input shape on top of its arena: for the vision graph (a new shape
         # per image size) that doubled the peak from the second call on
@@ -536,6 +538,13 @@ def _binders(ort, io, fast: bool = True):
         io.bind_output(name, "cpu", 0, element_type, shape, address)
 
     return bind_input, bind_output, None
+
+
+def spin_entries(spin: bool) -> dict[str, str]:
+    """ONNX Runtime session config entries for thread spinning: with it on, the intra-op threads spin between the ops
+    of a run and stop when the run returns (the native session sets the same, cpp_ext/src/ort_decoder.cpp)."""
+    return {"session.intra_op.allow_spinning": "1" if spin else "0", "session.inter_op.allow_spinning": "0",
+            "session.force_spinning_stop": "1" if spin else "0"}
 
 
 def missing_contrib_ops(error: str, ops) -> list[str]:
