@@ -264,7 +264,8 @@ class TransformersRunner:
         gc.collect()
 
 
-# ONNX Runtime's spinning threads stop spinning within tens of ms of a run's end; a frame waits longer than that
+# a pause after each frame when spinning: ONNX Runtime's threads stop when a run returns (force_spinning_stop), but
+# PyTorch's OpenMP threads spin on briefly, and without the stop ONNX Runtime's spun on for tens of ms
 SPIN_PAUSE_S = 0.1
 
 

@@ -33,10 +33,13 @@ from omniad_edge import bench, devicestate  # noqa: E402
 def _session(path: str, threads: int, spinning: bool):
     import onnxruntime as ort
 
+    from omniad_edge.backends.onnxruntime import spin_entries
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in spin_entries(spinning).items():  # the backend's spinning settings
+        so.add_session_config_entry(key, value)
     so.log_severity_level = 3
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 

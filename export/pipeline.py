@@ -313,8 +313,7 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
                                  contrib_ops=decoder_contrib_ops(opts.decoder_rotary),
                                  min_onnxruntime=DECODER_ROTARY[opts.decoder_rotary][1])
             if opts.decoder_rotary == "table":
-                decoder_graph["rotary_positions"] = rotary_table_rows(
-                    checkpoint.text.get("max_position_embeddings", 32768))
+                decoder_graph["rotary_positions"] = rotary_table_rows(model_cfg["max_position"])
         if opts.precision == "int4":
             # accuracy_level only exists for MatMulNBits; the qdq form runs at whatever the reading runtime chooses
             int4 = {"format": opts.int4_format, "block_size": opts.int4_block_size, "symmetric": True,
