@@ -110,11 +110,14 @@ class OmniadRunner:
     """omniad_edge.Inspector on the bundle; `row(frame)`: tokens, per-stage ms, ms per decode forward, loop overhead,
     and the exact prompt ids and image embeddings it used (what genai and transformers are fed)."""
 
-    def __init__(self, bundle_dir, tokens: int, threads: int, mode: str, spinning: bool):
+    def __init__(self, bundle_dir, tokens: int, threads: int, mode: str, spinning: bool, speculative: bool = False):
         from omniad_edge import Inspector
 
         self.ins = Inspector(str(bundle_dir), mode=mode, threads=threads, max_new_tokens=tokens,
-                             backend_options={"spinning": spinning})
+                             backend_options={"spinning": spinning}, speculative=speculative)
+        if speculative and not self.ins.options["speculative"]:
+            raise SystemExit(f"{bundle_dir}: the decoder has no draft logits (re-export the bundle)")
+        self.speculative = speculative
         self.mode = mode
         self._seen = {}
         inner = self.ins.generator.generate
@@ -132,9 +135,16 @@ class OmniadRunner:
         r = self.ins.run(frame)
         gen, req = self._seen["generation"], self._seen["request"]
         inside, steps = self.timer.decode_session_ms()
+        if self.speculative:  # every run after the prefill, the ones that check drafts too
+            runs = self.timer.calls[1:]
+            inside, steps = sum(c[2] for c in runs), len(runs)
         t = r.timings
-        speed = bench.decode_speed(t["decode"], gen.forwards)
-        return {"tokens": list(map(int, gen.ids)), "preprocess": t["preprocess"], "vision": t["vision"],
+        # speculative: per token a plain loop runs a forward for (each sampled after the first, eos included), the
+        # denominator the other runtimes' forwards are; the runs it took are kept beside
+        tokens = len(gen.ids) - (gen.finish_reason != "eos")
+        speed = bench.decode_speed(t["decode"], tokens if self.speculative else gen.forwards)
+        return {"tokens": list(map(int, gen.ids)), "runs": gen.forwards, "accepted_drafts": gen.accepted_drafts,
+                "preprocess": t["preprocess"], "vision": t["vision"],
                 "prefill": t["prefill"], "decode": t["decode"], "postprocess": t["postprocess"], "total": t["total"],
                 "forwards": gen.forwards, "decode_per_step": speed and speed["ms_per_token"],
                 "session_per_step": inside / max(1, steps),
@@ -338,8 +348,10 @@ def _span(values) -> str:
 
 def markdown(res: dict) -> str:
     s, m = res["summary"], res["machine"]
+    spec = res["options"].get("speculative")
     title = {"preprocess": "preprocess", "vision": "vision", "prefill": "prefill (prompt)",
-             "decode_per_step": "decode / token (one forward)", "total": f"end to end ({res['options']['mode']})"}
+             "decode_per_step": "decode / token (" + ("omniad_edge speculative" if spec else "one forward") + ")",
+             "total": f"end to end ({res['options']['mode']})"}
     rows = []
     for k, v in s["stages_ms"].items():
         rows.append([title[k], v["transformers"], v["onnxruntime_genai"], v["omniad_edge"],
@@ -370,8 +382,13 @@ def markdown(res: dict) -> str:
         lines.append(f"- prefix cache (1 reference image, prefix {p['cached']['prefix_tokens']} of "
                      f"{p['cached']['prompt_tokens']} tokens): prefill {p['uncached']['prefill_ms']:.1f} -> "
                      f"{p['cached']['prefill_ms']:.1f} ms")
-    lines.append(f"- omniad_edge decode step: {s['session_per_step_ms']:.2f} ms inside the decoder session, loop "
-                 f"overhead {s['loop_overhead_pct']:.2f}% of the step")
+    lines.append(f"- omniad_edge decode {'run' if spec else 'step'}: {s['session_per_step_ms']:.2f} ms inside the "
+                 f"decoder session, loop overhead {s['loop_overhead_pct']:.2f}% of the decode phase")
+    if spec:
+        timed = kept(res["omniad"]["rows"], "runs")
+        lines.append(f"- omniad_edge speculative: {sum(timed)} decoder runs for "
+                     f"{sum(len(r['tokens']) for r in res['omniad']['rows'] if not r['warmup'])} tokens over the "
+                     f"timed frames; median {median(timed)} runs a frame")
     lines += devicestate.describe(res["device_state"]) if "device_state" in res else []
     lines.append(f"- machine: {m['cpu']}, {m['usable_cores']} cores usable, {m.get('memory_gib')} GiB, load "
                  f"{m.get('load_average_1m')} at start, {m.get('load_average_1m_end', '?')} at end (shared machine); "
@@ -398,6 +415,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip", nargs="*", default=[], choices=["transformers", "genai", "prefix", "roofline"])
     p.add_argument("--bundle", default=None, help="bundle folder under MODELS_DIR (default bundle-PRECISION)")
     p.add_argument("--genai", default=None, help="genai model folder under MODELS_DIR (default genai-PRECISION)")
+    p.add_argument("--speculative", action="store_true",
+                   help="omniad_edge decodes speculatively (Inspector(speculative=True)); its drafter learns from "
+                        "--draft-warmup other test frames first; decode / token is then per token, not per run")
+    p.add_argument("--draft-warmup", type=int, default=100)
     p.add_argument("--genai-own-tokens", action="store_true",
                    help="if only genai's tokens differ, keep its free-running timings over its own tokens")
     p.add_argument("--e2e-target", type=float, default=None,
@@ -424,9 +445,20 @@ def main(argv=None) -> int:
            "options": vars(args), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "notes": []}
     log("omniad_edge")
     stop = mask_closed_checker(bundle, manifest) if args.mode == "detect" else None
-    omniad = OmniadRunner(bundle, args.tokens, args.threads, args.mode, args.spinning)
+    omniad = OmniadRunner(bundle, args.tokens, args.threads, args.mode, args.spinning, args.speculative)
     # the first pass records what the other runtimes are fed (and is the timed one when genai is skipped)
     rows = [omniad.row(f, i < args.warmup) for i, f in enumerate(frames)]
+    if args.speculative:
+        # the drafter must not have seen the timed frames' outputs: it forgets the first pass and learns from other
+        # test frames, as a station's drafter has learned from the frames before
+        if "roofline" not in args.skip:
+            args.skip.append("roofline")  # a bound per forward says nothing of runs that carry several tokens
+        omniad.ins.generator.drafter.clear()
+        for f in frames_for(args.draft_warmup, args.size, seed=10_000):
+            omniad.ins.run(f)
+        res["notes"].append(f"omniad_edge decodes speculatively: its drafter learned from {args.draft_warmup} other "
+                            "test frames (not the timed ones, whose first-pass outputs it forgot); its decode / token "
+                            "is per token a plain loop runs a forward for (the runs it took: column runs in the JSON)")
     results = {"omniad": {"rows": rows, "info": omniad.info()}}
     res["prompt_tokens"] = int(len(rows[0]["prompt_ids"]))
     runners = {}  # the other runtimes, each a function of (frame, omniad_edge's first-pass row) -> its row
@@ -447,7 +479,8 @@ def main(argv=None) -> int:
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
                             "table; its prefill also computes logits for every prompt position (its graph's "
-                            "output), omniad_edge's only for the last. Its sessions get the same intra-op threads "
+                            "output), omniad_edge's for the last 16 (draft logits) or 1 (older bundles). Its sessions get the same "
+                            "intra-op threads "
                             f"({args.threads}) and ONNX Runtime's thread spinning "
                             f"{'on' if args.spinning else 'off'}, as omniad_edge's")
     if "transformers" not in args.skip:

@@ -15,7 +15,11 @@ import torch
 from torch import nn
 
 __all__ = ["VisionGraph", "DecoderGraph", "FusedDecoderGraph", "rms_norm", "DECODER_CONTRIB_OPS", "DECODER_ROTARY",
-           "decoder_contrib_ops", "rotary_table_rows"]
+           "decoder_contrib_ops", "rotary_table_rows", "DRAFT_POSITIONS"]
+
+# Positions before the last whose logits the decoder also returns (the draft_logits output): the drafted tokens one run
+# can verify. A prefill pays this many extra lm_head rows; a one-token step pays nothing.
+DRAFT_POSITIONS = 15
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -221,11 +225,19 @@ class VisionGraph(nn.Module):
         return self.merger.mlp(h.reshape(n // self.unit, -1)).float()
 
 
+def _head(lm_head, tail):
+    """(logits of the last position, logits of the positions before it) from the tail's normed hidden states."""
+    # the sequence axis stays: a 2-D input would export lm_head as Gemm, which the quantizers skip
+    logits = lm_head(tail).float()
+    return logits[:, -1, :], logits[:, :-1, :]
+
+
 class DecoderGraph(nn.Module):
     """Language model step over host embeddings and a host-managed BSHD KV cache (DESIGN.md, decoder graph).
 
-    forward(inputs_embeds, position_ids, attention_mask, past) -> (logits of the last position, new k/v per layer)
-    with past = (past_key.0, past_value.0, past_key.1, ...). `weights`: as for VisionGraph.
+    forward(inputs_embeds, position_ids, attention_mask, past) -> (logits of the last position, new k/v per layer,
+    logits of up to DRAFT_POSITIONS positions before the last) with past = (past_key.0, past_value.0, past_key.1, ...).
+    `weights`: as for VisionGraph.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, weights: str = "copy"):
@@ -290,10 +302,9 @@ class DecoderGraph(nn.Module):
             x = x + attn.o_proj(out).float()
             h = rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
             x = x + layer.mlp(h.to(self.dtype)).float()
-        # keep the sequence axis: a 2-D input would export lm_head as Gemm, which the quantizers skip
-        last = rms_norm(x[:, -1:, :], self.norm_weight, self.norm_eps).to(self.dtype)
-        logits = self.lm_head(last)[:, 0, :].float()
-        return (logits, *new_kv)
+        tail = rms_norm(x[:, -(DRAFT_POSITIONS + 1):, :], self.norm_weight, self.norm_eps)
+        logits, draft = _head(self.lm_head, tail.to(self.dtype))
+        return (logits, *new_kv, draft)
 
 
 # ONNX Runtime's own ops the fused decoder needs (besides MatMulNBits in int4 bundles); the manifest lists them
@@ -447,6 +458,5 @@ class FusedDecoderGraph(DecoderGraph):
                 h, x = self._skip_norm(m, x, norm.weight, norm.variance_epsilon)
             else:
                 h, _ = self._skip_norm(m, x, self.norm_weight, self.norm_eps)
-        # keep the sequence axis: a 2-D input would export lm_head as Gemm, which the quantizers skip
-        logits = self.lm_head(h[:, -1:, :].to(self.dtype))[:, 0, :].float()
-        return (logits, *present)
+        logits, draft = _head(self.lm_head, h[:, -(DRAFT_POSITIONS + 1):, :].to(self.dtype))
+        return (logits, *present, draft)

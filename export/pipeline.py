@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from omniad_edge.contract import (DECODER_INPUTS, LOGITS, TARGETS, VISION_OUTPUT, decoder_input_names,
+from omniad_edge.contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, TARGETS, VISION_OUTPUT, decoder_input_names,
                                   decoder_output_names)
 from omniad_edge.errors import ExportError
 
@@ -173,14 +173,14 @@ def _export_decoder(model, model_cfg, dtype, opts, log, path, threshold, packed:
             (torch.arange(s) + p).view(1, 1, s).expand(3, b, s).contiguous(),
             torch.ones(b, p + s, dtype=torch.long), past)
     in_names = decoder_input_names(layers)
-    out_names = decoder_output_names(layers, "BNSH" if fused else "BSHD")
+    out_names = decoder_output_names(layers, "BNSH" if fused else "BSHD", draft=True)
     embeds, positions, mask = DECODER_INPUTS
     dims = {embeds: {0: "batch", 1: "seq"}, positions: {1: "batch", 2: "seq"}, mask: {0: "batch", 1: "total"},
-            LOGITS: {0: "batch"}}
+            LOGITS: {0: "batch"}, DRAFT_LOGITS: {0: "batch", 1: "drafts"}}
     # fused: past and present are the same (B, KV, capacity, hd) buffer when bound as the contract says
     dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "past"}
                  for n in in_names[len(DECODER_INPUTS):]})
-    dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "seq"} for n in out_names[1:]})
+    dims.update({n: {0: "batch", 2: "capacity"} if fused else {0: "batch", 1: "seq"} for n in out_names[1:-1]})
     try:
         return export_graph(graph, args, in_names, out_names, dims, path, opts.prefer_dynamo, log, threshold,
                             fallback=None if fused else "legacy")
@@ -305,7 +305,10 @@ def export_bundle(checkpoint_dir, out_dir, options: ExportOptions | None = None,
         for graph, source in pending.items():
             _convert_weights(source, tmp / f"{graph}.onnx", precisions[graph], opts, log)
         shutil.rmtree(scratch, ignore_errors=True)
-        decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision}
+        from .graphs import DRAFT_POSITIONS
+
+        decoder_graph = {"path": "decoder.onnx", "kv_layout": "BSHD", "precision": opts.precision,
+                         "draft_logits": DRAFT_POSITIONS}
         if opts.target == "ort":
             from .graphs import DECODER_ROTARY, decoder_contrib_ops, rotary_table_rows
 

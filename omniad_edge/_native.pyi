@@ -74,7 +74,8 @@ class DecodeStep:
     def run(self, embeds: npt.NDArray[np.float32], positions: npt.NDArray[np.int64],
             attention_mask: npt.NDArray[np.int64], past: int) -> None: ...
     def feed(self, table: npt.NDArray[np.float32] | npt.NDArray[np.float16], ids: npt.NDArray[np.int64],
-             next_pos: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], length: int) -> None: ...
+             next_pos: npt.NDArray[np.int64], mask: npt.NDArray[np.int64], length: int,
+             draft: npt.NDArray[np.float32] | None = None) -> None: ...
     def prepare(self, sampler: Sampler, rng: Rng | None, eos: npt.NDArray[np.int64], pad: int, max_new: int,
                 score_target: npt.NDArray[np.int64], finish: npt.NDArray[np.uint8], generated: npt.NDArray[np.int64],
                 score_pos: npt.NDArray[np.int64], score_logp: npt.NDArray[np.float64],

@@ -26,13 +26,19 @@ ADAPT_HINT = ("the adapt command needs the training extra (torch, transformers, 
 ADAPT_NEEDS = ("torch", "transformers", "onnx", "onnxscript", "tqdm")
 
 
+def _speculative_flag(p) -> None:
+    p.add_argument("--speculative", action="store_true",
+                   help="explain mode: draft the text from earlier outputs and check drafts in one decoder run "
+                        "(greedy; scores may differ in the last float digits: Inspector(speculative=True))")
+
+
 def _inspect(args) -> int:
     from .inspector import Inspector
     from .visualize import save_overlay
 
     inspector = Inspector(args.engine, mode=args.mode, reference=args.reference or None, constrain=args.constrain,
                           max_new_tokens=args.max_new_tokens, threads=args.threads, providers=args.providers,
-                          allow_fallback=args.allow_fallback)
+                          allow_fallback=args.allow_fallback, speculative=args.speculative)
     results, failures = [], 0
     for image in args.images:
         try:
@@ -75,7 +81,7 @@ def _watch(args) -> int:
         with open_source(args.source, policy=args.policy, fps=args.fps, follow=args.follow,
                          idle_timeout=args.idle_timeout) as source:
             inspector = Inspector(args.engine, mode=args.mode, threads=args.threads,
-                                  max_new_tokens=args.max_new_tokens)
+                                  max_new_tokens=args.max_new_tokens, speculative=args.speculative)
             summary = watch(inspector, source, lambda line: _print_watch_line(line, args.json_lines),
                             overlay_dir=args.overlay_dir)
     except KeyboardInterrupt:
@@ -181,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["detect", "explain"], default="detect")
     p.add_argument("--reference", nargs="*", default=None, help="normal sample images shown before every query")
     p.add_argument("--constrain", action="store_true", help="constrain the output to the bundle's grammar")
+    _speculative_flag(p)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: its own)")
     p.add_argument("--providers", nargs="*", default=None, help="cpu, cuda, tensorrt (default: cpu)")
@@ -200,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=["every", "latest"], default="every",
                    help="every frame (default), or only the newest when inspection falls behind (drops counted)")
     p.add_argument("--follow", action="store_true", help="folder: keep watching for new images")
+    _speculative_flag(p)
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="with --follow: stop after this many seconds without a new image")
     p.add_argument("--json-lines", action="store_true", help="one JSON object per frame on stdout "

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
-           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "past_names",
-           "new_names", "present_names", "decoder_input_names", "decoder_output_names", "TARGETS", "bundle_target",
-           "KV_LAYOUTS", "decoder_kv_layout", "REFINE_INPUT", "REFINE_OUTPUT", "OUTPUT_SECTIONS", "output_blocks",
-           "MAX_ASPECT"]
+           "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "DRAFT_LOGITS",
+           "past_names", "new_names", "present_names", "decoder_input_names", "decoder_output_names", "TARGETS",
+           "bundle_target", "KV_LAYOUTS", "decoder_kv_layout", "REFINE_INPUT", "REFINE_OUTPUT", "OUTPUT_SECTIONS",
+           "output_blocks", "MAX_ASPECT"]
 
 # Qwen2-VL / Qwen2.5-VL image processors refuse frames with an aspect ratio above this; frame.py, preprocess.py and
 # the TensorRT vision profile (the most windows a frame can span) all rely on it.
@@ -78,6 +78,9 @@ def vision_input_names(manifest: Mapping) -> tuple[str, ...]:
 #         same buffer, which the graph (GroupQueryAttention) updates in place at slots [T - S, T).
 DECODER_INPUTS = ("inputs_embeds", "position_ids", "attention_mask")
 LOGITS = "logits"
+# Optional last output (graphs.decoder.draft_logits = D): the logits of up to D positions before the last, so a run that
+# feeds a token and D drafted ones can check every draft (generate.py, speculative decoding); empty for one-token steps.
+DRAFT_LOGITS = "draft_logits"
 KV_LAYOUTS = ("BSHD", "BNSH")
 
 
@@ -105,10 +108,11 @@ def decoder_input_names(num_layers: int) -> list[str]:
     return [*DECODER_INPUTS, *(name for i in range(num_layers) for name in past_names(i))]
 
 
-def decoder_output_names(num_layers: int, kv_layout: str = "BSHD") -> list[str]:
-    """All decoder outputs in graph order: logits, then new (BSHD) or present (BNSH) key and value of layer 0, 1, ..."""
+def decoder_output_names(num_layers: int, kv_layout: str = "BSHD", draft: bool = False) -> list[str]:
+    """All decoder outputs in graph order: logits, then new (BSHD) or present (BNSH) key and value of layer 0, 1, ...,
+    then draft_logits when the graph has it (manifest graphs.decoder.draft_logits)."""
     names = present_names if kv_layout == "BNSH" else new_names
-    return [LOGITS, *(name for i in range(num_layers) for name in names(i))]
+    return [LOGITS, *(name for i in range(num_layers) for name in names(i))] + ([DRAFT_LOGITS] if draft else [])
 
 
 # Refine (optional, graphs.refine): the frame and the coarse mask -> pixel logits (omniad_edge/refine.py).

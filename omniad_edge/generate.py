@@ -20,6 +20,12 @@ Python. What stays in Python per token, and why: grammar rows (llguidance's matc
 could call), a stream callback (the caller's Python code), a repetition penalty (the previous-ids matrix) and a
 pending answer probe (one step, then the loop goes native).
 
+Speculative decoding (`_speculate`, with a drafter such as drafting.NgramDrafter and a decoder that returns draft
+logits): each run feeds the token just taken and a guess of the tokens after it; the run's logits at every position
+give the model's own greedy picks, taken one by one through `_accept` while they equal the guess, and the cache is cut
+back to the tokens taken (slots past the length are rewritten by the next run). Only where it is exact: greedy, batch
+1, no grammar, no repetition penalty; the native loop is not used then (each pick needs the drafter's answer).
+
 Score: the probability that the model writes the empty mask, P(E) with E = tokens of open_tag + encode(empty
 grid), accumulated from the same logits the decoder samples from while the output follows E. When the output
 leaves E at step j, the score uses P(E[:j+1]) (the model's probability of staying on the empty text there), an upper
@@ -66,8 +72,10 @@ class Generation:
     score: float | None
     prompt_tokens: int
     timings: dict[str, float] = field(default_factory=dict)  # ms: prefill, decode
-    forwards: int = 0  # decoder runs after the prefill (forced-token runs count once)
+    forwards: int = 0  # decoder runs after the prefill (forced-token and draft-checking runs count once)
     forced_tokens: int = 0
+    drafted_tokens: int = 0  # tokens drafted into runs (speculative decoding) ...
+    accepted_drafts: int = 0  # ... and those the model's own greedy pick confirmed
     answer_score: float | None = None  # answer-only models: P(anomalous answer) where the answer starts
 
 
@@ -191,6 +199,8 @@ class _Call:
     done: tuple | None = None  # (state, steps, forwards) of a native loop that ended the call, not yet read back
     forwards: int = 0
     forced: int = 0
+    drafted: int = 0
+    accepted: int = 0
 
 
 @dataclass
@@ -220,7 +230,7 @@ class Generator:
 
     def __init__(self, backend, bundle, tokenizer, sampler, *, empty_mask_ids: Sequence[int] = (),
                  mask_stream_factory: Callable[[], object] | None = None, prefix_cache: bool = True,
-                 needs_previous: bool = False, answer_probe: AnswerProbe | None = None):
+                 needs_previous: bool = False, answer_probe: AnswerProbe | None = None, drafter=None):
         from .sampling import log_softmax_at
 
         self.backend = backend
@@ -244,6 +254,9 @@ class Generator:
         self.prefix_cache = prefix_cache
         self.needs_previous = needs_previous  # repetition penalty: the sampler needs the generated ids
         self.forced_runs = True  # feed grammar-forced tokens as one multi-token forward (batch 1)
+        # speculative decoding (drafting.NgramDrafter): used where the decoder returns draft logits (an export
+        # with the draft_logits output) and the call is greedy, batch 1 and without grammar (_speculative)
+        self.drafter = drafter if getattr(backend, "draft_positions", 0) > 0 else None
         # Held by every call when the backend cannot run calls at once; the Inspector takes it around vision too.
         self.exclusive = nullcontext() if getattr(backend, "concurrent", False) else threading.RLock()
         self._lock = threading.Lock()  # guards the pool
@@ -344,6 +357,9 @@ class Generator:
             read_back_ms = (time.perf_counter() - t_read) * 1e3
         finally:
             self._checkin(batch, slot)
+        if self.drafter is not None:
+            for row in call.rows:
+                self.drafter.learn(row.generated)
         texts = []
         for row in call.rows:
             if row.detok is None:
@@ -361,7 +377,8 @@ class Generator:
                            timings={"prefill": prefill_ms, "decode": decode_ms, "generate": total_ms,
                                     "prefix": prefix_ms, "prefix_len": float(prefix_len),
                                     "read_back": read_back_ms},
-                           forwards=call.forwards, forced_tokens=call.forced)
+                           forwards=call.forwards, forced_tokens=call.forced, drafted_tokens=call.drafted,
+                           accepted_drafts=call.accepted)
                 for row, text, n in zip(call.rows, texts, lengths)]
 
     def _embeddings(self, request: Request) -> np.ndarray:
@@ -408,7 +425,7 @@ class Generator:
                      max_new_tokens=max_new_tokens, emit=emit, rng=rng,
                      step_pos=np.empty((3, batch, 1), np.int64),
                      native=None if self._native_step is None else self._native_step(cache))
-        if call.native is not None and self._native_ready(call):
+        if call.native is not None and not self._speculative(call) and self._native_ready(call):
             # every row can run native from its first token: the loop is bound now, so the decode phase starts with
             # one argument-free native call (right after the prefill's run Python runs with cold caches)
             self._prepare_loop(call, max(lengths))  # the cache length after the prefill
@@ -430,6 +447,9 @@ class Generator:
 
     def _decode(self, call: _Call, logits: np.ndarray) -> None:
         """Sample, feed the tokens back, until every row has finished."""
+        if self._speculative(call):
+            self._speculate(call, logits)
+            return
         sampled = None  # ids the native loop sampled for a step it handed back
         if call.loop is not None:  # prepared in _start: every row runs native from its first token
             sampled = self._native_loop(call, logits)
@@ -494,6 +514,63 @@ class Generator:
                     row.finish = row.finish or "length"
                 return
             logits = self._feed_tokens(call, run)
+
+    def _speculative(self, call: _Call) -> bool:
+        """Drafts can be checked exactly: greedy picks, one row, no grammar or repetition penalty (whose state a
+        rejected draft would have to undo)."""
+        return (self.drafter is not None and len(call.rows) == 1 and call.rng is None and self.sampler.greedy
+                and not self.needs_previous and call.rows[0].constraint is None)
+
+    def _speculate(self, call: _Call, logits: np.ndarray) -> None:
+        """The decode phase with drafts: each run feeds the token just taken and the drafter's guess of what
+        follows; its logits at every position give the model's own greedy picks, which are taken while they equal
+        the draft. The cache is then cut back to the tokens taken, so the text is the one plain decoding writes
+        (up to float rounding between a one-token and a multi-token run, as between thread counts)."""
+        row = call.rows[0]
+        room = int(self.backend.draft_positions)
+        drafts: list[int] = []
+        picks = [logits]  # logits rows to take tokens from, in order: one per draft, then the run's last
+        while True:
+            for i, pick in enumerate(picks):
+                token = self._take(call, row, pick)
+                confirmed = i < len(drafts) and token == drafts[i]
+                call.accepted += confirmed
+                if row.finish:
+                    return
+                if not confirmed:
+                    break
+            unused = len(drafts) - i  # the run's entries after the last token taken
+            if unused:
+                call.length -= unused
+                call.mask[:, call.length:call.length + unused] = 0
+                call.next_pos -= unused
+            budget = min(room, call.max_new_tokens - len(row.generated) - 1,
+                         call.cache.max_len - call.length - 1)
+            if budget < 0:  # no slot left for even the token taken
+                row.finish = "length"
+                return
+            drafts = self.drafter.draft(row.generated, budget)
+            call.drafted += len(drafts)
+            run = np.asarray([[token, *drafts]], np.int64)
+            if drafts:
+                draft = np.empty((1, len(drafts), int(logits.shape[1])), np.float32)
+                last = self._feed_tokens(call, run, draft)
+                picks = [draft[0, j:j + 1] for j in range(len(drafts))] + [last]
+            else:
+                picks = [self._feed_tokens(call, run)]
+
+    def _take(self, call: _Call, row: _Row, logits: np.ndarray) -> int:
+        """One greedy token from logits (1, vocab) for a batch-1 row, with its score and answer probe (as in
+        `_decode`), appended by `_accept`."""
+        token = int(self.sampler.sample_ids(logits, rng=call.rng)[0])
+        target = row.score.expected()
+        logp = None
+        if target is not None:
+            logp = float(self._log_softmax_at(logits, np.array([target], np.int64))[0])
+        if row.answer is not None and row.answer.due(row.generated):
+            row.answer.observe(logits[0])
+        self._accept(call, row, token, logp, True)
+        return token
 
     def _native_ready(self, call: _Call) -> bool:
         """No row needs Python per token from here on (what `_accept` would do beyond score, eos, the Text-as-Mask
@@ -620,11 +697,12 @@ class Generator:
             row.finish = "length"
         return True
 
-    def _feed_tokens(self, call: _Call, ids: np.ndarray) -> np.ndarray:
-        """Token ids (batch, s) at each row's next positions -> logits after the last of them."""
+    def _feed_tokens(self, call: _Call, ids: np.ndarray, draft: np.ndarray | None = None) -> np.ndarray:
+        """Token ids (batch, s) at each row's next positions -> logits after the last of them; draft
+        (batch, s - 1, vocab) receives the logits after each of the others."""
         batch, s = ids.shape
         if call.native is not None:
-            return self._feed_native(call, np.ascontiguousarray(ids, np.int64))
+            return self._feed_native(call, np.ascontiguousarray(ids, np.int64), draft)
         hidden = self._table.shape[1]
         if batch * s == 1:  # the common step: a view of one table row, no gather
             token = int(ids[0, 0])
@@ -640,27 +718,35 @@ class Generator:
             positions = np.empty((3, batch, s), np.int64)
             positions[:] = call.next_pos[:, None] + np.arange(s)
         call.mask[:, call.length:call.length + s] = 1
-        logits = self._forward(call, embeds, positions)
+        logits = self._forward(call, embeds, positions, draft)
         call.next_pos += s
         call.forwards += 1
         return logits
 
-    def _feed_native(self, call: _Call, ids: np.ndarray) -> np.ndarray:
+    def _feed_native(self, call: _Call, ids: np.ndarray, draft: np.ndarray | None = None) -> np.ndarray:
         """_feed_tokens through the compiled step: embeddings, positions, mask and the run in one native call."""
         hook = getattr(self.backend, "on_forward", None)
         started = time.perf_counter() if hook is not None else 0.0
         step = call.native
-        step.feed(self._table, ids, call.next_pos, call.mask, call.length)
+        if draft is None:
+            step.feed(self._table, ids, call.next_pos, call.mask, call.length)
+        else:
+            step.feed(self._table, ids, call.next_pos, call.mask, call.length, draft)
         call.length += ids.shape[1]
         call.forwards += 1
         if hook is not None:
             hook(ids.shape[1], time.perf_counter() - started, step.last_run_ns * 1e-9)
         return step.logits
 
-    def _forward(self, call: _Call, embeds: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def _forward(self, call: _Call, embeds: np.ndarray, positions: np.ndarray,
+                 draft: np.ndarray | None = None) -> np.ndarray:
         """One decoder run on the call's cache at its current length; the cache length advances."""
         s = embeds.shape[1]
-        logits = self.backend.forward(embeds, positions, call.mask[:, :call.length + s], call.cache, call.length)
+        mask = call.mask[:, :call.length + s]
+        if draft is None:  # backends without draft logits take the five arguments only
+            logits = self.backend.forward(embeds, positions, mask, call.cache, call.length)
+        else:
+            logits = self.backend.forward(embeds, positions, mask, call.cache, call.length, draft)
         call.length += s
         return logits
 

@@ -82,6 +82,14 @@ class Inspector:
         inspected in batches and merged into frame coordinates (omniad_edge.tiling); None (default): no tiling.
     refine: the mask refinement stage (omniad_edge.refine): None (default) runs it when the bundle has a refine
         graph, True requires one, False keeps the grid's mask.
+    speculative: draft the output from the station's earlier outputs and check the drafts in one decoder run
+        (omniad_edge.drafting): the same text in fewer runs. Used in explain mode where it is exact (greedy,
+        unconstrained, one frame per call) and the bundle's decoder returns draft logits (manifest
+        graphs.decoder.draft_logits); elsewhere plain decoding runs. Detect mode stays plain: its few tokens (the
+        mask) vary from frame to frame, and the native token loop, which speculation gives up, was faster there
+        (benchmarks/results/compare-reference-fp32-detect-speculative.md). Off by default: a checked draft's logits come from a longer run, so scores
+        can differ from plain decoding's in the last float digits, and depend on what earlier frames wrote
+        (greedy text too, at a near-tie); plain decoding gives a frame the same result whatever ran before.
 
     Lifecycle: `close()` (or `with Inspector(...) as inspector:`) waits for calls in flight, then releases the
     backend; any later call raises InspectorClosedError. Thread-safe: see the module docstring.
@@ -93,7 +101,7 @@ class Inspector:
                  repetition_penalty: float = 1.0, backend: str = "onnxruntime", allow_fallback: bool = False,
                  optimization: str = "all", prefix_cache: bool = True, verify: bool = True, color: str = "rgb",
                  smooth_mask: bool = False, backend_options: dict | None = None, warmup: bool = False,
-                 tiles=None, tile_overlap: float = 0.125, refine: bool | None = None):
+                 tiles=None, tile_overlap: float = 0.125, refine: bool | None = None, speculative: bool = False):
         if mode not in MODES:
             raise InspectorError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
@@ -102,6 +110,7 @@ class Inspector:
             raise InspectorError(f"color must be 'rgb' or 'bgr', got {color!r}")
         from . import tam
         from .backends import create_backend
+        from .drafting import NgramDrafter
         from .sampling import Sampler
 
         self.bundle: Bundle = load_bundle(engine, verify=verify)
@@ -142,7 +151,8 @@ class Inspector:
                                    empty_mask_ids=self._empty_mask_ids(output),
                                    mask_stream_factory=self.codec.stream if self.codec else None,
                                    prefix_cache=prefix_cache, needs_previous=repetition_penalty != 1.0,
-                                   answer_probe=self.answer_probe)
+                                   answer_probe=self.answer_probe,
+                                   drafter=NgramDrafter() if speculative and mode == "explain" else None)
         self.grammar = None
         if constrain:
             from .grammar import OutputGrammar
@@ -154,7 +164,8 @@ class Inspector:
                         "repetition_penalty": repetition_penalty, "seed": seed, "threads": threads,
                         "backend": backend, "prefix_cache": prefix_cache, "bundle": self.bundle.name,
                         "tiles": list(tiles) if isinstance(tiles, tuple) else tiles,
-                        "refine": self.refiner is not None}
+                        "refine": self.refiner is not None,
+                        "speculative": self.generator.drafter is not None}
         self._references = _References(0, ())
         self._state = threading.Condition()  # guards _closed and _busy (calls in flight)
         self._closed = False

@@ -175,3 +175,22 @@ def test_a_backend_that_is_not_concurrent_gets_one_call_at_a_time(tiny_bundle, m
     with ThreadPoolExecutor(THREADS) as pool:
         got = list(pool.map(lambda f: _key(ins.run(f)), frames * 2))
     assert got == serial * 2 and most[0] == 1
+
+
+def test_speculative_decoding_under_threads_writes_the_serial_text():
+    """One speculative Inspector on 8 threads: the drafter learns from all of them at once (one lock), and every call
+    writes the text it writes alone; its score may move in the last float digits with the drafts it was given."""
+    from omniad_edge import Inspector
+    from omniad_edge.synth import make_sample
+
+    frames = [make_sample(i, anomalous=i % 2 == 1).image for i in range(6)]
+    ins = Inspector(mode="explain", threads=1, speculative=True)
+    serial = [ins.run(f) for f in frames]
+    order = list(range(len(frames))) * 4
+    random.Random(1).shuffle(order)
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = list(pool.map(lambda i: (i, ins.run(frames[i])), order))
+    for i, got in results:
+        assert (got.text, got.is_anomalous, got.finish_reason) == (serial[i].text, serial[i].is_anomalous,
+                                                                   serial[i].finish_reason)
+        assert got.anomaly_probability == pytest.approx(serial[i].anomaly_probability, abs=1e-5)

@@ -29,6 +29,8 @@ def test_decoder_names_in_graph_order():
     assert contract.decoder_input_names(2) == ["inputs_embeds", "position_ids", "attention_mask", "past_key.0",
                                                "past_value.0", "past_key.1", "past_value.1"]
     assert contract.decoder_output_names(1) == ["logits", "new_key.0", "new_value.0"]
+    assert contract.decoder_output_names(1, "BNSH", draft=True) == ["logits", "present_key.0", "present_value.0",
+                                                                    "draft_logits"]
     assert contract.decoder_input_names(0) == list(contract.DECODER_INPUTS)
 
 
@@ -56,5 +58,6 @@ def test_the_embedded_bundle_follows_the_contract():
     assert [i.name for i in decoder.get_inputs()] == contract.decoder_input_names(layers)
     # the shipped bundle is a --target ort one: the fused decoder's BNSH buffers come back as present_*
     assert contract.decoder_kv_layout(b.manifest) == "BNSH"
-    assert [o.name for o in decoder.get_outputs()] == contract.decoder_output_names(layers, "BNSH")
+    assert [o.name for o in decoder.get_outputs()] == contract.decoder_output_names(layers, "BNSH", draft=True)
+    assert b.graphs["decoder"]["draft_logits"] == 15
     assert set(b.output["order"]) <= set(contract.OUTPUT_SECTIONS) and set(b.output["tags"]) == set(b.output["order"])

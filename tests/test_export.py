@@ -143,7 +143,9 @@ def test_graph_io_follows_design(request, target):
     assert [i.name for i in decoder.get_inputs()] == names
     kv_out = "present" if target == "ort" else "new"
     assert [o.name for o in decoder.get_outputs()] == ["logits"] + [
-        f"{kv_out}_{kv}.{i}" for i in range(layers) for kv in ("key", "value")]
+        f"{kv_out}_{kv}.{i}" for i in range(layers) for kv in ("key", "value")] + ["draft_logits"]
+    assert decoder.get_outputs()[-1].shape == ["batch", "drafts", m["model"]["vocab_size"]]
+    assert m["graphs"]["decoder"]["draft_logits"] == 15
     shapes = {i.name: i.shape for i in decoder.get_inputs()}
     heads, hd = m["model"]["num_key_value_heads"], m["model"]["head_dim"]
     if target == "ort":  # BNSH, past and present the same buffer of any capacity
@@ -844,3 +846,46 @@ def test_dynamo_failure_falls_back_to_legacy_and_says_why(tiny_checkpoint, tiny_
     b = dynamo.generate([dynamo.prompt([frame])], 6)
     assert a.tokens == b.tokens
     assert max(_rel(x, y) for x, y in zip(a.logits, b.logits)) < LOGIT_RTOL
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_draft_logits_are_the_logits_one_token_at_a_time_gives(request, target, native):
+    """A run of S tokens returns, in draft_logits, the logits after each of its first S - 1 tokens: the ones S
+    one-token runs give (speculative decoding checks drafts with them). Longer runs (a prefill) return the
+    last DRAFT_POSITIONS; the runtime refuses a draft buffer for a run it cannot fill."""
+    from omniad_edge.backends import create_backend
+    from omniad_edge.bundle import load_bundle
+    from omniad_edge.errors import BackendError
+
+    bundle = load_bundle(request.getfixturevalue("tiny_bundle" if target == "ort" else "tiny_bundle_plain"))
+    backend = create_backend(bundle, "onnxruntime", threads=1, native=native)
+    assert backend.draft_positions == 15
+    rng = np.random.default_rng(0)
+    hidden, vocab = int(bundle.model["hidden_size"]), int(bundle.model["vocab_size"])
+    past, s = 7, 6
+    embeds = rng.standard_normal((1, past + s, hidden)).astype(np.float32)
+    positions = np.broadcast_to(np.arange(past + s), (3, 1, past + s)).astype(np.int64).copy()
+    mask = np.ones((1, past + s), np.int64)
+
+    stepwise = backend.new_cache(1, 32)
+    backend.forward(embeds[:, :past], positions[:, :, :past], mask[:, :past], stepwise, 0)
+    expected = [backend.forward(embeds[:, t:t + 1], positions[:, :, t:t + 1], mask[:, :t + 1], stepwise, t).copy()
+                for t in range(past, past + s)]
+    cache = backend.new_cache(1, 32)
+    backend.forward(embeds[:, :past], positions[:, :, :past], mask[:, :past], cache, 0)
+    draft = np.full((1, s - 1, vocab), np.nan, np.float32)
+    last = backend.forward(embeds[:, past:], positions[:, :, past:], mask, cache, past, draft)
+    np.testing.assert_allclose(draft[0], np.concatenate(expected[:-1]), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(last, expected[-1], atol=1e-4, rtol=1e-4)
+    # the next one-token run after a draft run (the output unbound again) is the plain step
+    nxt = backend.forward(embeds[:, :1], positions[:, :, :1] + past + s, np.ones((1, past + s + 1), np.int64), cache,
+                          past + s)
+    assert np.isfinite(nxt).all()
+
+    with pytest.raises(BackendError, match="2..16 tokens"):
+        backend.forward(embeds[:, :1], positions[:, :, :1], mask[:, :1], backend.new_cache(1, 8), 0,
+                        np.empty((1, 0, vocab), np.float32))
+    with pytest.raises(BackendError, match=r"shape \(1, 5, "):
+        backend.forward(embeds[:, past:], positions[:, :, past:], mask, cache, past,
+                        np.empty((1, 4, vocab), np.float32))

@@ -377,3 +377,125 @@ def test_a_request_past_the_decoders_positions_is_refused_before_it_runs(tiny_bu
     assert 0 < len(ids) <= 4
     with pytest.raises(PositionError, match="max_new_tokens=5 need position"):
         ins.generate(frame, "x", max_new_tokens=5)
+
+
+# -- speculative decoding (drafting.NgramDrafter) -----------------------------------------------------------------
+def _generations(monkeypatch):
+    """Records every Generation the Generator returns."""
+    from omniad_edge.generate import Generator
+
+    seen = []
+    generate = Generator.generate
+
+    def recording(self, *args, **kwargs):
+        out = generate(self, *args, **kwargs)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(Generator, "generate", recording)
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_speculative_decoding_writes_the_plain_text_in_fewer_runs(native, monkeypatch):
+    """The reference model on frames whose outputs repeat (good parts, the same defect twice): drafts from the earlier
+    outputs give the plain loop's text, finish reason and score, and the repeats take a fraction of the runs."""
+    from omniad_edge import Inspector
+    from omniad_edge.synth import make_sample
+
+    frames = [make_sample(i, anomalous=i % 3 == 2).image for i in range(6)] * 2
+    assert Inspector(mode="detect", speculative=True).options["speculative"] is False  # detect stays plain
+    runs = {}
+    for speculative in (False, True):
+        seen = _generations(monkeypatch)
+        ins = Inspector(mode="explain", threads=1, speculative=speculative, backend_options={"native": native})
+        assert ins.options["speculative"] is speculative
+        results = [ins.run(f) for f in frames]
+        runs[speculative] = (results, list(seen))
+        monkeypatch.undo()
+    (plain, plain_gens), (spec, spec_gens) = runs[False], runs[True]
+    for a, b, ga, gb in zip(plain, spec, plain_gens, spec_gens):
+        assert (a.text, a.finish_reason, a.is_anomalous) == (b.text, b.finish_reason, b.is_anomalous)
+        assert b.anomaly_probability == pytest.approx(a.anomaly_probability, abs=1e-5)
+        assert ga.ids == gb.ids and ga.drafted_tokens == 0 and gb.accepted_drafts <= gb.drafted_tokens
+        # every token is a run's own or a confirmed draft (one more when the last token taken was a draft)
+        assert gb.forwards + gb.accepted_drafts - ga.forwards in (0, 1)
+    repeats = spec_gens[6:]
+    assert sum(g.forwards for g in repeats) * 2 < sum(g.forwards for g in plain_gens[6:])
+    assert all(g.accepted_drafts > 0 for g in repeats if len(g.ids) > 3)
+
+
+def _oracle_and_liar(ids):
+    """Drafters that know the output (drafting exactly what comes next) or always draft a token it never writes."""
+    class Oracle:
+        def draft(self, context, limit):
+            n = len(context)
+            return list(ids[n:n + limit]) if list(context) == list(ids[:n]) else []
+
+        def learn(self, _):
+            pass
+
+    class Liar(Oracle):
+        def draft(self, context, limit):
+            wrong = next(t for t in range(1000) if t not in ids)
+            return [wrong] * min(limit, 3)
+
+    return Oracle(), Liar()
+
+
+def test_drafts_right_or_wrong_never_change_the_tokens(tiny_bundle, monkeypatch):
+    """The tiny random model (long, arbitrary outputs): an oracle's drafts are all taken, up to 15 per run; a liar's
+    are all refused and cost no token; the token budget holds inside a run of drafts."""
+    from omniad_edge import Inspector
+
+    frame = make_frame(72, 96, seed=5)
+    ins = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=40, speculative=False)
+    plain, _ = ins.generate(frame, "Inspect the part.")
+    assert len(plain) == 40
+    spec = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=40, speculative=True)
+    seen = _generations(monkeypatch)
+    oracle, liar = _oracle_and_liar(plain)
+    for drafter, budget in ((oracle, 40), (liar, 40), (oracle, 7)):
+        spec.generator.drafter = drafter
+        ids, _ = spec.generate(frame, "Inspect the part.", max_new_tokens=budget)
+        assert ids == plain[:budget]
+    taken, refused, short = seen
+    assert taken.accepted_drafts == taken.drafted_tokens == 39 - taken.forwards and taken.forwards <= 39 // 16 + 1
+    assert refused.accepted_drafts == 0 and refused.forwards == 39
+    assert short.forwards + short.accepted_drafts == 6 and short.drafted_tokens <= 6
+
+
+def test_speculation_steps_aside_where_it_would_not_be_exact(tiny_bundle, tmp_path, monkeypatch):
+    """Sampling, batches, a grammar or a bundle without draft logits decode plainly (no drafts)."""
+    import shutil
+
+    from omniad_edge import Inspector
+
+    frames = [make_frame(64, 64, seed=s) for s in (1, 2)]
+    plain = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8)
+    oracle, _ = _oracle_and_liar(plain.generate(frames[0], "Inspect the part.")[0])
+    seen = _generations(monkeypatch)
+    sampled = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8, temperature=0.8, seed=1,
+                        speculative=True)
+    sampled.generator.drafter = oracle
+    sampled.run(frames[0])
+    spec = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8, speculative=True)
+    spec.generator.drafter = oracle
+    assert [r.text for r in spec.run_batch(frames)] == [r.text for r in plain.run_batch(frames)]
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:  # the grammar case needs the `grammar` extra; the others still ran
+        llguidance = None
+    if llguidance is not None:
+        constrained = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8, constrain=True,
+                                speculative=True)
+        constrained.generator.drafter = oracle
+        constrained.run(frames[0])
+    assert len(seen) >= 4 and all(g.drafted_tokens == 0 for g in seen)
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["graphs"]["decoder"]["draft_logits"]  # as bundles exported before the output existed
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert Inspector(old, threads=1, speculative=True).options["speculative"] is False

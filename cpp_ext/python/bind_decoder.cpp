@@ -31,6 +31,9 @@ ort::EmbedTable table_arg(py::handle obj) {
     return {t.data(), t.kind == Kind::F16, std::size_t(t.dim(0)), std::size_t(t.dim(1))};
 }
 
+struct PyStep;
+float* draft_arg(PyStep& s, py::handle draft, std::size_t tokens);
+
 // The token text table with the arrays it points into.
 struct PyTokenText {
     ort::TokenText text;
@@ -54,6 +57,17 @@ struct PyStep {
     py::object logits;  // a view of the step's buffer, kept alive by this object
     std::unique_ptr<Prepared> prepared;
 };
+
+// The buffer a run with drafted tokens writes the earlier positions' logits to: (batch, tokens - 1, vocab) float32,
+// or none.
+float* draft_arg(PyStep& s, py::handle draft, std::size_t tokens) {
+    if (draft.is_none()) return nullptr;
+    auto d = require(draft, "draft", {Kind::F32}, 3, 3);
+    const std::size_t B = s.step->batch(), V = s.step->vocab();
+    if (tokens < 2 || std::size_t(d.dim(0)) != B || std::size_t(d.dim(1)) != tokens - 1 || std::size_t(d.dim(2)) != V)
+        throw py::value_error("draft must be (batch, tokens - 1, vocab) float32, for a run of 2 or more tokens");
+    return writable<float>(d, "draft", B * (tokens - 1) * V);
+}
 
 // Checks and binds a loop's arguments (Step::loop, ort_decoder.hpp); `length` is the cache length the loop will
 // start at. The arrays must stay unchanged in shape until resume; the loop writes into them.
@@ -182,10 +196,12 @@ void bind_decoder(py::module_& m) {
                                         t[3].cast<uintptr_t>(), t[4].cast<std::size_t>(), t[5].cast<std::size_t>(),
                                         t[6].cast<bool>()});
                  }
-                 if (names.size() != 4) throw py::value_error("names are (embeds, positions, mask, logits)");
+                 if (names.size() != 4 && names.size() != 5)
+                     throw py::value_error("names are (embeds, positions, mask, logits[, draft logits])");
                  PyStep s;
-                 s.step = std::make_shared<ort::Step>(std::move(session), batch, vocab, max_len, std::move(tensors),
-                                                      ort::Names{names[0], names[1], names[2], names[3]});
+                 s.step = std::make_shared<ort::Step>(
+                     std::move(session), batch, vocab, max_len, std::move(tensors),
+                     ort::Names{names[0], names[1], names[2], names[3], names.size() == 5 ? names[4] : ""});
                  return s;
              }),
              py::arg("session"), py::arg("batch"), py::arg("vocab"), py::arg("max_len"), py::arg("kv"),
@@ -202,7 +218,8 @@ void bind_decoder(py::module_& m) {
             })
         .def_property_readonly("last_run_ns", [](const PyStep& s) { return s.step->last_run_ns(); })
         .def("run",
-             [](PyStep& s, py::handle embeds, py::handle positions, py::handle mask, std::size_t past) {
+             [](PyStep& s, py::handle embeds, py::handle positions, py::handle mask, std::size_t past,
+                py::handle draft) {
                  auto e = require(embeds, "embeds", {Kind::F32}, 3, 3);
                  auto p = require(positions, "positions", {Kind::I64}, 3, 3);
                  auto k = require(mask, "attention_mask", {Kind::I64}, 2, 2);
@@ -211,14 +228,17 @@ void bind_decoder(py::module_& m) {
                      std::size_t(p.dim(2)) != S || std::size_t(k.dim(0)) != B || std::size_t(k.dim(1)) != past + S)
                      throw py::value_error("embeds (B, S, H), positions (3, B, S) and attention_mask (B, past + S) "
                                            "do not agree");
+                 float* dp = draft_arg(s, draft, S);
                  py::gil_scoped_release unlocked;
                  s.step->run(static_cast<const float*>(e.data()), std::size_t(e.dim(2)),
-                             static_cast<const int64_t*>(p.data()), static_cast<const int64_t*>(k.data()), S, past);
+                             static_cast<const int64_t*>(p.data()), static_cast<const int64_t*>(k.data()), S, past,
+                             dp);
              },
-             py::arg("embeds"), py::arg("positions"), py::arg("attention_mask"), py::arg("past"))
+             py::arg("embeds"), py::arg("positions"), py::arg("attention_mask"), py::arg("past"),
+             py::arg("draft") = py::none())
         .def("feed",
              [](PyStep& s, py::handle table, py::handle ids, py::handle next_pos, py::handle mask,
-                std::size_t length) {
+                std::size_t length, py::handle draft) {
                  const ort::EmbedTable tab = table_arg(table);
                  auto i = require(ids, "ids", {Kind::I64}, 2, 2);
                  auto n = require(next_pos, "next_pos", {Kind::I64}, 1, 1);
@@ -230,10 +250,12 @@ void bind_decoder(py::module_& m) {
                  int64_t* mp = writable<int64_t>(k, "mask", B);
                  const int64_t* ip = static_cast<const int64_t*>(i.data());
                  const std::size_t S = std::size_t(i.dim(1)), width = std::size_t(k.dim(1));
+                 float* dp = draft_arg(s, draft, S);
                  py::gil_scoped_release unlocked;
-                 s.step->feed(tab, ip, S, np_, mp, width, length);
+                 s.step->feed(tab, ip, S, np_, mp, width, length, dp);
              },
-             py::arg("table"), py::arg("ids"), py::arg("next_pos"), py::arg("mask"), py::arg("length"))
+             py::arg("table"), py::arg("ids"), py::arg("next_pos"), py::arg("mask"), py::arg("length"),
+             py::arg("draft") = py::none())
         .def("prepare", &prepare_loop, py::arg("sampler"), py::arg("rng").none(true), py::arg("eos"), py::arg("pad"),
              py::arg("max_new"), py::arg("score_target"), py::arg("finish"), py::arg("generated"),
              py::arg("score_pos"), py::arg("score_logp"), py::arg("table"), py::arg("next_pos"), py::arg("mask"),

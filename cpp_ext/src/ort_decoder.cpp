@@ -219,15 +219,17 @@ OrtValue* Step::kept(std::vector<OrtValue*>& slots, std::size_t at, void* data, 
 }
 
 void Step::run(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask, std::size_t s,
-               std::size_t past) {
-    run_bound(embeds, hidden, positions, mask, s, past, false);
+               std::size_t past, float* draft) {
+    run_bound(embeds, hidden, positions, mask, s, past, false, draft);
 }
 
 // own_buffers: a one-token step over embeds1_, positions1_ and mask_, whose handles are kept; otherwise the caller's
 // arrays are wrapped for this run only.
 void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask,
-                     std::size_t s, std::size_t past, bool own_buffers) {
+                     std::size_t s, std::size_t past, bool own_buffers, float* draft) {
     if (s == 0) throw std::invalid_argument("a run needs at least one new token");
+    if (draft != nullptr && names_.draft.empty())
+        throw std::invalid_argument("this decoder graph has no draft logits output");
     if (past + s > max_len_)
         throw std::invalid_argument("KV cache full: " + std::to_string(past) + " + " + std::to_string(s) +
                                     " tokens > max_len " + std::to_string(max_len_));
@@ -296,11 +298,17 @@ void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* pos
     };
     for (std::size_t k : kv_in_) bind(k);
     for (std::size_t k : kv_out_) bind(k);
+    const bool drafts = draft != nullptr && s > 1;
+    if (drafts) {  // bound for this run only: a one-token step leaves the output unrequested
+        out_names_.push_back(names_.draft.c_str());
+        out_vals_.push_back(once(draft, {B, S - 1, int64_t(vocab_)}, F32, 4, names_.draft));
+    }
     const bool recording = session_->recording();
     const int64_t w0 = wall_ns(), c0 = recording ? thread_cpu_ns() : 0;
     OrtStatus* status = api->Run(session_->get(), nullptr, in_names_.data(), in_vals_.data(), in_vals_.size(),
                                  out_names_.data(), out_vals_.size(), out_vals_.data());
     last_run_ns_ = wall_ns() - w0;
+    if (drafts) out_names_.pop_back();
     if (recording) session_->note_run(last_run_ns_, thread_cpu_ns() - c0);
     if (status != nullptr)  // the message is only built when it is needed
         check(api, status, "decoder run (batch " + std::to_string(batch_) + ", " + std::to_string(s) +
@@ -311,7 +319,7 @@ void Step::run_bound(const float* embeds, std::size_t hidden, const int64_t* pos
 }
 
 void Step::feed(const EmbedTable& table, const int64_t* ids, std::size_t s, int64_t* next_pos, int64_t* mask,
-                std::size_t width, std::size_t length) {
+                std::size_t width, std::size_t length, float* draft) {
     if (length + s > width) throw std::invalid_argument("attention mask too narrow for the fed tokens");
     if (length + s > max_len_)
         throw std::invalid_argument("KV cache full: " + std::to_string(length) + " + " + std::to_string(s) +
@@ -337,7 +345,7 @@ void Step::feed(const EmbedTable& table, const int64_t* ids, std::size_t s, int6
                 std::copy(mask + b * width, mask + b * width + T, mask_.data() + b * T);
             m = mask_.data();
         }
-        run_bound(embeds_.data(), table.hidden, positions_.data(), m, s, length, false);
+        run_bound(embeds_.data(), table.hidden, positions_.data(), m, s, length, false, draft);
     }
     for (std::size_t b = 0; b < B; ++b) next_pos[b] += int64_t(s);
 }

@@ -41,8 +41,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, decoder_kv_layout,  # noqa: F401
-                        new_names, past_names, present_names)
+from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT,  # noqa: F401
+                        decoder_kv_layout, new_names, past_names, present_names)
 from ..errors import BackendError
 from . import KVCache
 
@@ -266,6 +266,8 @@ class OnnxRuntimeBackend:
         log.info("%s %s: decoder on %s (%s decode step), vision on %s", self.runtime["package"], ort.__version__,
                  self.provider, "native" if self.native is not None else "Python", self.vision.get_providers()[0])
         self._check_decoder_io(*io)
+        # drafted tokens one run can check (0: the graph has no draft_logits output; an older export)
+        self.draft_positions = int(bundle.graphs["decoder"].get("draft_logits", 0)) if DRAFT_LOGITS in io[1] else 0
         self._vision_inputs = [i.name for i in self.vision.get_inputs()]
         self._fast_binding = True  # False: bind through the public IOBinding methods (tests compare both)
 
@@ -362,7 +364,10 @@ class OnnxRuntimeBackend:
         return KVCache(self.num_layers, batch, max_len, self.kv_heads, self.head_dim, layout=self.kv_layout)
 
     def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, cache: KVCache,
-                past_len: int) -> np.ndarray:
+                past_len: int, draft: np.ndarray | None = None) -> np.ndarray:
+        """One decoder run -> the last position's logits (batch, vocab), a buffer reused by the cache's next run.
+        draft: a (batch, S - 1, vocab) float32 array that receives the logits of the positions before the last
+        (S <= draft_positions + 1), so that tokens drafted into this run can be checked."""
         hook = self.on_forward
         started = time.perf_counter() if hook is not None else 0.0
         b, s, _ = embeds.shape
@@ -373,9 +378,11 @@ class OnnxRuntimeBackend:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+        if draft is not None:
+            self._check_draft(draft, b, s)
         decoder = self.decoder
         if decoder is None:  # the native session, or closed
-            return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started)
+            return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started, draft)
         state = cache.backend_state
         if state is None:
             state = cache.backend_state = _CacheState(_ort(), decoder, self._fast_binding, b, self.vocab_size)
@@ -401,12 +408,18 @@ class OnnxRuntimeBackend:
                 state.kv_bound = True
         else:
             self._bind_bshd(io, cache, state, b, s, past_len, keep, scratch)
+        if draft is not None:
+            bind_out(DRAFT_LOGITS, dev, _FLOAT, list(draft.shape), draft.ctypes.data)
         try:
             run_started = time.perf_counter() if hook is not None else 0.0
             decoder.run_with_iobinding(io)
             run_s = time.perf_counter() - run_started if hook is not None else 0.0
         except Exception as exc:
             raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
+        finally:
+            if draft is not None:  # bound for this run only (the BSHD path rebinds every output each run anyway)
+                io.clear_binding_outputs()
+                state.kv_bound = False
         for slot, out in scratch:
             slot[...] = out
         del keep
@@ -448,8 +461,9 @@ class OnnxRuntimeBackend:
         return state.step
 
     def _new_step(self, cache: KVCache):
+        names = [*DECODER_INPUTS, LOGITS] + ([DRAFT_LOGITS] if self.draft_positions else [])
         return _native_module().DecodeStep(self.native, cache.batch, self.vocab_size, cache.max_len,
-                                           self._kv_tensors(cache), [*DECODER_INPUTS, LOGITS])
+                                           self._kv_tensors(cache), names)
 
     def _kv_tensors(self, cache: KVCache) -> list[tuple]:
         """The binding description of a cache's buffers for the native step, per tensor: (name, is output, dims,
@@ -477,13 +491,22 @@ class OnnxRuntimeBackend:
                     tensors.append((out_name, True, [batch, new, *dims], address, rows, slot, True))
         return tensors
 
-    def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started):
+    def _check_draft(self, draft: np.ndarray, batch: int, tokens: int) -> None:
+        if not 2 <= tokens <= self.draft_positions + 1:
+            raise BackendError(f"draft logits need a run of 2..{self.draft_positions + 1} tokens (this decoder "
+                               f"returns up to {self.draft_positions} draft positions), got {tokens}")
+        if (draft.shape != (batch, tokens - 1, self.vocab_size) or draft.dtype != np.float32
+                or not draft.flags.c_contiguous or not draft.flags.writeable):
+            raise BackendError(f"draft must be a writeable C-contiguous float32 array of shape "
+                               f"{(batch, tokens - 1, self.vocab_size)}, got {draft.dtype} {draft.shape}")
+
+    def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started, draft=None):
         if self.native is None:
             raise BackendError("this onnxruntime backend is closed")
         step = self.native_step(cache)
         b, s, _ = embeds.shape
         try:
-            step.run(embeds, position_ids, attention_mask, past_len)
+            step.run(embeds, position_ids, attention_mask, past_len, draft)
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f"decoder run failed (batch {b}, {s} new tokens, past {past_len}): {exc}") from None
         if hook is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import sha256_file
-from ..contract import (DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names,
+from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names,
                         vision_input_names)
 from ..errors import BackendError
 from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda, tensorrt_step
@@ -272,6 +272,8 @@ class TensorRTBackend:
         self._positions = self._alloc(plan[f"decoder.{_POSITIONS}"])
         self._mask = self._alloc(plan[f"decoder.{_MASK}"])
         self._logits = self._alloc(plan[f"decoder.{LOGITS}"])
+        drafts = plan.get(f"decoder.{DRAFT_LOGITS}")
+        self._draft = self._alloc(drafts, host=False) if drafts else None
         # New K/V for batches, unaligned slots and graph decode: (B, S, kv_heads, head_dim) per layer and kind.
         scratch_seq = kv_scratch_seq(self.bundle.manifest, lim, self.cuda_graph)
         self._scratch = [self._alloc(b * scratch_seq * self._row, host=False).device
@@ -403,6 +405,8 @@ class TensorRTBackend:
                 out = base + past_len * self._row if plan.direct else self._scratch[j * self.num_layers + i]
                 self._address(ctx, "decoder", new_name, out)
         self._address(ctx, "decoder", LOGITS, self._logits.device)
+        if self._draft is not None:
+            self._address(ctx, "decoder", DRAFT_LOGITS, self._draft.device)
 
     def _capture(self, ctx, key) -> None:
         """Run once (TensorRT finishes shape-dependent setup), wait for it, then capture the same enqueue as a CUDA

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import contract
-from ..contract import DECODER_INPUTS, LOGITS, VISION_INPUTS, VISION_OUTPUT, vision_input_names  # noqa: F401
+from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT,  # noqa: F401
+                        vision_input_names)
 from ..contract import MAX_ASPECT
 
 __all__ = ["BuildOptions", "Limits", "resolve_limits", "merge_unit", "image_token_cap", "vision_tail_blocks",
@@ -175,7 +176,8 @@ def decoder_input_names(manifest: dict) -> list[str]:
 
 
 def decoder_output_names(manifest: dict) -> list[str]:
-    return contract.decoder_output_names(int(_model(manifest)["num_layers"]))
+    return contract.decoder_output_names(int(_model(manifest)["num_layers"]),
+                                         draft=bool(manifest["graphs"]["decoder"].get("draft_logits")))
 
 
 def decoder_profiles(manifest: dict, limits: Limits) -> list[Profile]:
@@ -254,4 +256,7 @@ def io_buffer_plan(manifest: dict, limits: Limits) -> dict[str, int]:
     for name in DECODER_INPUTS:
         plan[f"decoder.{name}"] = _volume(prefill[name][2]) * (FP32 if name == _EMBEDS else INT64)
     plan[f"decoder.{LOGITS}"] = limits.batch * int(model["vocab_size"]) * FP32
+    drafts = int(manifest["graphs"]["decoder"].get("draft_logits", 0))
+    if drafts:  # bound though this backend drafts nothing: TensorRT needs an address for every output
+        plan[f"decoder.{DRAFT_LOGITS}"] = limits.batch * drafts * int(model["vocab_size"]) * FP32
     return plan

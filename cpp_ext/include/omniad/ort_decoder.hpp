@@ -105,6 +105,7 @@ struct EmbedTable {
 
 struct Names {
     std::string embeds = "inputs_embeds", positions = "position_ids", mask = "attention_mask", logits = "logits";
+    std::string draft;  // the graph's draft_logits output; empty: it has none
 };
 
 // Each token's text as bytes, for the Text-as-Mask stop check inside the loop. `clean[t]`: the token's text is whole
@@ -157,13 +158,16 @@ public:
     int64_t last_run_ns() const { return last_run_ns_; }  // wall time of the latest session run
 
     // One run on caller-made inputs: embeds (B, S, hidden), positions (3, B, S), mask (B, P + S), all contiguous.
+    // draft: as for feed.
     void run(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask, std::size_t s,
-             std::size_t past);
+             std::size_t past, float* draft = nullptr);
 
     // Feeds token ids (B, S) at each row's next position: the embeddings gathered from `table`, positions
     // next_pos[b] + i (next_pos advances by S), mask[:, length:length + S] set to 1 in the caller's (B, width) mask.
+    // draft: when not null (and S > 1), receives the logits of the positions before the last, (B, S - 1, vocab),
+    // from the graph's draft output (names.draft), so drafted tokens fed in this run can be checked.
     void feed(const EmbedTable& table, const int64_t* ids, std::size_t s, int64_t* next_pos, int64_t* mask,
-              std::size_t width, std::size_t length);
+              std::size_t width, std::size_t length, float* draft = nullptr);
 
     // Samples from the current logits and feeds the tokens back until every row has finished, the cache is full or
     // max_steps tokens were sampled. Writes the appended token per (step, row) to out_ids (-1: none) and, when
@@ -182,7 +186,7 @@ public:
 private:
     int64_t dim(int64_t d, std::size_t s, std::size_t past) const;
     void run_bound(const float* embeds, std::size_t hidden, const int64_t* positions, const int64_t* mask,
-                   std::size_t s, std::size_t past, bool own_buffers);
+                   std::size_t s, std::size_t past, bool own_buffers, float* draft = nullptr);
     OrtValue* make_value(void* data, const std::vector<int64_t>& shape, int type, std::size_t element_bytes,
                          const std::string& name) const;
     OrtValue* kept(std::vector<OrtValue*>& slots, std::size_t at, void* data, const std::vector<int64_t>& shape,
