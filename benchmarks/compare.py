@@ -479,9 +479,9 @@ def main(argv=None) -> int:
                             "3-D positions; its vision graph is a pass-through fed omniad_edge's image embeddings "
                             "(genai's vision time is not measured) and its embedding graph gathers from the same "
                             "table; its prefill also computes logits for every prompt position (its graph's "
-                            "output), omniad_edge's for the last 16 (draft logits) or 1 (older bundles). Its sessions get the same "
-                            "intra-op threads "
-                            f"({args.threads}) and ONNX Runtime's thread spinning "
+                            "output), omniad_edge's for the last 16 (draft logits) or 1 (older bundles). Its "
+                            f"sessions get the same intra-op threads ({args.threads}) and ONNX Runtime's thread "
+                            "spinning "
                             f"{'on' if args.spinning else 'off'}, as omniad_edge's")
     if "transformers" not in args.skip:
         log("transformers")

@@ -87,9 +87,10 @@ class Inspector:
         unconstrained, one frame per call) and the bundle's decoder returns draft logits (manifest
         graphs.decoder.draft_logits); elsewhere plain decoding runs. Detect mode stays plain: its few tokens (the
         mask) vary from frame to frame, and the native token loop, which speculation gives up, was faster there
-        (benchmarks/results/compare-reference-fp32-detect-speculative.md). Off by default: a checked draft's logits come from a longer run, so scores
-        can differ from plain decoding's in the last float digits, and depend on what earlier frames wrote
-        (greedy text too, at a near-tie); plain decoding gives a frame the same result whatever ran before.
+        (benchmarks/results/compare-reference-fp32-detect-speculative.md). Off by default: a checked draft's
+        logits come from a longer run, so scores can differ from plain decoding's in the last float digits, and
+        depend on what earlier frames wrote (greedy text too, at a near-tie); plain decoding gives a frame the
+        same result whatever ran before.
 
     Lifecycle: `close()` (or `with Inspector(...) as inspector:`) waits for calls in flight, then releases the
     backend; any later call raises InspectorClosedError. Thread-safe: see the module docstring.
@@ -108,6 +109,8 @@ class Inspector:
             raise InspectorError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         if color not in ("rgb", "bgr"):
             raise InspectorError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        if not isinstance(speculative, bool):
+            raise InspectorError(f"speculative must be True or False, got {speculative!r}")
         from . import tam
         from .backends import create_backend
         from .drafting import NgramDrafter

@@ -123,6 +123,8 @@ def test_bad_options_are_typed(tiny_bundle):
         Inspector(tiny_bundle, max_new_tokens=0)
     with pytest.raises(InspectorError, match="sampler"):
         Inspector(tiny_bundle, temperature=-1.0)
+    with pytest.raises(InspectorError, match="speculative must be True or False"):
+        Inspector(tiny_bundle, speculative="yes")
     with pytest.raises(FrameError):
         Inspector(tiny_bundle, reference=[None])
 
