@@ -337,6 +337,52 @@ def test_inspector_on_fake_device_matches_onnxruntime(tiny_copy, fake):
     assert results[0] == results[1]
 
 
+def test_speculative_decoding_on_fake_device_writes_onnxruntimes_text(tiny_copy, fake, monkeypatch):
+    """Drafts checked through the engine's draft_logits output (copied back from the device for multi-token runs):
+    an oracle's drafts are all confirmed, a liar's all refused, and the text is ONNX Runtime's plain decoding's."""
+    pytest.importorskip("omniad_edge._native", reason="the Inspector needs the compiled sampler")
+    from omniad_edge import Inspector
+    from omniad_edge.generate import Generator
+
+    trt, cuda = fake
+    build_engines(tiny_copy, BuildOptions(max_image_tokens=64, max_seq_len=512), log=lambda _: None, trt=trt,
+                  cuda=cuda)
+    frame = np.random.default_rng(11).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    plain = Inspector(tiny_copy, mode="explain", max_new_tokens=24, threads=1)
+    ids, text = plain.generate(frame, "Inspect the part.")
+    spec = Inspector(tiny_copy, mode="explain", backend="tensorrt", max_new_tokens=24, speculative=True,
+                     backend_options={"_trt": trt, "_cuda": cuda, "cuda_graph": True})
+    assert spec.backend.draft_positions == 15 and spec.options["speculative"]
+
+    class Oracle:
+        def draft(self, context, limit):
+            n = len(context)
+            return list(ids[n:n + limit]) if list(context) == list(ids[:n]) else []
+
+        def learn(self, _):
+            pass
+
+    class Liar(Oracle):
+        def draft(self, context, limit):
+            return [next(t for t in range(1000) if t not in ids)] * min(limit, 2)
+
+    seen = []
+    generate = Generator.generate
+
+    def recording(self, *args, **kwargs):
+        out = generate(self, *args, **kwargs)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(Generator, "generate", recording)
+    for drafter in (Oracle(), Liar()):
+        spec.generator.drafter = drafter
+        assert spec.generate(frame, "Inspect the part.") == (ids, text)
+    confirmed, refused = seen
+    assert confirmed.accepted_drafts == confirmed.drafted_tokens > 0 and confirmed.forwards < refused.forwards
+    assert refused.accepted_drafts == 0 and refused.drafted_tokens > 0
+
+
 def _gpu_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (needs an NVIDIA GPU machine: pip install tensorrt, or JetPack)"

@@ -44,7 +44,7 @@ import numpy as np
 from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT,  # noqa: F401
                         decoder_kv_layout, new_names, past_names, present_names)
 from ..errors import BackendError
-from . import KVCache
+from . import KVCache, check_draft
 
 log = logging.getLogger("omniad_edge")
 
@@ -379,7 +379,7 @@ class OnnxRuntimeBackend:
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         if draft is not None:
-            self._check_draft(draft, b, s)
+            check_draft(draft, b, s, self.draft_positions, self.vocab_size)
         decoder = self.decoder
         if decoder is None:  # the native session, or closed
             return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started, draft)
@@ -490,15 +490,6 @@ class OnnxRuntimeBackend:
                     tensors.append((past_name, False, [batch, past, *dims], address, rows, slot, False))
                     tensors.append((out_name, True, [batch, new, *dims], address, rows, slot, True))
         return tensors
-
-    def _check_draft(self, draft: np.ndarray, batch: int, tokens: int) -> None:
-        if not 2 <= tokens <= self.draft_positions + 1:
-            raise BackendError(f"draft logits need a run of 2..{self.draft_positions + 1} tokens (this decoder "
-                               f"returns up to {self.draft_positions} draft positions), got {tokens}")
-        if (draft.shape != (batch, tokens - 1, self.vocab_size) or draft.dtype != np.float32
-                or not draft.flags.c_contiguous or not draft.flags.writeable):
-            raise BackendError(f"draft must be a writeable C-contiguous float32 array of shape "
-                               f"{(batch, tokens - 1, self.vocab_size)}, got {draft.dtype} {draft.shape}")
 
     def _forward_native(self, embeds, position_ids, attention_mask, cache, past_len, hook, started, draft=None):
         if self.native is None:

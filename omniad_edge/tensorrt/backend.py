@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import check_draft
 from ..bundle import sha256_file
 from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names,
                         vision_input_names)
@@ -190,6 +191,8 @@ class TensorRTBackend:
         self._prefill_ctx = self._context("decoder", self.decoder_engine, 0)
         self._decode_ctx = self._context("decoder", self.decoder_engine, 1)
         self._allocate()
+        # drafted tokens one run can check (speculative decoding; 0: the bundle's decoder has no draft_logits)
+        self.draft_positions = int(bundle.graphs["decoder"].get("draft_logits", 0)) if self._draft is not None else 0
         self._slots: list[dict] = []
         self._free_slots: list[int] = []
         free, total = cuda.mem_get_info()
@@ -273,7 +276,7 @@ class TensorRTBackend:
         self._mask = self._alloc(plan[f"decoder.{_MASK}"])
         self._logits = self._alloc(plan[f"decoder.{LOGITS}"])
         drafts = plan.get(f"decoder.{DRAFT_LOGITS}")
-        self._draft = self._alloc(drafts, host=False) if drafts else None
+        self._draft = self._alloc(drafts) if drafts else None
         # New K/V for batches, unaligned slots and graph decode: (B, S, kv_heads, head_dim) per layer and kind.
         scratch_seq = kv_scratch_seq(self.bundle.manifest, lim, self.cuda_graph)
         self._scratch = [self._alloc(b * scratch_seq * self._row, host=False).device
@@ -340,7 +343,7 @@ class TensorRTBackend:
         return result.copy()  # the caller keeps image embeddings across calls
 
     def forward(self, embeds: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray,
-                cache: DeviceKVCache, past_len: int) -> np.ndarray:
+                cache: DeviceKVCache, past_len: int, draft: np.ndarray | None = None) -> np.ndarray:
         hook = self.on_forward
         started = time.perf_counter() if hook is not None else 0.0
         if not isinstance(cache, DeviceKVCache) or cache._backend is not self:
@@ -357,6 +360,8 @@ class TensorRTBackend:
         if position_ids.shape != (3, b, s) or attention_mask.shape != (b, past_len + s):
             raise BackendError(f"position_ids must be (3, {b}, {s}) and attention_mask ({b}, {past_len + s}); got "
                                f"{position_ids.shape} and {attention_mask.shape}")
+        if draft is not None:
+            check_draft(draft, b, s, self.draft_positions, self.vocab_size)
         graph = self.cuda_graph and s == 1
         plan = plan_step(batch=b, seq=s, past_len=past_len, capacity=self.limits.max_seq_len, graph=graph,
                          row_bytes=self._row)
@@ -385,7 +390,12 @@ class TensorRTBackend:
                 cuda.memcpy2d_async(dst + past_len * self._row, pitch, scratch, width, width, b, D2D, stream)
         logits = self._logits.host((b, self.vocab_size), np.float32)
         cuda.memcpy_async(self._logits.host_ptr, self._logits.device, logits.nbytes, D2H, stream)
+        if draft is not None:  # multi-token runs take the prefill context, never a CUDA graph
+            drafted = self._draft.host(draft.shape, np.float32)
+            cuda.memcpy_async(self._draft.host_ptr, self._draft.device, drafted.nbytes, D2H, stream)
         cuda.stream_synchronize(stream)
+        if draft is not None:
+            np.copyto(draft, drafted)
         if hook is not None:
             elapsed = time.perf_counter() - started
             hook(s, elapsed, elapsed)
