@@ -8,6 +8,7 @@ import pytest
 
 from omniad_edge.generate import EmptyMaskScore
 from omniad_edge.inspection import verdict_score
+from helpers.drafters import oracle_and_liar, record_generations
 from helpers.frames import make_frame
 
 pytest.importorskip("omniad_edge._native", reason="the native sampler/codec module is not built "
@@ -380,22 +381,6 @@ def test_a_request_past_the_decoders_positions_is_refused_before_it_runs(tiny_bu
 
 
 # -- speculative decoding (drafting.NgramDrafter) -----------------------------------------------------------------
-def _generations(monkeypatch):
-    """Records every Generation the Generator returns."""
-    from omniad_edge.generate import Generator
-
-    seen = []
-    generate = Generator.generate
-
-    def recording(self, *args, **kwargs):
-        out = generate(self, *args, **kwargs)
-        seen.extend(out)
-        return out
-
-    monkeypatch.setattr(Generator, "generate", recording)
-    return seen
-
-
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
 def test_speculative_decoding_writes_the_plain_text_in_fewer_runs(native, monkeypatch):
     """The reference model on frames whose outputs repeat (good parts, the same defect twice): drafts from the earlier
@@ -407,7 +392,7 @@ def test_speculative_decoding_writes_the_plain_text_in_fewer_runs(native, monkey
     assert Inspector(mode="detect", speculative=True).options["speculative"] is False  # detect stays plain
     runs = {}
     for speculative in (False, True):
-        seen = _generations(monkeypatch)
+        seen = record_generations(monkeypatch)
         ins = Inspector(mode="explain", threads=1, speculative=speculative, backend_options={"native": native})
         assert ins.options["speculative"] is speculative
         results = [ins.run(f) for f in frames]
@@ -425,24 +410,6 @@ def test_speculative_decoding_writes_the_plain_text_in_fewer_runs(native, monkey
     assert all(g.accepted_drafts > 0 for g in repeats if len(g.ids) > 3)
 
 
-def _oracle_and_liar(ids):
-    """Drafters that know the output (drafting exactly what comes next) or always draft a token it never writes."""
-    class Oracle:
-        def draft(self, context, limit):
-            n = len(context)
-            return list(ids[n:n + limit]) if list(context) == list(ids[:n]) else []
-
-        def learn(self, _):
-            pass
-
-    class Liar(Oracle):
-        def draft(self, context, limit):
-            wrong = next(t for t in range(1000) if t not in ids)
-            return [wrong] * min(limit, 3)
-
-    return Oracle(), Liar()
-
-
 def test_drafts_right_or_wrong_never_change_the_tokens(tiny_bundle, monkeypatch):
     """The tiny random model (long, arbitrary outputs): an oracle's drafts are all taken, up to 15 per run; a liar's
     are all refused and cost no token; the token budget holds inside a run of drafts."""
@@ -453,8 +420,8 @@ def test_drafts_right_or_wrong_never_change_the_tokens(tiny_bundle, monkeypatch)
     plain, _ = ins.generate(frame, "Inspect the part.")
     assert len(plain) == 40
     spec = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=40, speculative=True)
-    seen = _generations(monkeypatch)
-    oracle, liar = _oracle_and_liar(plain)
+    seen = record_generations(monkeypatch)
+    oracle, liar = oracle_and_liar(plain)
     for drafter, budget in ((oracle, 40), (liar, 40), (oracle, 7)):
         spec.generator.drafter = drafter
         ids, _ = spec.generate(frame, "Inspect the part.", max_new_tokens=budget)
@@ -473,8 +440,8 @@ def test_speculation_steps_aside_where_it_would_not_be_exact(tiny_bundle, tmp_pa
 
     frames = [make_frame(64, 64, seed=s) for s in (1, 2)]
     plain = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8)
-    oracle, _ = _oracle_and_liar(plain.generate(frames[0], "Inspect the part.")[0])
-    seen = _generations(monkeypatch)
+    oracle, _ = oracle_and_liar(plain.generate(frames[0], "Inspect the part.")[0])
+    seen = record_generations(monkeypatch)
     sampled = Inspector(tiny_bundle, mode="explain", threads=1, max_new_tokens=8, temperature=0.8, seed=1,
                         speculative=True)
     sampled.generator.drafter = oracle

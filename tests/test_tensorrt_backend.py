@@ -342,7 +342,7 @@ def test_speculative_decoding_on_fake_device_writes_onnxruntimes_text(tiny_copy,
     an oracle's drafts are all confirmed, a liar's all refused, and the text is ONNX Runtime's plain decoding's."""
     pytest.importorskip("omniad_edge._native", reason="the Inspector needs the compiled sampler")
     from omniad_edge import Inspector
-    from omniad_edge.generate import Generator
+    from helpers.drafters import oracle_and_liar, record_generations
 
     trt, cuda = fake
     build_engines(tiny_copy, BuildOptions(max_image_tokens=64, max_seq_len=512), log=lambda _: None, trt=trt,
@@ -354,28 +354,8 @@ def test_speculative_decoding_on_fake_device_writes_onnxruntimes_text(tiny_copy,
                      backend_options={"_trt": trt, "_cuda": cuda, "cuda_graph": True})
     assert spec.backend.draft_positions == 15 and spec.options["speculative"]
 
-    class Oracle:
-        def draft(self, context, limit):
-            n = len(context)
-            return list(ids[n:n + limit]) if list(context) == list(ids[:n]) else []
-
-        def learn(self, _):
-            pass
-
-    class Liar(Oracle):
-        def draft(self, context, limit):
-            return [next(t for t in range(1000) if t not in ids)] * min(limit, 2)
-
-    seen = []
-    generate = Generator.generate
-
-    def recording(self, *args, **kwargs):
-        out = generate(self, *args, **kwargs)
-        seen.extend(out)
-        return out
-
-    monkeypatch.setattr(Generator, "generate", recording)
-    for drafter in (Oracle(), Liar()):
+    seen = record_generations(monkeypatch)
+    for drafter in oracle_and_liar(ids):
         spec.generator.drafter = drafter
         assert spec.generate(frame, "Inspect the part.") == (ids, text)
     confirmed, refused = seen
