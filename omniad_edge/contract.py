@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
+
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "MANIFEST", "MANIFEST_KEYS", "VISION_INPUTS",
            "GROUPED_VISION_INPUTS", "vision_input_names", "VISION_OUTPUT", "DECODER_INPUTS", "LOGITS", "DRAFT_LOGITS",
-           "past_names", "new_names", "present_names", "decoder_input_names", "decoder_output_names", "TARGETS",
-           "bundle_target", "KV_LAYOUTS", "decoder_kv_layout", "REFINE_INPUT", "REFINE_OUTPUT", "OUTPUT_SECTIONS",
-           "output_blocks", "MAX_ASPECT"]
+           "draft_problem", "past_names", "new_names", "present_names", "decoder_input_names", "decoder_output_names",
+           "TARGETS", "bundle_target", "KV_LAYOUTS", "decoder_kv_layout", "REFINE_INPUT", "REFINE_OUTPUT",
+           "OUTPUT_SECTIONS", "output_blocks", "MAX_ASPECT"]
 
 # Qwen2-VL / Qwen2.5-VL image processors refuse frames with an aspect ratio above this; frame.py, preprocess.py and
 # the TensorRT vision profile (the most windows a frame can span) all rely on it.
@@ -82,6 +84,20 @@ LOGITS = "logits"
 # feeds a token and D drafted ones can check every draft (generate.py, speculative decoding); empty for one-token steps.
 DRAFT_LOGITS = "draft_logits"
 KV_LAYOUTS = ("BSHD", "BNSH")
+
+
+def draft_problem(draft: np.ndarray, batch: int, tokens: int, positions: int, vocab: int) -> str | None:
+    """What is wrong with the draft buffer of a run that checks drafted tokens (`forward(..., draft)`; None: nothing):
+    it must be (batch, tokens - 1, vocab) float32, writeable and C-contiguous, for a run of 2..positions + 1 tokens
+    (positions: the decoder's graphs.decoder.draft_logits)."""
+    if not 2 <= tokens <= positions + 1:
+        return (f"draft logits need a run of 2..{positions + 1} tokens (this decoder returns up to {positions} draft "
+                f"positions), got {tokens}")
+    if (draft.shape != (batch, tokens - 1, vocab) or draft.dtype != np.float32 or not draft.flags.c_contiguous
+            or not draft.flags.writeable):
+        return (f"draft must be a writeable C-contiguous float32 array of shape {(batch, tokens - 1, vocab)}, got "
+                f"{draft.dtype} {draft.shape}")
+    return None
 
 
 def decoder_kv_layout(manifest: Mapping) -> str:

@@ -75,18 +75,6 @@ class KVCache:
                 dst[:, :, :length] = src[source_row, :, :length]
 
 
-def check_draft(draft: np.ndarray, batch: int, tokens: int, positions: int, vocab: int) -> None:
-    """The draft buffer of a run that checks drafted tokens (`forward(..., draft)`): (batch, tokens - 1, vocab)
-    float32, writeable and C-contiguous, for a run of 2..positions + 1 tokens (the decoder's draft_logits)."""
-    if not 2 <= tokens <= positions + 1:
-        raise BackendError(f"draft logits need a run of 2..{positions + 1} tokens (this decoder returns up to "
-                           f"{positions} draft positions), got {tokens}")
-    if (draft.shape != (batch, tokens - 1, vocab) or draft.dtype != np.float32 or not draft.flags.c_contiguous
-            or not draft.flags.writeable):
-        raise BackendError(f"draft must be a writeable C-contiguous float32 array of shape "
-                           f"{(batch, tokens - 1, vocab)}, got {draft.dtype} {draft.shape}")
-
-
 def create_backend(bundle, backend: str = "onnxruntime", **options):
     """Build the named backend for a loaded Bundle; options go to the backend's constructor."""
     if backend == "onnxruntime":

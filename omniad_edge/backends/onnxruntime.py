@@ -42,9 +42,9 @@ from typing import Sequence
 import numpy as np
 
 from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT,  # noqa: F401
-                        decoder_kv_layout, new_names, past_names, present_names)
+                        draft_problem, decoder_kv_layout, new_names, past_names, present_names)
 from ..errors import BackendError
-from . import KVCache, check_draft
+from . import KVCache
 
 log = logging.getLogger("omniad_edge")
 
@@ -378,8 +378,9 @@ class OnnxRuntimeBackend:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         position_ids = np.ascontiguousarray(position_ids, dtype=np.int64)
         attention_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-        if draft is not None:
-            check_draft(draft, b, s, self.draft_positions, self.vocab_size)
+        problem = None if draft is None else draft_problem(draft, b, s, self.draft_positions, self.vocab_size)
+        if problem:
+            raise BackendError(problem)
         decoder = self.decoder
         if decoder is None:  # the native session, or closed
             return self._forward_native(embeds, position_ids, attention_mask, cache, past_len, hook, started, draft)

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import check_draft
 from ..bundle import sha256_file
-from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT, new_names, past_names,
-                        vision_input_names)
+from ..contract import (DECODER_INPUTS, DRAFT_LOGITS, LOGITS, VISION_INPUTS, VISION_OUTPUT, draft_problem,
+                        new_names, past_names, vision_input_names)
 from ..errors import BackendError
 from .cuda import D2D, D2H, H2D, import_tensorrt, load_cuda, tensorrt_step
 from .limits import (ALIGNMENT, Limits, decoder_input_names, decoder_output_names, io_buffer_plan, kv_row_bytes,
@@ -360,8 +359,9 @@ class TensorRTBackend:
         if position_ids.shape != (3, b, s) or attention_mask.shape != (b, past_len + s):
             raise BackendError(f"position_ids must be (3, {b}, {s}) and attention_mask ({b}, {past_len + s}); got "
                                f"{position_ids.shape} and {attention_mask.shape}")
-        if draft is not None:
-            check_draft(draft, b, s, self.draft_positions, self.vocab_size)
+        problem = None if draft is None else draft_problem(draft, b, s, self.draft_positions, self.vocab_size)
+        if problem:
+            raise BackendError(problem)
         graph = self.cuda_graph and s == 1
         plan = plan_step(batch=b, seq=s, past_len=past_len, capacity=self.limits.max_seq_len, graph=graph,
                          row_bytes=self._row)
