@@ -6,8 +6,8 @@ call `draft` proposes how the output goes on: the continuation that followed the
 recently, as far as it has been the same in the last two outputs that had them. The generator feeds the sampled
 token and the draft in one run, which returns the logits of every position (the decoder's draft_logits output), and
 keeps the longest prefix the model itself would have written greedily, so the text is the model's, only with fewer
-runs (generate.py, `_speculate`). A draft costs little when it is wrong: on
-a small decoder a run of 16 tokens takes about as long as a run of one.
+runs (generate.py, `_speculate`). A wrong draft never changes the text; it costs a longer run than a one-token step,
+which is why only text that repeated is drafted.
 
 Written here rather than taken from a library: the lookup is a few dictionary operations (the same idea as
 transformers' prompt lookup and llama.cpp's lookup decoding), and it must learn across calls, which theirs do not.
