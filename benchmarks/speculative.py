@@ -35,20 +35,18 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     from omniad_edge import Inspector
-    from omniad_edge.generate import Generator
     from training.evaluate import frames
 
-    last = {}
-    generate = Generator.generate
-
-    def recording(self, *a, **k):
-        out = generate(self, *a, **k)
-        last[id(self)] = out[0]
-        return out
-
-    Generator.generate = recording
     runners = {name: Inspector(args.bundle, mode=args.mode, threads=args.threads, speculative=name == "speculative")
                for name in ("plain", "speculative")}
+    last = {}  # runner name -> its latest Generation
+    for name, ins in runners.items():
+        def recording(*a, _generate=ins.generator.generate, _name=name, **k):
+            out = _generate(*a, **k)
+            last[_name] = out[0]
+            return out
+
+        ins.generator.generate = recording
     if not runners["speculative"].options["speculative"]:
         raise SystemExit(f"{runners['plain'].bundle.name}: the decoder has no draft logits (re-export the bundle), "
                          f"or mode {args.mode} (speculation runs in explain mode)")
@@ -65,7 +63,7 @@ def main(argv=None) -> None:
         for name in order:
             ins = runners[name]
             r = ins.run(rgb)
-            g = last[id(ins.generator)]
+            g = last[name]
             row[name] = {"text": r.text, "score": r.anomaly_probability, "decode_ms": r.timings["decode"],
                          "total_ms": r.timings["total"], "tokens": len(g.ids), "forwards": g.forwards,
                          "drafted": g.drafted_tokens, "accepted": g.accepted_drafts}

@@ -728,10 +728,7 @@ class Generator:
         hook = getattr(self.backend, "on_forward", None)
         started = time.perf_counter() if hook is not None else 0.0
         step = call.native
-        if draft is None:
-            step.feed(self._table, ids, call.next_pos, call.mask, call.length)
-        else:
-            step.feed(self._table, ids, call.next_pos, call.mask, call.length, draft)
+        step.feed(self._table, ids, call.next_pos, call.mask, call.length, draft)
         call.length += ids.shape[1]
         call.forwards += 1
         if hook is not None:

@@ -191,7 +191,7 @@ class TensorRTBackend:
         self._decode_ctx = self._context("decoder", self.decoder_engine, 1)
         self._allocate()
         # drafted tokens one run can check (speculative decoding; 0: the bundle's decoder has no draft_logits)
-        self.draft_positions = int(bundle.graphs["decoder"].get("draft_logits", 0)) if self._draft is not None else 0
+        self.draft_positions = int(bundle.graphs["decoder"].get("draft_logits", 0))
         self._slots: list[dict] = []
         self._free_slots: list[int] = []
         free, total = cuda.mem_get_info()

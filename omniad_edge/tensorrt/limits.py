@@ -257,6 +257,6 @@ def io_buffer_plan(manifest: dict, limits: Limits) -> dict[str, int]:
         plan[f"decoder.{name}"] = _volume(prefill[name][2]) * (FP32 if name == _EMBEDS else INT64)
     plan[f"decoder.{LOGITS}"] = limits.batch * int(model["vocab_size"]) * FP32
     drafts = int(manifest["graphs"]["decoder"].get("draft_logits", 0))
-    if drafts:  # bound though this backend drafts nothing: TensorRT needs an address for every output
+    if drafts:  # bound on every run (TensorRT needs an address for every output), read back after draft checks
         plan[f"decoder.{DRAFT_LOGITS}"] = limits.batch * drafts * int(model["vocab_size"]) * FP32
     return plan
